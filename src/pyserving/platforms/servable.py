@@ -1,0 +1,36 @@
+"""The Servable base class: what every platform (and a user's `servable.py`) provides."""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from pyserving.platforms.signature import Signature
+
+
+class Servable(abc.ABC):
+    """A loaded version clients compute with: named signatures and a `run` over numpy arrays.
+
+    Thread-safety: `run` may be called from several threads at once (batch threads, executors);
+    a platform whose runtime is not thread-safe serialises inside `run`.
+    """
+
+    #: platform name, e.g. "onnx"; the V2 metadata `platform` field is derived from it.
+    platform: str = ""
+
+    @property
+    @abc.abstractmethod
+    def signatures(self) -> dict[str, Signature]:
+        """Signature name → Signature; one of them is normally "serving_default"."""
+
+    @abc.abstractmethod
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Compute the outputs of `signature`; inputs were validated against it beforehand."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release resources; called once, after the last request on this version finished."""
+
+    def memory_bytes(self) -> int | None:
+        """RAM the loaded servable holds, if it knows (refines the Loader's estimate)."""
+        return None
