@@ -116,11 +116,11 @@ class StateMonitor:
         return self.wait_until(available, timeout_s)
 
     def wait_until_settled(self, name: str, timeout_s: float | None = None) -> bool:
-        """Wait until no version of `name` is starting or loading (each is AVAILABLE or ENDed)."""
+        """Wait until no version of `name` is starting or loading; a stream with none is settled."""
         busy = (ServableState.START, ServableState.LOADING)
 
         def settled() -> bool:
             versions = self._streams.get(name, {})
-            return bool(versions) and all(s.state not in busy for s in versions.values())
+            return all(s.state not in busy for s in versions.values())
 
         return self.wait_until(settled, timeout_s)

@@ -1,0 +1,63 @@
+"""PlatformAdapter: turns version directory paths into Loaders of the right platform."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from pyserving.core.ids import ServableData
+from pyserving.core.loader import Loader
+from pyserving.errors import NotFound
+from pyserving.platforms.registry import (
+    DEFAULT_REGISTRY,
+    PLATFORM_FILES,
+    PlatformRegistry,
+    detect_platform,
+)
+from pyserving.sources.base import SourceAdapter
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class PlatformAdapter(SourceAdapter[str, Loader]):
+    """Builds one Loader per version path: the model config's platform, else detection.
+
+    Building a Loader is cheap (nothing is loaded); a path whose platform cannot be found, or whose
+    platform is not installed, becomes an error item naming the reason.
+    Thread-safety: `update_config` may run while a poll adapts; each item sees the old or the new
+    configuration, never a mix.
+    """
+
+    def __init__(
+        self,
+        platform_overrides: Mapping[str, str] = _EMPTY,
+        config: Mapping[str, Mapping[str, Any]] = _EMPTY,
+        registry: PlatformRegistry | None = None,
+    ) -> None:
+        super().__init__()
+        self._registry = registry if registry is not None else DEFAULT_REGISTRY
+        # replaced as a whole (one attribute assignment is atomic), so readers need no lock
+        self._settings = (dict(platform_overrides), dict(config))
+
+    def update_config(
+        self, platform_overrides: Mapping[str, str], config: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Use new per-model platforms and configs for the versions adapted from now on."""
+        self._settings = (dict(platform_overrides), dict(config))
+
+    def adapt(self, item: ServableData[str]) -> ServableData[Loader]:
+        """A Loader for `item`'s path; raises NotFound when no platform can be determined."""
+        assert item.data is not None
+        overrides, config = self._settings
+        name = item.id.name
+        platform = overrides.get(name) or detect_platform(item.data)
+        if platform is None:
+            expected = ", ".join(file for file, _ in PLATFORM_FILES)
+            raise NotFound(
+                f"No platform found for model {name} version {item.id.version} at {item.data} "
+                f"(expected one of: {expected})"
+            )
+        model_config = config.get(name, _EMPTY)
+        loader = self._registry.make_loader(platform, item.id, item.data, model_config)
+        return ServableData(item.id, loader, revision=item.revision)
