@@ -2,9 +2,9 @@
 
 Layout written by `write_demo_repository(root)`:
 
-    root/mlp/1/model.onnx     float32 "input" [batch, 64] → 256 → ReLU → 256 → ReLU → "output" [batch, 10]
-    root/mlp/2/model.onnx     the same shape with other weights (outputs differ from version 1)
-    root/twoio/1/model.onnx   FP32 "a", "b" [batch, 4] → "sum" (a + b), "max_index" (argmax of a * b)
+    root/mlp/1/model.onnx    FP32 "input" [batch, 64] → 256, ReLU → 256, ReLU → "output" [batch, 10]
+    root/mlp/2/model.onnx    the same shapes, other weights (its outputs differ from version 1's)
+    root/twoio/1/model.onnx  FP32 "a", "b" [batch, 4] → "sum" (a + b), "max_index" (argmax a * b)
 
 Weights come from fixed seeds, so the same call always writes the same bytes.
 """
@@ -52,7 +52,8 @@ def make_mlp(path: Path, seed: int, dims: Sequence[int] = (64, 256, 256, 10)) ->
         ]
         last = i == layers - 1
         gemm_out = "output" if last else f"g{i}"
-        nodes.append(helper.make_node("Gemm", [previous, f"W{i}", f"B{i}"], [gemm_out], name=f"fc{i}"))
+        gemm = helper.make_node("Gemm", [previous, f"W{i}", f"B{i}"], [gemm_out], name=f"fc{i}")
+        nodes.append(gemm)
         previous = gemm_out
         if not last:
             previous = f"h{i}"

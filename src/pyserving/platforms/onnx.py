@@ -63,7 +63,7 @@ class OnnxLoader(Loader):
         self._servable: OnnxServable | None = None
 
     def estimate_resources(self) -> int:
-        """1.2 × the size of the version directory's model files (no loading)."""
+        """1.2 times the size of the version directory's model files (no loading)."""
         fs, root = fsspec.core.url_to_fs(self.path)
         prefix = root.rstrip("/") + "/"
         total = sum(

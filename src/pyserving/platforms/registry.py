@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import logging
 import posixpath
 import threading
 from collections.abc import Callable, Mapping
@@ -49,7 +48,6 @@ PLATFORM_FILES: tuple[tuple[str, str], ...] = (
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,18 +194,16 @@ def _load_builtin(name: str, known: tuple[str, ...]) -> LoaderFactory:
     builtin = _BUILTIN.get(name)
     if builtin is None:
         raise NotFound(f'unknown platform "{name}" (known: {", ".join(known)})')
-    not_installed = (
-        f'platform "{name}" is not installed: pip install "pyserving[{builtin.extra}]"'
-        if builtin.extra is not None
-        else f'platform "{name}" is not available in this version of pyserving'
-    )
+    not_installed = f'platform "{name}" is not installed: pip install "pyserving[{builtin.extra}]"'
     if builtin.factory is None:
-        raise FailedPrecondition(not_installed)
+        unavailable = f'platform "{name}" is not available in this version of pyserving'
+        raise FailedPrecondition(not_installed if builtin.extra is not None else unavailable)
     module_name, _, attribute = builtin.factory.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        logger.debug("importing %s failed", module_name, exc_info=True)
+        if builtin.extra is None:
+            raise FailedPrecondition(f'platform "{name}" could not be imported: {exc}') from exc
         raise FailedPrecondition(not_installed) from exc
     factory: LoaderFactory = getattr(module, attribute)
     return factory

@@ -21,7 +21,7 @@ T = TypeVar("T")
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-#: `callback(stream_name, versions)`: the complete aspired list of one stream, replacing the last one.
+#: `callback(stream_name, versions)`: one stream's complete aspired list, replacing its last one.
 AspiredVersionsCallback = Callable[[str, list[ServableData[T]]], None]
 
 logger = logging.getLogger(__name__)

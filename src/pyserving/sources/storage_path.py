@@ -38,10 +38,17 @@ class VersionPolicy:
     num_versions: int = 1
     versions: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("latest", "all", "specific"):
+            raise ValueError(f"unknown version policy {self.kind!r}")
+        # TF Serving clamps latest{num_versions} to at least 1.
+        object.__setattr__(self, "num_versions", max(1, self.num_versions))
+        object.__setattr__(self, "versions", tuple(sorted(set(self.versions))))
+
     @classmethod
     def latest(cls, n: int = 1) -> VersionPolicy:
         """The `n` highest versions; `n` is clamped to at least 1, as TF Serving does."""
-        return cls("latest", num_versions=max(1, n))
+        return cls("latest", num_versions=n)
 
     @classmethod
     def all(cls) -> VersionPolicy:
@@ -49,7 +56,8 @@ class VersionPolicy:
 
     @classmethod
     def specific(cls, versions: Iterable[int]) -> VersionPolicy:
-        return cls("specific", versions=tuple(sorted(set(versions))))
+        """Exactly these versions (matched numerically, so directory `0017` is version 17)."""
+        return cls("specific", versions=tuple(versions))
 
     def select(self, available: Iterable[int]) -> list[int]:
         """The aspired versions among `available`, ascending."""
@@ -153,7 +161,7 @@ class StoragePathSource:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the polling thread; waits for a poll that is under way, never for the interval."""
+        """Stop polling for good; waits for a poll that is under way, never for the interval."""
         self._stop_event.set()
         thread = self._thread
         if thread is not None:
@@ -203,7 +211,9 @@ class StoragePathSource:
             items = _list_aspired(servable, warnings)
         except Exception as exc:  # edge: per-servable isolation; never send a list on error
             if isinstance(exc, FileNotFoundError):
-                message = f"Could not find base path {servable.base_path} for servable {servable.name}"
+                message = (
+                    f"Could not find base path {servable.base_path} for servable {servable.name}"
+                )
             else:
                 message = (
                     f"filesystem access error polling servable {servable.name} at base path "
