@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from pyserving.serving.server_core import ServerCore, ServerOptions  # noqa: E402
+from pyserving.serving.server_core import ServerCore, ServerOptions
 
 __all__ = ["ServerCore", "ServerOptions", "__version__"]

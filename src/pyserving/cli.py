@@ -53,34 +53,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve models over REST")
     defaults = ServerOptions()
-    serve.add_argument("--port", type=_non_negative_int, default=defaults.port,
-                       help="gRPC port (the gRPC API is not built yet; see issue 3)")
+    serve.add_argument(
+        "--port",
+        type=_non_negative_int,
+        default=defaults.port,
+        help="gRPC port (the gRPC API is not built yet; see issue 3)",
+    )
     serve.add_argument("--rest-api-port", type=_non_negative_int, default=defaults.rest_api_port)
     serve.add_argument("--host", default=defaults.host)
     serve.add_argument("--model-name", default=defaults.model_name)
     serve.add_argument("--model-base-path")
     serve.add_argument("--model-config-file")
-    serve.add_argument("--file-system-poll-wait-seconds", type=float,
-                       default=defaults.file_system_poll_wait_seconds)
-    serve.add_argument("--num-load-threads", type=_non_negative_int,
-                       default=defaults.num_load_threads)
-    serve.add_argument("--num-unload-threads", type=_non_negative_int,
-                       default=defaults.num_unload_threads)
-    serve.add_argument("--max-num-load-retries", type=_non_negative_int,
-                       default=defaults.max_num_load_retries)
-    serve.add_argument("--load-retry-interval-micros", type=int,
-                       default=defaults.load_retry_interval_micros)
+    serve.add_argument(
+        "--file-system-poll-wait-seconds",
+        type=float,
+        default=defaults.file_system_poll_wait_seconds,
+    )
+    serve.add_argument(
+        "--num-load-threads", type=_non_negative_int, default=defaults.num_load_threads
+    )
+    serve.add_argument(
+        "--num-unload-threads", type=_non_negative_int, default=defaults.num_unload_threads
+    )
+    serve.add_argument(
+        "--max-num-load-retries", type=_non_negative_int, default=defaults.max_num_load_retries
+    )
+    serve.add_argument(
+        "--load-retry-interval-micros", type=int, default=defaults.load_retry_interval_micros
+    )
     serve.add_argument("--total-model-memory-limit-bytes", type=_non_negative_int)
-    serve.add_argument("--version-transition-policy", choices=("availability", "resource"),
-                       default=defaults.version_transition_policy)
-    serve.add_argument("--rest-api-timeout-in-ms", type=_non_negative_int,
-                       default=defaults.rest_api_timeout_in_ms)
-    serve.add_argument("--max-request-bytes", type=_non_negative_int,
-                       default=defaults.max_request_bytes)
-    serve.add_argument("--log-level", default="info",
-                       choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--demo", action="store_true",
-                       help="write the demo repository to a temp dir and serve it")
+    serve.add_argument(
+        "--version-transition-policy",
+        choices=("availability", "resource"),
+        default=defaults.version_transition_policy,
+    )
+    serve.add_argument(
+        "--rest-api-timeout-in-ms", type=_non_negative_int, default=defaults.rest_api_timeout_in_ms
+    )
+    serve.add_argument(
+        "--max-request-bytes", type=_non_negative_int, default=defaults.max_request_bytes
+    )
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
+    )
 
     demo = commands.add_parser("demo", help="write a demo model repository (made locally)")
     demo.add_argument("dir", type=Path)
@@ -150,14 +166,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"pyserving: {exc.message}", file=sys.stderr)
         return 2
     if options.rest_api_port == 0:
-        print("pyserving: --rest_api_port=0 leaves nothing to serve (gRPC comes with issue 3)",
-              file=sys.stderr)
+        print(
+            "pyserving: --rest_api_port=0 leaves nothing to serve (gRPC comes with issue 3)",
+            file=sys.stderr,
+        )
         return 2
     try:
         sock = _bind(options.host, options.rest_api_port)
     except OSError as exc:
-        print(f"pyserving: cannot listen on {options.host}:{options.rest_api_port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"pyserving: cannot listen on {options.host}:{options.rest_api_port}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     try:
         _run_event_loop(_serve_rest(core, options, sock))

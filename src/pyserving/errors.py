@@ -1,7 +1,8 @@
 """The one exception tree of pyserving and the one table from error code to HTTP / gRPC status.
 
 Every client-visible failure is a ServingError. Each subclass carries a Code named after gRPC's
-canonical codes; `Code.http_status` follows TF Serving's `ToHTTPStatusCode` table and INTERFACE.md §7.
+canonical codes; `Code.http_status` follows TF Serving's `ToHTTPStatusCode` table and
+INTERFACE.md §7.
 This module imports nothing from the package (and not grpc): the gRPC layer maps `Code.name` to
 `grpc.StatusCode` at its own edge.
 """

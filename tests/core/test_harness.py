@@ -13,7 +13,9 @@ SID = ServableId("m", 1)
 
 
 def make(loader: FakeLoader, retries: int = 0, interval_micros: int = 1000, wait=None):
-    options = HarnessOptions(max_num_load_retries=retries, load_retry_interval_micros=interval_micros)
+    options = HarnessOptions(
+        max_num_load_retries=retries, load_retry_interval_micros=interval_micros
+    )
     kwargs = {"wait": wait} if wait else {}
     return LoaderHarness(SID, loader, options, **kwargs)
 

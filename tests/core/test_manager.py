@@ -241,7 +241,9 @@ def test_load_that_does_not_fit_ends_resource_exhausted(pools):
 
 
 def test_resource_preserving_swap_fits_a_budget_for_one_version(pools):
-    m = make_manager(pools, total_model_memory_limit_bytes=100, version_transition_policy="resource")
+    m = make_manager(
+        pools, total_model_memory_limit_bytes=100, version_transition_policy="resource"
+    )
     try:
         m.aspire_versions("m", [item("m", 1, FakeLoader(ServableId("m", 1), size_bytes=60))])
         assert m.monitor.wait_until_available("m", 1, timeout_s=10)

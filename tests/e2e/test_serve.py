@@ -96,10 +96,16 @@ def test_bad_requests_get_4xx_naming_the_problem_and_server_keeps_serving(mlp_se
         ("/v1/models/nope:predict", b'{"instances": [[1]]}'),
         ("/v1/models/mlp/versions/9:predict", b'{"instances": [[1]]}'),
         ("/v2/models/mlp/infer", b"\x00\xff garbage \x13"),
-        ("/v2/models/mlp/infer", b'{"inputs": [{"name": "input", "shape": [1, 3],'
-         b' "datatype": "FP32", "data": [1, 2, 3]}]}'),
-        ("/v2/models/mlp/infer", b'{"inputs": [{"name": "input", "shape": [1, 64],'
-         b' "datatype": "INT64", "data": [' + b",".join([b"1"] * 64) + b"]}]}"),
+        (
+            "/v2/models/mlp/infer",
+            b'{"inputs": [{"name": "input", "shape": [1, 3],'
+            b' "datatype": "FP32", "data": [1, 2, 3]}]}',
+        ),
+        (
+            "/v2/models/mlp/infer",
+            b'{"inputs": [{"name": "input", "shape": [1, 64],'
+            b' "datatype": "INT64", "data": [' + b",".join([b"1"] * 64) + b"]}]}",
+        ),
         ("/v2/models/mlp/infer", b'{"inputs": "x"}'),
     ]
     with httpx.Client(base_url=url) as client:

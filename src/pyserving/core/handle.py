@@ -57,7 +57,8 @@ class ServableHandle:
     """Keeps one loaded version alive for the length of one request.
 
     Thread-safety: usable from any thread; release() is idempotent.
-    Ownership: the caller releases it (use `with`); holding it delays this version's unload, no other.
+    Ownership: the caller releases it (use `with`); holding it delays this version's unload,
+    no other.
     Blocking: acquiring and releasing never wait.
     """
 

@@ -56,7 +56,7 @@ def _wait_on_event(event: threading.Event, timeout_s: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class HarnessOptions:
-    """Retry policy for loads: `max_num_load_retries` extra attempts, backoff doubling from the interval."""
+    """Load retries: `max_num_load_retries` extra attempts, backoff doubling from the interval."""
 
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 1_000_000

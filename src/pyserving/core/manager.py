@@ -1,4 +1,4 @@
-"""Manager: takes aspired-version lists, applies the version policy, loads, unloads, hands out handles."""
+"""Manager: takes aspired-version lists, applies the version policy, hands out handles."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ class Manager:
     """Owns every version's lifecycle and the serving map requests read handles from.
 
     Thread-safety: every public method may be called from any thread.
-    Blocking: `aspire_versions` never waits for a load (work goes to the load/unload pools, or runs
-    inline when a pool size is 0); `get_handle` is a dict lookup and a counter increment, never a
+    Blocking: `aspire_versions` never waits for a load (work goes to the load/unload pools, or
+    runs inline when a pool size is 0); `get_handle` is a dict lookup and a counter increment, never a
     wait; `stop` waits for every version to unload.
     Event-driven: a new aspired list, or a load/unload that finishes, re-runs that stream's policy at
     once; streams are independent, so loads of different streams run in parallel on the load pool.
@@ -139,7 +139,7 @@ class Manager:
     # ----------------------------------------------------------------------------- public API
 
     def aspire_versions(self, name: str, versions: Sequence[ServableData[Loader]]) -> None:
-        """The Target callback: `versions` is every version wanted for `name`, replacing the last list.
+        """The Target callback: every version wanted for `name`, replacing the previous list.
 
         An omitted version is an implicit unload; an empty list unloads the whole stream.
         Items for another stream are logged and dropped.
@@ -192,7 +192,7 @@ class Manager:
             return sorted(self._streams)
 
     def stop(self, timeout_s: float | None = None) -> bool:
-        """Unload every version (waiting for in-flight requests) and shut the pools; True if clean."""
+        """Unload every version (after in-flight requests) and shut the pools; True if clean."""
         with self._lock:
             names = list(self._streams)
             for stream in self._streams.values():
@@ -209,8 +209,10 @@ class Manager:
     # -------------------------------------------------------------------------- reconciliation
 
     def _all_settled_locked(self) -> bool:
-        return self._executing == 0 and not self._running and all(
-            h.state in _FINAL for s in self._streams.values() for h in s.harnesses.values()
+        return (
+            self._executing == 0
+            and not self._running
+            and all(h.state in _FINAL for s in self._streams.values() for h in s.harnesses.values())
         )
 
     def _reconcile(self, name: str) -> None:
@@ -250,7 +252,10 @@ class Manager:
         while True:
             with self._lock:
                 action = self._policy(
-                    [VersionSnapshot(h.id, h.state, h.is_aspired) for h in stream.harnesses.values()]
+                    [
+                        VersionSnapshot(h.id, h.state, h.is_aspired)
+                        for h in stream.harnesses.values()
+                    ]
                 )
                 if action is None:
                     return

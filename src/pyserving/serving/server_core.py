@@ -30,7 +30,7 @@ lifecycle_logger = logging.getLogger("pyserving.lifecycle")
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    """Everything `pyserving serve` can be told; field names match the CLI flags (INTERFACE.md §2)."""
+    """Everything `pyserving serve` can be told; fields match the CLI flags (INTERFACE.md §2)."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -128,7 +128,9 @@ class ServerCore:
         logger.info(
             "initial load finished in %.2fs: %s",
             time.perf_counter() - started,
-            ", ".join(f"{n}={self.manager.available_versions(n) or 'none'}" for n in self.model_names()),
+            ", ".join(
+                f"{n}={self.manager.available_versions(n) or 'none'}" for n in self.model_names()
+            ),
         )
         if self.options.file_system_poll_wait_seconds > 0:
             self._source.start()
