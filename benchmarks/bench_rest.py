@@ -244,7 +244,8 @@ def print_table(anchors: dict[str, float], rows: list) -> None:
     for name, conns, r, errors, cpu_per_k, rss in rows:
         print(
             f"| {name} | {conns} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {errors} | {cpu_per_k:.2f} | {rss:.0f} | {r['rps'] / limit:.3f} | {r['rps'] / codec:.3f} |"
+            f"| {errors} | {cpu_per_k:.2f} | {rss:.0f} "
+            f"| {r['rps'] / limit:.3f} | {r['rps'] / codec:.3f} |"
         )
 
 

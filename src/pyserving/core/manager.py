@@ -93,10 +93,10 @@ class Manager:
 
     Thread-safety: every public method may be called from any thread.
     Blocking: `aspire_versions` never waits for a load (work goes to the load/unload pools, or
-    runs inline when a pool size is 0); `get_handle` is a dict lookup and a counter increment, never a
-    wait; `stop` waits for every version to unload.
-    Event-driven: a new aspired list, or a load/unload that finishes, re-runs that stream's policy at
-    once; streams are independent, so loads of different streams run in parallel on the load pool.
+    runs inline when a pool size is 0); `get_handle` is a dict lookup and a counter increment,
+    never a wait; `stop` waits for every version to unload.
+    Event-driven: a new aspired list, or a load/unload that finishes, re-runs that stream's policy
+    at once; streams are independent, so different streams load in parallel on the load pool.
     """
 
     def __init__(
