@@ -1,0 +1,338 @@
+"""The REST API as one lean ASGI application: routes only; the codecs do the formats.
+
+Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF Serving's do):
+
+    GET  /v1/models                                               list models (our addition)
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]                status
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata       metadata
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict|:classify|:regress
+    GET  /v2, /v2/health/live, /v2/health/ready
+    GET  /v2/models/{m}[/versions/{v}][/ready|/config]
+    POST /v2/models/{m}[/versions/{v}]/infer
+    any  paths in RestOptions.extra_routes (e.g. /metrics)
+
+Errors are `{"error": "..."}` with the status of the error's code (`errors.Code.http_status`);
+under `/v1` a bad path or method is 400 "Malformed request: METHOD PATH" (TF Serving), elsewhere
+404 `{"error": "Not Found"}` or 405. A body over `max_request_bytes` is 413, refused as soon as its
+Content-Length or the bytes streamed so far say so. uvicorn runs it (httptools, uvloop).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pyserving.api.rest import tfserving, v2
+from pyserving.api.rest.binary import HEADER_LENGTH
+from pyserving.errors import InvalidInput, ServingError
+from pyserving.serving.inference import InferenceService
+
+__all__ = ["ASGIApp", "ExtraRoute", "RestOptions", "create_app"]
+
+logger = logging.getLogger("pyserving.rest")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: an extra route: (method, query string) → (status, content type, body)
+ExtraRoute = Callable[[str, bytes], Awaitable[tuple[int, str, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RestOptions:
+    """Limits and hooks of the REST API; field names match the CLI flags."""
+
+    #: deadline of a predict / infer request (queueing and execution); 0 = none
+    rest_api_timeout_in_ms: int = 30_000
+    #: larger request bodies (after decompression too) are refused with 413
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: JSON tensor data nested deeper than this is refused with 400
+    max_json_depth: int = 32
+    #: reported by `GET /v2`; "" = the installed package's version
+    server_version: str = ""
+    #: the configured model names `/v2/health/ready` waits for; None = every model the manager knows
+    ready_names: Callable[[], Iterable[str]] | None = None
+    #: exact path → handler, served before the built-in routes (e.g. "/metrics")
+    extra_routes: Mapping[str, ExtraRoute] | None = None
+
+
+def create_app(service: InferenceService, options: RestOptions | None = None) -> ASGIApp:
+    """The ASGI application serving TF Serving REST and KServe V2 REST over `service`."""
+    return _RestApp(service, options or RestOptions())
+
+
+_V1_LIST = re.compile(r"/v1/models/?", re.IGNORECASE)
+_V1_MODEL = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?",
+    re.IGNORECASE,
+)
+_V2_MODEL = re.compile(
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?(?P<action>/ready|/infer|/config)?"
+)
+
+_JSON = b"application/json"
+_OCTET_STREAM = b"application/octet-stream"
+_NOT_FOUND = orjson.dumps({"error": "Not Found"})
+_METHOD_NOT_ALLOWED = orjson.dumps({"error": "Method Not Allowed"})
+_LIVE = orjson.dumps({"live": True})
+_READY = orjson.dumps({"ready": True})
+# wbits for zlib: 32 + 15 detects a gzip or a zlib header ("deflate" as HTTP means it).
+_AUTO_HEADER = 32 + zlib.MAX_WBITS
+
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, Headers]
+
+
+class _HttpError(Exception):
+    """A response the REST layer decides on its own (404, 405, 413), not a ServingError."""
+
+    def __init__(self, status: int, body: bytes, headers: Headers | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+class _Disconnected(Exception):
+    """The client went away before sending its whole body: answer nothing."""
+
+
+class _RestApp:
+    """The ASGI callable. Stateless per request; safe for any number of concurrent requests."""
+
+    __slots__ = (
+        "_depth",
+        "_extra",
+        "_limit",
+        "_ready_names",
+        "_server_metadata",
+        "_service",
+        "_timeout_s",
+    )
+
+    def __init__(self, service: InferenceService, options: RestOptions) -> None:
+        self._service = service
+        self._limit = options.max_request_bytes
+        self._depth = options.max_json_depth
+        self._timeout_s = options.rest_api_timeout_in_ms / 1000.0
+        self._ready_names = options.ready_names or service.model_names
+        self._extra = dict(options.extra_routes or {})
+        self._server_metadata = v2.server_metadata(options.server_version or _package_version())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        try:
+            status, body, headers = await self._route(method, path, scope, receive)
+        except ServingError as exc:
+            status, body, headers = exc.http_status, _error(exc.message), [(b"content-type", _JSON)]
+        except _HttpError as exc:
+            status, body, headers = exc.status, exc.body, [(b"content-type", _JSON), *exc.headers]
+        except _Disconnected:
+            return
+        except Exception as exc:
+            logger.exception("unhandled error answering %s %s", method, path)
+            status, body = 500, _error(f"Internal error: {type(exc).__name__}: {exc}")
+            headers = [(b"content-type", _JSON)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, method: str, path: str, scope: Scope, receive: Receive) -> Response:
+        extra = self._extra.get(path)
+        if extra is not None:
+            status, content_type, body = await extra(method, scope.get("query_string", b""))
+            return status, body, [(b"content-type", content_type.encode())]
+        if path.startswith("/v2"):
+            return await self._v2(method, path, scope, receive)
+        if path[:4].lower() == "/v1/":
+            return await self._v1(method, path, scope, receive)
+        raise _HttpError(404, _NOT_FOUND)
+
+    # --- TF Serving ----------------------------------------------------------------------------
+
+    async def _v1(self, method: str, path: str, scope: Scope, receive: Receive) -> Response:
+        match = _V1_MODEL.fullmatch(path)
+        if match is None:
+            if method == "GET" and _V1_LIST.fullmatch(path):
+                return _ok(tfserving.list_models(self._service))
+            raise InvalidInput(f"Malformed request: {method} {path}")
+        name, version_text, label, metadata, verb = match.groups()
+        version = int(version_text) if version_text is not None else None
+        service = self._service
+        if verb is None:
+            if method != "GET":
+                raise InvalidInput(f"Malformed request: {method} {path}")
+            if metadata:
+                return _ok(tfserving.model_metadata(service, name, version, label))
+            return _ok(tfserving.model_status(service, name, version, label))
+        if method != "POST":
+            raise InvalidInput(f"Malformed request: {method} {path}")
+        verb = verb.lower()
+        if verb != "predict":
+            tfserving.unsupported(service, name, version, label, verb)
+        body, _ = await self._read_body(scope, receive)
+        result = await tfserving.predict(
+            service, name, version, label, body, self._deadline(), self._depth
+        )
+        return _ok(result)
+
+    # --- KServe V2 -----------------------------------------------------------------------------
+
+    async def _v2(self, method: str, path: str, scope: Scope, receive: Receive) -> Response:
+        service = self._service
+        if path in ("/v2", "/v2/"):
+            _require(method, "GET")
+            return _ok(self._server_metadata)
+        if path == "/v2/health/live":
+            _require(method, "GET")
+            return _ok(_LIVE)
+        if path == "/v2/health/ready":
+            _require(method, "GET")
+            missing = service.not_ready(self._ready_names())
+            if missing:
+                message = f"not ready: no AVAILABLE version of {', '.join(missing)}"
+                return 400, _error(message), [(b"content-type", _JSON)]
+            return _ok(_READY)
+        match = _V2_MODEL.fullmatch(path)
+        if match is None:
+            raise _HttpError(404, _NOT_FOUND)
+        name, version_text, action = match.groups()
+        version = int(version_text) if version_text is not None else None
+        if action == "/infer":
+            _require(method, "POST")
+            body, header_length = await self._read_body(scope, receive)
+            result, json_length = await v2.infer(
+                service, name, version, body, header_length, self._deadline(), self._depth
+            )
+            if json_length is None:
+                return _ok(result)
+            headers = [
+                (b"content-type", _OCTET_STREAM),
+                (HEADER_LENGTH, str(json_length).encode()),
+            ]
+            return 200, result, headers
+        _require(method, "GET")
+        if action is None:
+            return _ok(v2.model_metadata(service, name, version))
+        if action == "/config":
+            return _ok(v2.model_config(service, name, version))
+        if service.model_ready(name, version):
+            return _ok(orjson.dumps({"name": name, "ready": True}))
+        what = f'model "{name}"' + (f" version {version}" if version is not None else "")
+        return 400, _error(f"{what} is not ready"), [(b"content-type", _JSON)]
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self._timeout_s if self._timeout_s > 0 else None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bytes | None]:
+        """The request body (decompressed) and the Inference-Header-Content-Length value.
+
+        Raises _HttpError(413) as soon as the declared or received size passes the limit.
+        """
+        limit = self._limit
+        encoding = header_length = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    raise _too_large(limit)
+            elif key == HEADER_LENGTH:
+                header_length = value
+            elif key == b"content-encoding":
+                encoding = value.strip().lower()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if encoding and encoding != b"identity":
+            body = _decompress(body, encoding, limit)
+        return body, header_length
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge startup and shutdown; the server owns no resources of its own."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _ok(body: bytes) -> Response:
+    return 200, body, [(b"content-type", _JSON)]
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _require(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _HttpError(405, _METHOD_NOT_ALLOWED, [(b"allow", allowed.encode())])
+
+
+def _too_large(limit: int) -> _HttpError:
+    # Closing the connection spares reading the rest of a body nobody will use.
+    return _HttpError(
+        413,
+        _error(f"Request body exceeds the limit of {limit} bytes"),
+        [(b"connection", b"close")],
+    )
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    if encoding not in (b"gzip", b"x-gzip", b"deflate"):
+        raise InvalidInput(f"unsupported Content-Encoding: {encoding.decode('latin-1')}")
+    decompressor = zlib.decompressobj(_AUTO_HEADER)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"cannot decompress the {encoding.decode()} body: {exc}") from exc
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise InvalidInput(f"the {encoding.decode()} body is truncated")
+    return out
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("pyserving")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
