@@ -1,0 +1,108 @@
+"""Every Prometheus metric of the server, defined once (INTERFACE.md §5); others import the objects.
+
+The metrics live in their own registry, not prometheus-client's global one, so embedding the
+server (or running several in one test process) never collides with the host's metrics.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = [
+    "BATCH_SIZE",
+    "CONTENT_TYPE",
+    "LOAD_DURATION",
+    "MODEL_VERSIONS",
+    "QUEUE_DURATION",
+    "REGISTRY",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "observe_request",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+#: requests answered, by model, version ("" when none resolved), api and status code
+REQUESTS = Counter(
+    "pyserving_requests",
+    "Inference and status requests answered.",
+    ("model", "version", "api", "code"),
+    registry=REGISTRY,
+)
+#: wall time from the request's arrival to its answer
+REQUEST_DURATION = Histogram(
+    "pyserving_request_duration_seconds",
+    "Time to answer one request.",
+    ("model", "api"),
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+#: rows in each batch the Batcher ran (padding included)
+BATCH_SIZE = Histogram(
+    "pyserving_batch_size",
+    "Rows per batch run by the Batcher.",
+    ("model",),
+    buckets=_BATCH_BUCKETS,
+    registry=REGISTRY,
+)
+#: time a task waited in a batch queue before its batch ran
+QUEUE_DURATION = Histogram(
+    "pyserving_queue_duration_seconds",
+    "Time a task spent queued before execution.",
+    ("model",),
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+#: versions per model in each lifecycle state
+MODEL_VERSIONS = Gauge(
+    "pyserving_model_versions",
+    "Versions of a model in each state.",
+    ("model", "state"),
+    registry=REGISTRY,
+)
+#: time from LOADING to AVAILABLE
+LOAD_DURATION = Histogram(
+    "pyserving_load_duration_seconds",
+    "Time to load one version.",
+    ("model",),
+    buckets=_LOAD_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The registry in Prometheus' text exposition format."""
+    return generate_latest(REGISTRY)
+
+
+def observe_request(
+    model: str, version: int | None, api: str, code: int, duration_s: float
+) -> None:
+    """Count one answered request and its duration (api: "rest" | "grpc"; code: HTTP status)."""
+    REQUESTS.labels(model, "" if version is None else str(version), api, str(code)).inc()
+    REQUEST_DURATION.labels(model, api).observe(duration_s)
