@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: demo test lint format bench
+.PHONY: demo test lint format bench protos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	# every platform's extra but [tensorflow]: `tensorflow` already comes with the test extra
+	$(BIN)/pip install --quiet -e '.[test,torch,sklearn,xgboost,lightgbm,lookup]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,5 +30,10 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# `make bench BENCH_ARGS='--duration 2 --peers floor-starlette,mlserver'`; see benchmarks/bench.py
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_rest.py
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py

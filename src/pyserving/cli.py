@@ -6,19 +6,24 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import prometheus_client
 import uvicorn
 
-from pyserving import __version__
+from pyserving import __version__, metrics
+from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.rest.app import RestOptions, create_app
 from pyserving.errors import ServingError
+from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from pyserving.sources.storage_path import VersionPolicy
@@ -46,6 +51,29 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    """TF Serving's boolean flag values: `--flag`, `--flag=true|false|1|0`."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _file_name(text: str) -> str:
+    if "/" in text or "\\" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"expected a plain file name, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyserving", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
@@ -57,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=_non_negative_int,
         default=defaults.port,
-        help="gRPC port (the gRPC API is not built yet; see issue 3)",
+        help="gRPC port (TF Serving and KServe V2 gRPC); 0 = off",
     )
     serve.add_argument("--rest-api-port", type=_non_negative_int, default=defaults.rest_api_port)
     serve.add_argument("--host", default=defaults.host)
@@ -93,7 +121,91 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-request-bytes", type=_non_negative_int, default=defaults.max_request_bytes
     )
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--model-cache-dir",
+        help="local copies of remote (s3://, gs://, ...) versions; default: under the temp dir",
+    )
+    serve.add_argument(
+        "--version-ready-marker",
+        type=_file_name,
+        default=defaults.version_ready_marker,
+        help="a version counts only once this file (e.g. _READY) exists in its directory",
+    )
+    serve.add_argument(
+        "--enable-batching",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.enable_batching,
+        help="batch requests to every model (per-model `batching:` in the config overrides)",
+    )
+    serve.add_argument(
+        "--batching-parameters-file",
+        help="BatchingParameters as a TF text proto, or YAML (.yaml/.yml); needs --enable_batching",
+    )
+    serve.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        type=float,
+        default=defaults.model_config_file_poll_wait_seconds,
+        help="re-read --model_config_file this often and apply changes; 0 = read it once",
+    )
+    serve.add_argument(
+        "--enable-model-warmup",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.enable_model_warmup,
+        help="replay a version's warmup/ requests before it becomes AVAILABLE",
+    )
+    serve.add_argument(
+        "--num-request-iterations-for-warmup",
+        type=_non_negative_int,
+        default=defaults.num_request_iterations_for_warmup,
+        help="times each warmup request is replayed (0 = 1)",
+    )
+    serve.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.allow_version_labels_for_unavailable_models,
+        help="on reload, let a new label name a version that is not AVAILABLE yet",
+    )
+    serve.add_argument(
+        "--enable-model-control",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.enable_model_control,
+        help="allow load/unload/reload over the network (V2 repository API, ReloadConfig)",
+    )
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line",
+    )
+    serve.add_argument(
+        "--access-log",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="log one line per REST request: client, method, path, status, duration, model",
+    )
+    serve.add_argument(
+        "--drain-timeout-seconds",
+        type=_non_negative_float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, wait this long for in-flight requests before cancelling them",
+    )
+    serve.add_argument(
+        "--body-read-timeout-seconds",
+        type=_non_negative_float,
+        default=60.0,
+        help="a REST request body must arrive within this time, else 408; 0 = no limit",
+    )
     serve.add_argument(
         "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
     )
@@ -137,11 +249,9 @@ def _demo_config() -> ModelServerConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format, args.access_log)
+    # Each `_created` sample doubles the series count and no dashboard of ours reads it.
+    prometheus_client.disable_created_metrics()
     try:
         options = ServerOptions(
             port=args.port,
@@ -160,32 +270,63 @@ def _serve(args: argparse.Namespace) -> int:
             version_transition_policy=args.version_transition_policy,
             rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
             max_request_bytes=args.max_request_bytes,
+            model_cache_dir=args.model_cache_dir,
+            version_ready_marker=args.version_ready_marker,
+            enable_batching=args.enable_batching,
+            batching_parameters_file=args.batching_parameters_file,
+            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+            enable_model_warmup=args.enable_model_warmup,
+            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+            allow_version_labels_for_unavailable_models=(
+                args.allow_version_labels_for_unavailable_models
+            ),
+            enable_model_control=args.enable_model_control,
         )
         core = ServerCore(options)
     except ServingError as exc:
         print(f"pyserving: {exc.message}", file=sys.stderr)
         return 2
-    if options.rest_api_port == 0:
-        print(
-            "pyserving: --rest_api_port=0 leaves nothing to serve (gRPC comes with issue 3)",
-            file=sys.stderr,
-        )
+    if options.rest_api_port == 0 and options.port == 0:
+        print("pyserving: --port=0 and --rest_api_port=0 leave nothing to serve", file=sys.stderr)
         return 2
+    sock = None
     try:
-        sock = _bind(options.host, options.rest_api_port)
+        if options.rest_api_port:
+            sock = _bind(options.host, options.rest_api_port)
     except OSError as exc:
         print(
             f"pyserving: cannot listen on {options.host}:{options.rest_api_port}: {exc}",
             file=sys.stderr,
         )
         return 2
+    metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
+    drain = _Drain(args.drain_timeout_seconds, args.body_read_timeout_seconds, args.access_log)
     try:
-        _run_event_loop(_serve_rest(core, options, sock))
+        _run_event_loop(_serve_listeners(core, options, sock, drain))
+    except OSError as exc:  # the gRPC port could not be bound
+        print(f"pyserving: {exc}", file=sys.stderr)
+        return 2
     finally:
-        core.stop()
-        sock.close()
+        if sock is not None:
+            sock.close()
+        # Unload every version; a request still running (the drain timed out) delays only its
+        # own version's unload, and never beyond this bound.
+        if not core.stop(timeout_s=max(args.drain_timeout_seconds, _MIN_UNLOAD_WAIT_S)):
+            logger.error("models did not unload in time (a model call is stuck): exiting now")
+            _exit_now(1)
     logger.info("server stopped")
     return 0
+
+
+#: the least time given to unloading models after the drain
+_MIN_UNLOAD_WAIT_S = 10.0
+
+
+def _exit_now(code: int) -> None:
+    """Flush the logs and end the process at once (threads stuck in model code cannot be
+    joined, and a normal exit would wait for them)."""
+    logging.shutdown()
+    os._exit(code)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -206,28 +347,114 @@ def _run_event_loop(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with our own signal handling: stop, then unload, then exit 0."""
+class _Drain:
+    """The graceful-stop state of one `serve`: the first SIGTERM/SIGINT starts the drain, a
+    second one exits at once.
+
+    Thread-safety: signals arrive on the event loop; `is_draining` may be read from any thread.
+    """
+
+    def __init__(self, timeout_s: float, body_read_timeout_s: float, access_log: bool) -> None:
+        self.timeout_s = timeout_s
+        self.body_read_timeout_s = body_read_timeout_s
+        self.access_log = access_log
+        self.requested: asyncio.Event | None = None  # made on the serving loop
+        self._draining = False
+
+    def is_draining(self) -> bool:
+        return self._draining
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM on the running loop from now on."""
+        loop = asyncio.get_running_loop()
+        self.requested = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def start(self) -> None:
+        """Readiness answers false from now on (the first step of the drain)."""
+        self._draining = True
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        assert self.requested is not None
+        if self.requested.is_set():
+            logger.warning("received %s again: exiting now, without draining", name)
+            _exit_now(1)
+        logger.info(
+            "received %s: draining (readiness false, no new connections, up to %gs for"
+            " in-flight requests)",
+            name,
+            self.timeout_s,
+        )
+        self.requested.set()
+
+
+class _RestServer(uvicorn.Server):
+    """uvicorn's server without its own signal handling: `_Drain` decides when it stops."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: int) -> None:
-        logger.info("received %s: stopping", signal.Signals(sig).name)
-        if self.should_exit:
-            self.force_exit = True
-        self.should_exit = True
+        yield
 
 
-async def _serve_rest(core: ServerCore, options: ServerOptions, sock: socket.socket) -> None:
+async def _serve_listeners(
+    core: ServerCore, options: ServerOptions, sock: socket.socket | None, drain: _Drain
+) -> None:
+    """Serve REST (on `sock`) and gRPC until SIGTERM/SIGINT, then drain: readiness goes false,
+    both listeners stop accepting, in-flight requests finish (bounded by `drain.timeout_s`;
+    later ones are cancelled). Models are unloaded by the caller afterwards."""
+    drain.install()
+    assert drain.requested is not None
+    grpc_server: GrpcServer | None = None
+    rest: _RestServer | None = None
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(drain.requested.wait())]
+    try:
+        if options.port:
+            grpc_server = GrpcServer(
+                core.service,
+                GrpcOptions(host=options.host, port=options.port, server_version=__version__),
+                ready_names=core.model_names,
+                model_control=core if options.enable_model_control else None,
+            )
+            await grpc_server.start()  # logs "gRPC API listening on HOST:PORT"
+        if sock is not None:
+            rest = _RestServer(_rest_config(core, options, drain))
+            waiters.append(asyncio.ensure_future(rest.serve(sockets=[sock])))
+            host, port = sock.getsockname()[:2]
+            logger.info("REST API listening on http://%s:%d", host, port)
+        # Initial loads run off the event loop, so health/live answers while models load; a
+        # daemon thread, so a SIGTERM during a long first load does not wait for it.
+        threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        drain.start()
+        stopping: list[Awaitable[Any]] = []
+        if rest is not None:
+            rest.should_exit = True  # closes the listener, then waits for in-flight requests
+            stopping.append(waiters[1])
+        if grpc_server is not None:
+            stopping.append(grpc_server.stop(drain.timeout_s))
+        await asyncio.gather(*stopping)
+        if core.service.pending_requests:
+            logger.warning(
+                "drain timed out after %gs: %d request(s) cancelled",
+                drain.timeout_s,
+                core.service.pending_requests,
+            )
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        if grpc_server is not None:
+            await grpc_server.stop(0)  # idempotent; stops it when serving failed early
+        drain.uninstall()
+
+
+def _rest_config(core: ServerCore, options: ServerOptions, drain: _Drain) -> uvicorn.Config:
     app = create_app(
         core.service,
         RestOptions(
@@ -235,23 +462,17 @@ async def _serve_rest(core: ServerCore, options: ServerOptions, sock: socket.soc
             max_request_bytes=options.max_request_bytes,
             server_version=__version__,
             ready_names=core.model_names,
+            model_control=core if options.enable_model_control else None,
+            is_draining=drain.is_draining,
+            access_log=drain.access_log,
+            body_read_timeout_s=drain.body_read_timeout_s,
         ),
     )
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         http="httptools",
         lifespan="off",
-        access_log=False,
+        access_log=False,  # ours is `--access-log` (pyserving.access)
         log_config=None,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=drain.timeout_s,  # type: ignore[arg-type]
     )
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    host, port = sock.getsockname()[:2]
-    logger.info("REST API listening on http://%s:%d", host, port)
-    if options.port:
-        logger.warning("gRPC API (--port=%d) is not built yet; only REST is served", options.port)
-    # Initial loads run off the event loop, so health/live answers while models load; a daemon
-    # thread, so a SIGTERM during a long first load does not wait for it.
-    threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
-    await serving

@@ -15,6 +15,7 @@ __all__ = [
     "CONTENT_TYPE",
     "LOAD_DURATION",
     "MODEL_VERSIONS",
+    "PENDING_REQUESTS",
     "QUEUE_DURATION",
     "REGISTRY",
     "REQUESTS",
@@ -95,6 +96,14 @@ LOAD_DURATION = Histogram(
 )
 
 
+#: requests queued or running in the InferenceService (the server binds it with set_function)
+PENDING_REQUESTS = Gauge(
+    "pyserving_pending_requests",
+    "Requests queued or running in the server.",
+    registry=REGISTRY,
+)
+
+
 def render() -> bytes:
     """The registry in Prometheus' text exposition format."""
     return generate_latest(REGISTRY)
@@ -103,6 +112,25 @@ def render() -> bytes:
 def observe_request(
     model: str, version: int | None, api: str, code: int, duration_s: float
 ) -> None:
-    """Count one answered request and its duration (api: "rest" | "grpc"; code: HTTP status)."""
-    REQUESTS.labels(model, "" if version is None else str(version), api, str(code)).inc()
-    REQUEST_DURATION.labels(model, api).observe(duration_s)
+    """Count one answered request and its duration (api: "rest" | "grpc"; code: HTTP status).
+
+    Thread-safety: callable from any thread. The label children are bound once per
+    (model, version, api, code) and cached, so the hot path is two dict lookups and two updates.
+    """
+    key = (model, version, api, code)
+    children = _children.get(key)
+    if children is None:
+        children = (
+            REQUESTS.labels(model, "" if version is None else str(version), api, str(code)),
+            REQUEST_DURATION.labels(model, api),
+        )
+        if len(_children) >= _MAX_CACHED_CHILDREN:
+            _children.clear()  # a bound against label churn; the series themselves stay
+        _children[key] = children  # whole-entry assignment: safe without a lock under the GIL
+    children[0].inc()
+    children[1].observe(duration_s)
+
+
+#: (model, version, api, code) → (request counter child, duration histogram child)
+_children: dict[tuple[str, int | None, str, int], tuple[Counter, Histogram]] = {}
+_MAX_CACHED_CHILDREN = 4096

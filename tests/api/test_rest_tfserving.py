@@ -405,8 +405,13 @@ async def test_nan_and_infinity_are_accepted_and_written_literally(client):
         ),
         ("/v1/models/odd:predict", b'{"instances": [1, 2]}', 400, ["has no shape information"]),
         ("/v1/models/broken:predict", b'{"instances": [[1, 2, 3]]}', 500, ["invalid dimensions"]),
-        ("/v1/models/scale:classify", b'{"examples": []}', 501, ["Classify is not supported"]),
-        ("/v1/models/scale:regress", b'{"examples": []}', 501, ["Regress is not supported"]),
+        (
+            "/v1/models/scale:classify",
+            b'{"examples": [{"x": 1.0}]}',
+            400,
+            ["Expected classification signature method_name to be tensorflow/serving/classify"],
+        ),
+        ("/v1/models/scale:regress", b'{"examples": {}}', 400, ["'examples' attribute must"]),
         ("/v1/models/nope:regress", b'{"examples": []}', 404, ["Latest(nope)"]),
     ],
 )

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from pyserving.serving.config import ConfigError, load_config_file, parse_config
+from pyserving.errors import FailedPrecondition
+from pyserving.serving.config import (
+    ConfigError,
+    check_platforms,
+    check_transition,
+    load_config_file,
+    parse_config,
+)
 from pyserving.sources.storage_path import VersionPolicy
 
 
@@ -78,3 +85,85 @@ def test_unreadable_or_malformed_file_is_a_config_error(tmp_path):
         load_config_file(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_file(write(tmp_path, "models: [unclosed"))
+
+
+TEXT_PROTO = """
+model_config_list {
+  config {
+    name: "mlp"
+    base_path: "models/mlp"
+    model_platform: "onnx"
+    model_version_policy { latest { num_versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config { name: "other" base_path: "/abs/other" model_version_policy { all {} } }
+  config { name: "pinned" base_path: "s3://b/p" model_version_policy { specific { versions: 3 } } }
+}
+"""
+
+
+def test_text_proto_maps_onto_the_same_dataclasses_as_yaml(tmp_path):
+    proto = load_config_file(write_named(tmp_path, "models.config", TEXT_PROTO))
+    yaml_config = load_config_file(
+        write(
+            tmp_path,
+            """
+models:
+  - {name: mlp, base_path: models/mlp, platform: onnx, version_policy: {latest: 2},
+     labels: {stable: 1, canary: 2}}
+  - {name: other, base_path: /abs/other, version_policy: all}
+  - {name: pinned, base_path: "s3://b/p", version_policy: {specific: [3]}}
+""",
+        )
+    )
+    assert proto == yaml_config
+    assert proto.models[0].base_path == str(tmp_path / "models" / "mlp")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model_config_list { config { name: 'a' } }", 'model "a": base_path is required'),
+        ("model_config_list { config { nme: 'a' } }", "not a valid text-format"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a'"
+            " base_path: '/b' } }",
+            'model "a" is configured twice',
+        ),
+        (
+            "model_config_list { config { name: 'a' base_path: '/a' model_type: TENSORFLOW"
+            " model_platform: 'onnx' } }",
+            "Illegal setting both model_type",
+        ),
+        ("custom_model_config {}", "does not yet support custom model config"),
+    ],
+)
+def test_invalid_text_protos_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config_file(write_named(tmp_path, "models.config", text))
+
+
+def test_traffic_must_name_labels_with_weights(tmp_path):
+    entry = {"name": "m", "base_path": "/a", "labels": {"s": 1, "c": 2}}
+    config = parse_config({"models": [{**entry, "traffic": {"s": 90, "c": 10}}]}, tmp_path)
+    assert config.models[0].traffic == {"s": 90, "c": 10}
+    with pytest.raises(ConfigError, match='traffic names label "x"'):
+        parse_config({"models": [{**entry, "traffic": {"x": 1}}]}, tmp_path)
+    with pytest.raises(ConfigError, match="must not all be 0"):
+        parse_config({"models": [{**entry, "traffic": {"s": 0}}]}, tmp_path)
+
+
+def test_platform_may_not_change_and_must_be_known(tmp_path):
+    old = parse_config({"models": [{"name": "m", "base_path": "/a", "platform": "onnx"}]}, tmp_path)
+    new = parse_config({"models": [{"name": "m", "base_path": "/a"}]}, tmp_path)
+    with pytest.raises(FailedPrecondition, match="For model m platform was onnx"):
+        check_transition(old, new)
+    with pytest.raises(ConfigError, match="Model m requests unsupported platform onnx"):
+        check_platforms(old, ["torch"])
+
+
+def write_named(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path

@@ -17,6 +17,7 @@ from pyserving.sources.storage_path import (
     StoragePathSource,
     StoragePathSourceOptions,
     VersionPolicy,
+    redact_url,
 )
 from tests.fakes import wait_until
 
@@ -275,6 +276,7 @@ def test_repeated_error_is_logged_at_warning_once_then_at_debug(
         (logging.WARNING, "Could"),
         (logging.DEBUG, "Could"),
         (logging.DEBUG, "Could"),
+        (logging.INFO, "servable"),  # recovered: readable again
         (logging.WARNING, "No"),
     ]
 
@@ -396,3 +398,69 @@ def test_start_after_poll_once_with_zero_poll_wait_starts_no_thread(tmp_path: Pa
 
     assert threading.active_count() == threads_before
     assert recorder.lists("m") == [[1]]
+
+
+def test_ready_marker_latest_policy_picks_the_highest_ready_versions(tmp_path: Path) -> None:
+    make_versions(tmp_path / "m", "1", "2", "3", "4")
+    for version in ("1", "2"):
+        (tmp_path / "m" / version / "_READY").write_bytes(b"")
+    source = StoragePathSource(
+        StoragePathSourceOptions(
+            (ServableToMonitor("m", str(tmp_path / "m"), VersionPolicy.latest(2)),),
+            version_ready_marker="_READY",
+        )
+    )
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+
+    source.poll_once()
+    (tmp_path / "m" / "4" / "_READY").write_bytes(b"")
+    source.poll_once()
+
+    assert recorder.lists("m") == [[1, 2], [2, 4]]
+
+
+def test_ready_marker_specific_policy_warns_about_unready_versions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_versions(tmp_path / "m", "1", "2")
+    (tmp_path / "m" / "1" / "_READY").write_bytes(b"")
+    source = StoragePathSource(
+        StoragePathSourceOptions(
+            (ServableToMonitor("m", str(tmp_path / "m"), VersionPolicy.specific([1, 2])),),
+            version_ready_marker="_READY",
+        )
+    )
+    recorder = Recorder()
+    source.set_aspired_versions_callback(recorder)
+    with caplog.at_level(logging.WARNING, LOGGER):
+        source.poll_once()
+    assert recorder.lists("m") == [[1]]
+    assert "versions [2] not ready (no _READY file) or found" in caplog.text
+
+
+@pytest.mark.parametrize("marker", ["a/b", "..", "x\\y"])
+def test_ready_marker_must_be_a_plain_file_name(marker: str) -> None:
+    with pytest.raises(ValueError, match="plain file name"):
+        StoragePathSourceOptions(version_ready_marker=marker)
+
+
+def test_marker_cannot_change_on_update_config(tmp_path: Path) -> None:
+    source, _ = make_source(ServableToMonitor("m", str(tmp_path / "m")))
+    with pytest.raises(ValueError, match="version_ready_marker"):
+        source.update_config(StoragePathSourceOptions(version_ready_marker="_READY"))
+
+
+def test_credentials_in_base_path_urls_never_reach_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "ftp://user:hunter2@127.0.0.1:1/models/m"
+    assert redact_url(url) == "ftp://***@127.0.0.1:1/models/m"
+    assert redact_url("s3://bucket/m") == "s3://bucket/m"
+    assert redact_url("/plain/path") == "/plain/path"
+    source, recorder = make_source(ServableToMonitor("m", url))
+    with caplog.at_level(logging.DEBUG, LOGGER):
+        source.poll_once()
+    assert recorder.calls == []
+    assert "servable m" in caplog.text
+    assert "hunter2" not in caplog.text

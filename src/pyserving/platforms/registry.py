@@ -1,8 +1,10 @@
 """Platform registry: platform name → Loader factory, and detection of a version's platform.
 
 Built-in platforms are imported lazily, on first use, so a missing framework only fails the
-versions that need it. Third-party platforms register through the `pyserving.platforms` entry
-point group (name = platform, value = a `LoaderFactory`), also discovered on first use.
+versions that need it. Modules named after the framework they wrap end in `_platform`
+(`torch_platform.py`) so they never shadow it. Third-party platforms register through the
+`pyserving.platforms` entry point group (name = platform, value = a `LoaderFactory`), also
+discovered on first use.
 """
 
 from __future__ import annotations
@@ -54,18 +56,30 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class _BuiltinPlatform:
     display_name: str  # the V2 metadata `platform` string
     extra: str | None  # the pip extra that installs its framework; None = always installed
-    factory: str | None  # "module:attribute" of its LoaderFactory; None = not implemented yet
+    factory: str  # "module:attribute" of its LoaderFactory
 
 
 _BUILTIN: dict[str, _BuiltinPlatform] = {
     "onnx": _BuiltinPlatform("onnxruntime_onnx", None, "pyserving.platforms.onnx:OnnxLoader"),
-    "tensorflow": _BuiltinPlatform("tensorflow_savedmodel", "tensorflow", None),
-    "torch": _BuiltinPlatform("pytorch_torchscript", "torch", None),
-    "sklearn": _BuiltinPlatform("sklearn", "sklearn", None),
-    "xgboost": _BuiltinPlatform("xgboost", "xgboost", None),
-    "lightgbm": _BuiltinPlatform("lightgbm", "lightgbm", None),
-    "lookup": _BuiltinPlatform("lookup", None, None),
-    "python": _BuiltinPlatform("python", None, None),
+    "tensorflow": _BuiltinPlatform(
+        "tensorflow_savedmodel",
+        "tensorflow",
+        "pyserving.platforms.tensorflow_platform:TensorFlowLoader",
+    ),
+    "torch": _BuiltinPlatform(
+        "pytorch_torchscript", "torch", "pyserving.platforms.torch_platform:TorchLoader"
+    ),
+    "sklearn": _BuiltinPlatform(
+        "sklearn", "sklearn", "pyserving.platforms.sklearn_platform:SklearnLoader"
+    ),
+    "xgboost": _BuiltinPlatform(
+        "xgboost", "xgboost", "pyserving.platforms.xgboost_platform:XGBoostLoader"
+    ),
+    "lightgbm": _BuiltinPlatform(
+        "lightgbm", "lightgbm", "pyserving.platforms.lightgbm_platform:LightGBMLoader"
+    ),
+    "lookup": _BuiltinPlatform("lookup", None, "pyserving.platforms.lookup:LookupLoader"),
+    "python": _BuiltinPlatform("python", None, "pyserving.platforms.python:PythonLoader"),
 }
 
 
@@ -195,9 +209,6 @@ def _load_builtin(name: str, known: tuple[str, ...]) -> LoaderFactory:
     if builtin is None:
         raise NotFound(f'unknown platform "{name}" (known: {", ".join(known)})')
     not_installed = f'platform "{name}" is not installed: pip install "pyserving[{builtin.extra}]"'
-    if builtin.factory is None:
-        unavailable = f'platform "{name}" is not available in this version of pyserving'
-        raise FailedPrecondition(not_installed if builtin.extra is not None else unavailable)
     module_name, _, attribute = builtin.factory.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -205,5 +216,7 @@ def _load_builtin(name: str, known: tuple[str, ...]) -> LoaderFactory:
         if builtin.extra is None:
             raise FailedPrecondition(f'platform "{name}" could not be imported: {exc}') from exc
         raise FailedPrecondition(not_installed) from exc
+    except Exception as exc:  # a framework failing at import time fails its versions only
+        raise FailedPrecondition(f'platform "{name}" could not be imported: {exc}') from exc
     factory: LoaderFactory = getattr(module, attribute)
     return factory

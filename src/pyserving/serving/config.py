@@ -1,21 +1,44 @@
-"""The model config: which models to serve, where from, with which version policy.
+"""The model config: which models to serve, where from, with which version policy and labels.
 
-One dataclass tree whatever the source: a YAML file (INTERFACE.md §4) or the single model of
-`--model_name` / `--model_base_path`.
+One dataclass tree whatever the source: a YAML file (INTERFACE.md §4), TF Serving's text-proto
+`ModelServerConfig` (any other file name, so an existing `models.config` works unchanged), the
+same message from a gRPC `HandleReloadConfigRequest`, or the single model of `--model_name` /
+`--model_base_path`. Validation follows TF Serving (reference/tfserving.md §1.12): unique names,
+a model's platform never changes across reloads, relative base paths resolve against the config
+file's directory; every message names the model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import text_format
 
-from pyserving.errors import InvalidInput
+from pyserving.errors import FailedPrecondition, InvalidInput
+from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.sources.storage_path import VersionPolicy
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "ModelServerConfig",
+    "check_platforms",
+    "check_transition",
+    "config_from_proto",
+    "load_config_file",
+    "parse_config",
+    "parse_config_text",
+    "parse_text_proto",
+    "single_model_config",
+]
+
+#: TF Serving's deprecated `model_type` enum → platform name
+_MODEL_TYPE_PLATFORM = {config_pb2.TENSORFLOW: "tensorflow"}
 
 
 class ConfigError(InvalidInput):
@@ -24,7 +47,9 @@ class ConfigError(InvalidInput):
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """One model: name, base path (local path or URI), optional platform, version policy, labels."""
+    """One model: name, base path (local path or URI), platform, version policy, labels, and the
+    traffic split over its labels (label → weight). `options` holds the other YAML keys (e.g.
+    `batching`), passed to the platform's Loader factory."""
 
     name: str
     base_path: str
@@ -32,6 +57,7 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy.latest)
     labels: Mapping[str, int] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    traffic: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +69,48 @@ class ModelServerConfig:
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    def get(self, name: str) -> ModelConfig | None:
+        """The model called `name`, or None."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None
+
 
 def single_model_config(name: str, base_path: str) -> ModelServerConfig:
     return ModelServerConfig((ModelConfig(name, _absolute(base_path, Path.cwd())),))
 
 
 def load_config_file(path: str | os.PathLike[str]) -> ModelServerConfig:
-    """Read a YAML model config; raises ConfigError naming the problem."""
+    """Read a model config file: YAML for `.yaml`/`.yml`, TF Serving's text proto otherwise.
+
+    Raises ConfigError naming the file and the problem.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from exc
-    if path.suffix not in (".yaml", ".yml"):
-        raise ConfigError(
-            f"model config file {path}: only YAML (.yaml/.yml) is supported so far; "
-            "TF Serving's text-proto form comes with runtime reload"
-        )
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"model config file {path} is not UTF-8 text: {exc}") from exc
+    return parse_config_text(text, path)
+
+
+def parse_config_text(text: str, path: str | os.PathLike[str]) -> ModelServerConfig:
+    """Parse the contents of the model config file at `path` (its name picks YAML or text
+    proto; its directory anchors relative base paths). Raises ConfigError naming the file."""
+    path = Path(path)
+    root = path.parent.resolve()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"model config file {path} is not valid YAML: {exc}") from exc
+        return parse_config(document, root)
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"model config file {path} is not valid YAML: {exc}") from exc
-    return parse_config(document, path.parent.resolve())
+        return parse_text_proto(text, root)
+    except ConfigError as exc:
+        raise ConfigError(f"model config file {path}: {exc.message}") from exc
 
 
 def parse_config(document: Any, root: Path) -> ModelServerConfig:
@@ -72,6 +118,63 @@ def parse_config(document: Any, root: Path) -> ModelServerConfig:
     if not isinstance(document, Mapping) or not isinstance(document.get("models"), list):
         raise ConfigError("model config must be a mapping with a 'models' list")
     models = tuple(_parse_model(entry, i, root) for i, entry in enumerate(document["models"]))
+    return _checked(models)
+
+
+def parse_text_proto(text: str, root: Path) -> ModelServerConfig:
+    """Parse TF Serving's text-format `ModelServerConfig`; raises ConfigError."""
+    message = config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"not a valid text-format ModelServerConfig: {exc}") from exc
+    return config_from_proto(message, root)
+
+
+def config_from_proto(message: config_pb2.ModelServerConfig, root: Path) -> ModelServerConfig:
+    """Map a `ModelServerConfig` message onto the dataclasses (relative paths against `root`).
+
+    Raises ConfigError for a custom_model_config (as TF Serving's binary refuses it) or an
+    invalid model entry.
+    """
+    kind = message.WhichOneof("config")
+    if kind == "custom_model_config":
+        raise ConfigError("ModelServer does not yet support custom model config")
+    if kind is None:
+        return ModelServerConfig(())
+    models = []
+    for index, entry in enumerate(message.model_config_list.config):
+        models.append(_model_from_proto(entry, index, root))
+    return _checked(tuple(models))
+
+
+def check_platforms(config: ModelServerConfig, known: Iterable[str]) -> None:
+    """Raise ConfigError for a model naming a platform outside `known` (TF Serving's text)."""
+    known_set = set(known)
+    for model in config.models:
+        if model.platform is not None and model.platform not in known_set:
+            raise ConfigError(
+                f"Model {model.name} requests unsupported platform {model.platform}"
+                f" (known: {', '.join(sorted(known_set))})"
+            )
+
+
+def check_transition(old: ModelServerConfig, new: ModelServerConfig) -> None:
+    """Raise FailedPrecondition when `new` changes the platform of a model `old` has."""
+    for model in new.models:
+        before = old.get(model.name)
+        if before is not None and before.platform != model.platform:
+            raise FailedPrecondition(
+                f"Illegal to change a model's platform. For model {model.name} platform was"
+                f" {before.platform or '(detected)'} and new platform requested is"
+                f" {model.platform or '(detected)'}"
+            )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _checked(models: tuple[ModelConfig, ...]) -> ModelServerConfig:
     seen: set[str] = set()
     for model in models:
         if model.name in seen:
@@ -80,25 +183,28 @@ def parse_config(document: Any, root: Path) -> ModelServerConfig:
     return ModelServerConfig(models)
 
 
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or ":" in name:
+        raise ConfigError(f"{where}: 'name' must be a non-empty string without '/' or ':'")
+    return name
+
+
 def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"models[{index}] must be a mapping")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name or "/" in name or ":" in name:
-        raise ConfigError(f"models[{index}]: 'name' must be a non-empty string without '/' or ':'")
+    name = _check_name(entry.get("name"), f"models[{index}]")
     base_path = entry.get("base_path")
     if not isinstance(base_path, str) or not base_path:
         raise ConfigError(f'model "{name}": base_path is required')
     platform = entry.get("platform")
-    if platform is not None and not isinstance(platform, str):
-        raise ConfigError(f'model "{name}": platform must be a string')
+    if platform is not None and (not isinstance(platform, str) or not platform):
+        raise ConfigError(f'model "{name}": platform must be a non-empty string')
     labels = entry.get("labels") or {}
     if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        for k, v in labels.items()
+        isinstance(k, str) and k and _is_version(v) for k, v in labels.items()
     ):
         raise ConfigError(f'model "{name}": labels must map label names to version numbers')
-    known = {"name", "base_path", "platform", "version_policy", "labels"}
+    known = {"name", "base_path", "platform", "version_policy", "labels", "traffic"}
     return ModelConfig(
         name=name,
         base_path=_absolute(base_path, root),
@@ -106,7 +212,29 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
         version_policy=_parse_version_policy(entry.get("version_policy"), name),
         labels=dict(labels),
         options={k: v for k, v in entry.items() if k not in known},
+        traffic=_parse_traffic(entry.get("traffic"), name, labels),
     )
+
+
+def _parse_traffic(value: Any, name: str, labels: Mapping[str, int]) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f'model "{name}": traffic must map label names to weights')
+    for label, weight in value.items():
+        if label not in labels:
+            raise ConfigError(
+                f'model "{name}": traffic names label "{label}", which is not in its labels'
+                f" ({', '.join(sorted(labels)) or 'none'})"
+            )
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise ConfigError(
+                f'model "{name}": traffic weight of label "{label}" must be an integer >= 0,'
+                f" got {weight!r}"
+            )
+    if sum(value.values()) == 0:
+        raise ConfigError(f'model "{name}": traffic weights must not all be 0')
+    return dict(value)
 
 
 def _parse_version_policy(value: Any, name: str) -> VersionPolicy:
@@ -125,14 +253,59 @@ def _parse_version_policy(value: Any, name: str) -> VersionPolicy:
         versions = value["specific"]
         if isinstance(versions, Mapping):
             versions = versions.get("versions", [])
-        if not isinstance(versions, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in versions
-        ):
+        if not isinstance(versions, list) or not all(_is_version(v) for v in versions):
             raise ConfigError(f'model "{name}": version_policy specific must list version numbers')
         return VersionPolicy.specific(versions)
     raise ConfigError(
         f'model "{name}": version_policy must be all, {{latest: N}} or {{specific: [..]}}'
     )
+
+
+def _model_from_proto(entry: config_pb2.ModelConfig, index: int, root: Path) -> ModelConfig:
+    name = _check_name(entry.name, f"model_config_list.config[{index}]")
+    if not entry.base_path:
+        raise ConfigError(f'model "{name}": base_path is required')
+    platform: str | None = entry.model_platform or None
+    if entry.model_type != config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if platform is not None:
+            raise ConfigError(
+                f'model "{name}": Illegal setting both model_type (deprecated) and model_platform'
+            )
+        platform = _MODEL_TYPE_PLATFORM.get(entry.model_type)
+        if platform is None:
+            raise ConfigError(f'model "{name}": model_type OTHER names no platform; set one')
+    for label, version in entry.version_labels.items():
+        if not label or version < 0:
+            raise ConfigError(f'model "{name}": version_labels must map names to versions >= 0')
+    return ModelConfig(
+        name=name,
+        base_path=_absolute(entry.base_path, root),
+        platform=platform,
+        version_policy=_policy_from_proto(entry, name),
+        labels=dict(entry.version_labels),
+    )
+
+
+def _policy_from_proto(entry: config_pb2.ModelConfig, name: str) -> VersionPolicy:
+    if not entry.HasField("model_version_policy"):
+        return VersionPolicy.latest(1)
+    policy = entry.model_version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return VersionPolicy.all()
+    if kind == "specific":
+        versions = list(policy.specific.versions)
+        if not versions or any(v < 0 for v in versions):
+            raise ConfigError(
+                f'model "{name}": model_version_policy specific must list versions >= 0'
+            )
+        return VersionPolicy.specific(versions)
+    # latest, or an empty policy: TF Serving clamps num_versions to at least 1
+    return VersionPolicy.latest(policy.latest.num_versions if kind == "latest" else 1)
+
+
+def _is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _absolute(base_path: str, root: Path) -> str:

@@ -6,8 +6,9 @@ A codec turns its wire format into `dict[str, np.ndarray]`, then:
         signature = service.signature(handle, signature_name)    # NotFound
         outputs = await service.run(handle, signature, inputs, output_names, deadline)
 
-`run` validates the inputs against the signature and executes the servable on a thread pool —
-the event loop never runs a model.
+`run` validates the inputs against the signature and executes the servable on a thread pool, or,
+for a model that batches, enqueues the request on the shared BatchScheduler — the event loop never
+runs a model.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from pyserving.batching import BatchingOptions, BatchingPolicy, BatchScheduler, BatchTask
 from pyserving.core.handle import ServableHandle
 from pyserving.core.ids import ServableRequest
 from pyserving.core.monitor import VersionStatus
@@ -36,12 +39,24 @@ from pyserving.errors import (
 )
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 
-__all__ = ["InferenceOptions", "InferenceService", "LabelResolver"]
+__all__ = [
+    "InferenceOptions",
+    "InferenceService",
+    "LabelResolver",
+    "VersionRouter",
+    "answered_version",
+]
 
 logger = logging.getLogger("pyserving.inference")
 
 #: (model name, label) → version, or None for a label the model does not have
 LabelResolver = Callable[[str, str], int | None]
+#: model name → the version a request naming no version or label goes to (a traffic split),
+#: or None for the highest AVAILABLE one
+VersionRouter = Callable[[str], int | None]
+#: the version the current request ran on (set by `InferenceService.run`); an API edge resets it
+#: to None when a request starts and reads it when counting the request in the metrics
+answered_version: ContextVar[int | None] = ContextVar("pyserving_answered_version", default=None)
 
 
 class _Monitor(Protocol):
@@ -81,8 +96,9 @@ class InferenceService:
     that already started (deadline, cancellation), it keeps that version referenced until the call
     returns, so the version is never unloaded under a running request.
     Blocking: nothing here waits on another thread except `close(wait=True)`.
-    Cancellation: a cancelled or expired request whose call has not started is dropped; one that
-    has started runs to completion on its thread and its result is discarded.
+    Cancellation: a cancelled or expired request whose call has not started (on the executor, or
+    in a batch queue) is dropped; one that has started runs to completion on its thread and its
+    result is discarded.
     """
 
     def __init__(
@@ -90,10 +106,18 @@ class InferenceService:
         manager: _Manager,
         options: InferenceOptions | None = None,
         label_resolver: LabelResolver | None = None,
+        batching: BatchingPolicy | None = None,
+        version_router: VersionRouter | None = None,
     ) -> None:
         self.options = options or InferenceOptions()
         self._manager = manager
         self._label_resolver = label_resolver
+        self._version_router = version_router
+        # Replaced whole (GIL-atomic) by set_batching_policy; read once per request.
+        self._batching = batching or BatchingPolicy()
+        self._scheduler_lock = threading.Lock()  # guards creating _scheduler
+        self._scheduler: BatchScheduler | None = None
+        self._closed = False
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, self.options.executor_threads),
             thread_name_prefix="pyserving-infer",
@@ -109,11 +133,19 @@ class InferenceService:
     def acquire(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> ServableHandle:
-        """A handle on `name` at `version`, at `label`'s version, or at the highest AVAILABLE one.
+        """A handle on `name` at `version`, at `label`'s version, or else at the version the
+        traffic split picks (the highest AVAILABLE one when the model has no split).
 
         Raises InvalidInput when both a version and a label are given; NotFound for an unknown
         label, model or version.
         """
+        if label is None and version is None and self._version_router is not None:
+            routed = self._version_router(name)
+            if routed is not None:
+                try:
+                    return self._manager.get_handle(ServableRequest(name, routed))
+                except NotFound:
+                    pass  # it stopped serving since it was picked: the latest answers instead
         if label is not None:
             if version is not None:
                 raise InvalidInput(
@@ -161,20 +193,31 @@ class InferenceService:
         requests pending), ModelError (the servable raised; a ServingError it raises passes
         through unchanged).
         """
+        answered_version.set(handle.id.version)  # for the API edge's request metrics
         plan = self._plan(signature)
         plan.validate(inputs, self.options.max_tensor_elements)
         wanted = plan.outputs if output_names is None else plan.check_outputs(output_names)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
+        # A signature with an input that is not batched on dimension 0 runs unbatched.
+        batching = self._batching.options_for(handle.id.name) if plan.batchable else None
         with self._pending_lock:
             if self._pending >= self.options.max_pending_requests:
                 raise Unavailable(f"too many requests pending ({self._pending}); try again later")
             self._pending += 1
         try:
-            job = self._executor.submit(_execute, handle.servable, signature.name, inputs, deadline)
+            if batching is None:
+                job = self._executor.submit(
+                    _execute, handle.servable, signature.name, inputs, deadline
+                )
+            else:
+                job = self._schedule(handle, signature.name, inputs, deadline, batching)
         except RuntimeError as exc:  # the executor was shut down
             self._done_pending(None)
             raise Unavailable("the server is shutting down") from exc
+        except ServingError:  # refused by the batch queue: full, task too large, closing
+            self._done_pending(None)
+            raise
         job.add_done_callback(self._done_pending)
         waiter = asyncio.wrap_future(job)
         try:
@@ -192,12 +235,31 @@ class InferenceService:
 
     @property
     def pending_requests(self) -> int:
-        """Requests submitted to the executor and not finished (queued or running)."""
+        """Requests submitted to the executor or a batch queue and not finished."""
         return self._pending
 
+    def set_batching_policy(self, policy: BatchingPolicy) -> None:
+        """Batch with `policy` from the next request on (a config reload); queued tasks keep
+        the options they were queued with."""
+        self._batching = policy
+
+    @property
+    def batch_scheduler(self) -> BatchScheduler | None:
+        """The shared batch scheduler, once a batched request has made it."""
+        return self._scheduler
+
     def close(self, wait: bool = False) -> None:
-        """Stop the executor: queued calls are dropped; with `wait`, waits for running ones."""
+        """Stop the executor and the batch scheduler.
+
+        Calls queued on the executor are dropped; batches already queued still run (their
+        callers hold handles). With `wait`, waits for running calls and batches.
+        """
+        with self._scheduler_lock:
+            self._closed = True
+            scheduler = self._scheduler
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if scheduler is not None:
+            scheduler.close(wait=wait)
 
     # --- status -----------------------------------------------------------------------------
 
@@ -257,6 +319,33 @@ class InferenceService:
             self._plans[id(signature)] = plan
         return plan
 
+    def _schedule(
+        self,
+        handle: ServableHandle,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        deadline: float | None,
+        batching: BatchingOptions,
+    ) -> Future[Any]:
+        """Enqueue on the queue of this version, signature and options; never waits."""
+        task = BatchTask(handle.servable, signature_name, inputs, deadline)
+        scheduler = self._scheduler
+        if scheduler is None:
+            with self._scheduler_lock:
+                if self._closed:
+                    raise Unavailable("the server is shutting down")
+                if self._scheduler is None:
+                    # One pool for every model: the server-wide thread settings (TF Serving).
+                    server = self._batching.server
+                    self._scheduler = BatchScheduler(
+                        server.num_batch_threads, server.thread_pool_name
+                    )
+                scheduler = self._scheduler
+        # id(servable) keeps a reloaded version (same id, new servable) off the old queue; the
+        # queued tasks hold the servable, so its id cannot be reused while the queue has tasks.
+        key = (handle.id, signature_name, id(handle.servable), batching)
+        return scheduler.schedule_nowait(key, handle.id.name, batching, task)
+
     def _done_pending(self, _job: Future[Any] | None) -> None:
         with self._pending_lock:
             self._pending -= 1
@@ -298,7 +387,7 @@ def _describe(array: np.ndarray) -> str:
 class _SignaturePlan:
     """What validating a request against one signature needs, computed once per signature."""
 
-    __slots__ = ("batched", "inputs", "output_set", "outputs", "signature")
+    __slots__ = ("batchable", "batched", "inputs", "output_set", "outputs", "signature")
 
     def __init__(self, signature: Signature) -> None:
         self.signature = signature
@@ -311,6 +400,8 @@ class _SignaturePlan:
         self.batched = frozenset(
             spec.name for spec in signature.inputs if spec.shape and spec.shape[0] == -1
         )
+        # the Batcher may merge requests: every input has a variable dimension 0
+        self.batchable = bool(self.inputs) and len(self.batched) == len(self.inputs)
         self.outputs = tuple(spec.name for spec in signature.outputs)
         self.output_set = frozenset(self.outputs)
 

@@ -1,23 +1,41 @@
-"""ServerCore: options → sources → adapter → manager, plus labels and the InferenceService."""
+"""ServerCore: options → sources → adapter → manager, plus labels, traffic split, runtime
+reload, model control and warmup, and the InferenceService."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
+from pyserving.batching import BatchingPolicy, load_batching_parameters
 from pyserving.core.ids import ServableState, ServableStateEvent
 from pyserving.core.manager import Manager, ManagerOptions
+from pyserving.core.monitor import StateMonitor
+from pyserving.errors import NotFound, ServingError
+from pyserving.platforms.registry import DEFAULT_REGISTRY, PlatformRegistry
+from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving.config import (
     ConfigError,
     ModelServerConfig,
+    check_platforms,
+    check_transition,
+    config_from_proto,
     load_config_file,
+    parse_config_text,
     single_model_config,
 )
 from pyserving.serving.inference import InferenceOptions, InferenceService
+from pyserving.serving.labels import LabelMap, check_label_changes
+from pyserving.serving.monitoring import LifecycleMetrics
+from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
 from pyserving.sources.adapter import PlatformAdapter
 from pyserving.sources.base import connect
+from pyserving.sources.cache import ModelCache, ModelCacheOptions, default_cache_dir
 from pyserving.sources.storage_path import (
     ServableToMonitor,
     StoragePathSource,
@@ -49,6 +67,15 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30_000
     max_request_bytes: int = 64 * 1024 * 1024
     initial_load_timeout_s: float = 300.0
+    model_cache_dir: str | None = None  # None: default_cache_dir(), under the system temp dir
+    version_ready_marker: str = ""  # e.g. "_READY": a version counts once this file exists
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None  # TF text proto, or YAML (.yaml/.yml)
+    model_config_file_poll_wait_seconds: float = 0.0  # 0: read the config file once
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_model_control: bool = False
 
     def resolve_model_config(self) -> ModelServerConfig:
         """The model config these options describe; raises ConfigError when there is none."""
@@ -62,17 +89,29 @@ class ServerOptions:
 
 
 class ServerCore:
-    """Builds and owns the serving stack for one model config.
+    """Builds and owns the serving stack for one model config, and changes that config at run time.
 
-    Thread-safety: `start` and `stop` are called once each, from one thread; everything they
-    build is safe to use from request threads.
+    Thread-safety: `start` and `stop` are called once each, from one thread. `apply_config`,
+    `reload_config`, `load_model`, `unload_model` may be called from any thread; they are
+    serialised by one lock. Request threads read the label map and the config without a lock
+    (both are replaced whole).
     Blocking: `start` waits (bounded by `initial_load_timeout_s`) until each model's first versions
-    have loaded or failed; `stop` waits for every version to unload.
+    have loaded or failed; `stop` waits for every version to unload; the model-control methods do
+    file-system I/O and wait (bounded by `initial_load_timeout_s`) for the loads or unloads they
+    start. None of them may run on the event loop.
     """
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, registry: PlatformRegistry | None = None) -> None:
         self.options = options
-        self.config = options.resolve_model_config()
+        self._registry = registry if registry is not None else DEFAULT_REGISTRY
+        # The config file's text as last read by the poller (None: not from a file).
+        self._config_text: str | None = None
+        if options.model_config is None and options.model_config_file:
+            self._config_text = _read_config_file(options.model_config_file)
+            self.config = parse_config_text(self._config_text, options.model_config_file)
+        else:
+            self.config = options.resolve_model_config()
+        check_platforms(self.config, self._registry.known_platforms())
         self.manager = Manager(
             ManagerOptions(
                 num_load_threads=options.num_load_threads,
@@ -84,40 +123,74 @@ class ServerCore:
             )
         )
         self.manager.bus.subscribe(_log_transition)
-        self._labels: Mapping[str, Mapping[str, int]] = {
-            m.name: dict(m.labels) for m in self.config.models
-        }
+        self.lifecycle_metrics = LifecycleMetrics(self.manager.bus, self.manager.monitor)
+        # Serialises config changes (reload, file poll, load/unload); guards _unloaded. The
+        # fields below it are replaced whole under it and read without it.
+        self._config_lock = threading.RLock()
+        self._unloaded: set[str] = set()  # explicitly unloaded; stay so until load_model
+        self._label_map = LabelMap.from_config(self.config)
         self.service = InferenceService(
-            self.manager, InferenceOptions(), label_resolver=self.resolve_label
+            self.manager,
+            InferenceOptions(),
+            label_resolver=self.resolve_label,
+            batching=batching_policy(options, self.config),
+            version_router=self.route,
         )
+        # Remote versions are copied here before they load; unloads remove their copies.
+        self._model_cache = ModelCache(
+            ModelCacheOptions(cache_dir=options.model_cache_dir or default_cache_dir())
+        )
+        platform_overrides, model_options = _adapter_settings(self.config)
         self._adapter = PlatformAdapter(
-            platform_overrides={m.name: m.platform for m in self.config.models if m.platform},
-            config={m.name: m.options for m in self.config.models},
+            platform_overrides=platform_overrides,
+            config=model_options,
+            registry=(
+                WarmupRegistry(
+                    self._registry,
+                    WarmupOptions(
+                        num_request_iterations_for_warmup=options.num_request_iterations_for_warmup
+                    ),
+                )
+                if options.enable_model_warmup
+                else self._registry
+            ),
+            cache=self._model_cache,
         )
-        self._source = StoragePathSource(
-            StoragePathSourceOptions(
-                servables=tuple(
-                    ServableToMonitor(m.name, m.base_path, m.version_policy)
-                    for m in self.config.models
-                ),
-                file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
-            )
-        )
+        self._source = StoragePathSource(self._source_options_locked())
         connect(self._source, self._adapter.aspire_versions)
         self._adapter.set_aspired_versions_callback(self.manager.aspire_versions)
+        self._stop_polling = threading.Event()
+        self._config_poller: threading.Thread | None = None
+
+    # --- requests ----------------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
-        return self.config.names()
+        """The configured models, less those explicitly unloaded (what readiness waits for)."""
+        unloaded = self._unloaded
+        return [name for name in self.config.names() if name not in unloaded]
 
     def resolve_label(self, name: str, label: str) -> int | None:
-        return self._labels.get(name, {}).get(label)
+        """The version `label` names for model `name` (AVAILABLE or not), or None."""
+        return self._label_map.resolve(name, label)
+
+    def route(self, name: str) -> int | None:
+        """The version a request naming no version or label goes to under `name`'s traffic
+        split; None when it has no split or none of its versions is AVAILABLE (then the highest
+        AVAILABLE version answers)."""
+        split = self._label_map.traffic.get(name)
+        if split is None:
+            return None
+        return split.pick(self.manager.available_versions(name))
 
     def is_ready(self) -> bool:
         """True when every configured model has an AVAILABLE version (the readiness probe)."""
         return all(self.manager.available_versions(name) for name in self.model_names())
 
+    # --- lifecycle ---------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Poll every base path once, wait for the first loads to settle, then keep polling."""
+        """Poll every base path once, wait for the first loads to settle, then keep polling
+        (base paths, and the config file with `model_config_file_poll_wait_seconds`)."""
         started = time.perf_counter()
         self._source.poll_once()
         deadline = time.monotonic() + self.options.initial_load_timeout_s
@@ -134,15 +207,275 @@ class ServerCore:
         )
         if self.options.file_system_poll_wait_seconds > 0:
             self._source.start()
+        wait_s = self.options.model_config_file_poll_wait_seconds
+        if self._config_text is not None and wait_s > 0 and not self._stop_polling.is_set():
+            self._config_poller = threading.Thread(
+                target=self._poll_config_file,
+                args=(wait_s,),
+                name="pyserving-config-poll",
+                daemon=True,
+            )
+            self._config_poller.start()
 
     def stop(self, timeout_s: float | None = 60.0) -> bool:
         """Stop polling and unload every version; True when everything unloaded in time."""
+        self._stop_polling.set()
+        poller = self._config_poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join()
         self._source.stop()
-        return self.manager.stop(timeout_s)
+        self._model_cache.begin_shutdown()  # the next start reuses the cached copies
+        stopped = self.manager.stop(timeout_s)
+        self.service.close()  # batch threads exit once their queues are empty
+        return stopped
+
+    # --- runtime reload ----------------------------------------------------------------------
+
+    def apply_config(self, config: ModelServerConfig, wait: bool = True) -> None:
+        """Replace the model config, as TF Serving's ReloadConfig: added models load, omitted
+        ones unload once their requests finish, changed version policies apply, labels move
+        atomically; models whose entry did not change are not disturbed.
+
+        Everything is validated first: a config that fails (unknown platform, changed platform,
+        a label it may not move, bad batching) raises ConfigError / FailedPrecondition and
+        nothing changes. With `wait`, returns once every newly added model has an AVAILABLE
+        version, and raises ServingError naming those that could not load (the new config stays
+        in force, as in TF Serving).
+        """
+        with self._config_lock:
+            old = self.config
+            check_platforms(config, self._registry.known_platforms())
+            check_transition(old, config)
+            check_label_changes(
+                old,
+                config,
+                self.manager.available_versions,
+                self.options.allow_version_labels_for_unavailable_models,
+            )
+            batching = batching_policy(self.options, config)
+            label_map = LabelMap.from_config(config)
+            added = [m.name for m in config.models if old.get(m.name) is None]
+            # Commit. Labels first: a label may only move to an AVAILABLE version, which the
+            # source update below cannot take away before requests see the new map.
+            self.config = config
+            self._unloaded = {n for n in self._unloaded if config.get(n) is not None}
+            self._label_map = label_map
+            self.service.set_batching_policy(batching)
+            self._adapter.update_config(*_adapter_settings(config))
+            self._source.update_config(self._source_options_locked())
+        logger.info(
+            "model config applied: %s (added: %s, removed: %s)",
+            ", ".join(config.names()) or "no models",
+            ", ".join(added) or "none",
+            ", ".join(n for n in old.names() if config.get(n) is None) or "none",
+        )
+        if wait:
+            self._wait_for_available(added)
+
+    def reload_config(self, config: config_pb2.ModelServerConfig) -> None:
+        """ModelControl: apply a `ModelServerConfig` message (gRPC HandleReloadConfigRequest).
+
+        Relative base paths resolve against the config file's directory (the working directory
+        without one). A message with no config set is a no-op, as in TF Serving. Raises as
+        `apply_config` (with `wait`).
+        """
+        if config.WhichOneof("config") is None:
+            return
+        root = (
+            Path(self.options.model_config_file).parent.resolve()
+            if self.options.model_config_file
+            else Path.cwd()
+        )
+        self.apply_config(config_from_proto(config, root))
+
+    def load_model(self, name: str) -> None:
+        """ModelControl: (re)load configured model `name`, undoing an explicit unload; returns
+        once it has an AVAILABLE version. Raises NotFound for a model not in the config,
+        ServingError when it cannot load."""
+        with self._config_lock:
+            self._require_configured(name)
+            if name in self._unloaded:
+                self._unloaded.discard(name)
+                self._source.update_config(self._source_options_locked())  # polls it at once
+            else:
+                self._source.poll_once()  # new versions on disk load at once
+        self._wait_for_available([name])
+
+    def unload_model(self, name: str) -> None:
+        """ModelControl: unload every version of `name` after its requests finish; it stays
+        unloaded (the base-path poller does not bring it back) until `load_model(name)`.
+        Returns once no version of it serves. Raises NotFound for a model not in the config."""
+        with self._config_lock:
+            self._require_configured(name)
+            self._unloaded.add(name)
+            self._source.update_config(self._source_options_locked())
+        monitor = self.manager.monitor
+        if not monitor.wait_until(
+            lambda: not self.manager.available_versions(name) and _settled(monitor, name),
+            self.options.initial_load_timeout_s,
+        ):
+            logger.warning("model %s: still unloading after the wait; it will finish", name)
+
+    def repository_index(self) -> Iterable[Mapping[str, str]]:
+        """ModelControl: one entry per known version of every configured model (one entry
+        with version "" for a model with none): name, version, state, reason."""
+        entries: list[Mapping[str, str]] = []
+        unloaded = self._unloaded
+        for name in self.config.names():
+            states = self.manager.monitor.states(name)
+            if not states:
+                reason = "unloaded" if name in unloaded else "no versions found"
+                entries.append(
+                    {"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason}
+                )
+                continue
+            for status in sorted(states, key=lambda s: s.id.version):
+                entries.append(
+                    {
+                        "name": name,
+                        "version": str(status.id.version),
+                        "state": _REPOSITORY_STATE[status.state],
+                        "reason": status.error or "",
+                    }
+                )
+        return entries
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _source_options_locked(self) -> StoragePathSourceOptions:
+        return StoragePathSourceOptions(
+            servables=tuple(
+                ServableToMonitor(m.name, m.base_path, m.version_policy)
+                for m in self.config.models
+                if m.name not in self._unloaded
+            ),
+            file_system_poll_wait_seconds=self.options.file_system_poll_wait_seconds,
+            version_ready_marker=self.options.version_ready_marker,
+        )
+
+    def _require_configured(self, name: str) -> None:
+        if self.config.get(name) is None:
+            raise NotFound(
+                f'model "{name}" is not in the model config (configured:'
+                f" {', '.join(self.config.names()) or 'none'})"
+            )
+
+    def _wait_for_available(self, names: Iterable[str]) -> None:
+        """Wait until each model has an AVAILABLE version or settles without one; raises
+        ServingError (TF Serving's text) naming those without one."""
+        monitor = self.manager.monitor
+        deadline = time.monotonic() + self.options.initial_load_timeout_s
+        failed: list[str] = []
+        for name in names:
+            monitor.wait_until(
+                lambda name=name: (
+                    bool(self.manager.available_versions(name)) or _settled(monitor, name)
+                ),
+                max(0.0, deadline - time.monotonic()),
+            )
+            if not self.manager.available_versions(name):
+                errors = [s.error for s in monitor.states(name) if s.error]
+                reason = errors[0] if errors else "no version found or still loading"
+                failed.append(f"{{name: {name}}} due to error: {reason}")
+        if failed:
+            raise ServingError(
+                f"{len(failed)} servable(s) did not become available: {{{', '.join(failed)}}}"
+            )
+
+    def _poll_config_file(self, wait_s: float) -> None:
+        """Re-read the config file every `wait_s`; apply it when its text changed. A bad file
+        is logged once and ignored: the config in force stays."""
+        path = self.options.model_config_file
+        assert path is not None
+        last_text = self._config_text
+        while not self._stop_polling.wait(wait_s):
+            try:
+                text = _read_config_file(path)
+            except ConfigError as exc:
+                if last_text is not None:
+                    logger.error("%s; the model config in force stays", exc.message)
+                last_text = None
+                continue
+            if text == last_text:
+                continue
+            last_text = text
+            try:
+                self.apply_config(parse_config_text(text, path), wait=False)
+            except ServingError as exc:
+                logger.error(
+                    "model config file %s rejected: %s; the model config in force stays",
+                    path,
+                    exc.message,
+                )
+            except Exception:  # edge: the poll thread must survive any bug in one reload
+                logger.exception("reloading model config file %s failed", path)
+            else:
+                self._config_text = text
+
+
+def batching_policy(options: ServerOptions, config: ModelServerConfig) -> BatchingPolicy:
+    """Server-wide batching (`--enable_batching`, `--batching_parameters_file`) plus each
+    model's `batching:` setting. Raises ConfigError / BatchingConfigError naming the problem."""
+    if options.batching_parameters_file and not options.enable_batching:
+        raise ConfigError(
+            "server_options.batching_parameters_file is set without setting"
+            " server_options.enable_batching to true."
+        )
+    server = (
+        load_batching_parameters(options.batching_parameters_file)
+        if options.batching_parameters_file
+        else None
+    )
+    per_model = {m.name: m.options["batching"] for m in config.models if "batching" in m.options}
+    return BatchingPolicy.build(options.enable_batching, server, per_model)
+
+
+def _adapter_settings(
+    config: ModelServerConfig,
+) -> tuple[dict[str, str], dict[str, Mapping[str, Any]]]:
+    """The PlatformAdapter's per-model platforms and options for `config`."""
+    return (
+        {m.name: m.platform for m in config.models if m.platform},
+        {m.name: m.options for m in config.models},
+    )
+
+
+def _read_config_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read model config file {path}: {exc}") from exc
+
+
+def _settled(monitor: StateMonitor, name: str) -> bool:
+    """No version of `name` is starting, loading or unloading."""
+    busy = (ServableState.START, ServableState.LOADING, ServableState.UNLOADING)
+    return all(s.state not in busy for s in monitor.states(name))
+
+
+#: lifecycle state → the V2 repository index's state names (Triton's)
+_REPOSITORY_STATE = MappingProxyType(
+    {
+        ServableState.UNKNOWN: "UNAVAILABLE",
+        ServableState.START: "LOADING",
+        ServableState.LOADING: "LOADING",
+        ServableState.AVAILABLE: "READY",
+        ServableState.UNLOADING: "UNLOADING",
+        ServableState.END: "UNAVAILABLE",
+    }
+)
 
 
 def _log_transition(event: ServableStateEvent) -> None:
     duration = f" duration={event.duration_s:.3f}s" if event.duration_s is not None else ""
+    # The same facts as fields, for `--log-format json`.
+    fields = {
+        "model": event.id.name,
+        "version": event.id.version,
+        "state": event.state.name,
+        "duration_s": event.duration_s,
+        "error": event.error,
+    }
     if event.error:
         lifecycle_logger.warning(
             "model=%s version=%d state=%s%s error=%s",
@@ -151,6 +484,7 @@ def _log_transition(event: ServableStateEvent) -> None:
             event.state.name,
             duration,
             event.error,
+            extra=fields,
         )
     elif event.state in (ServableState.AVAILABLE, ServableState.END, ServableState.LOADING):
         lifecycle_logger.info(
@@ -159,8 +493,13 @@ def _log_transition(event: ServableStateEvent) -> None:
             event.id.version,
             event.state.name,
             duration,
+            extra=fields,
         )
     else:
         lifecycle_logger.debug(
-            "model=%s version=%d state=%s", event.id.name, event.id.version, event.state.name
+            "model=%s version=%d state=%s",
+            event.id.name,
+            event.id.version,
+            event.state.name,
+            extra=fields,
         )

@@ -16,6 +16,8 @@ from pyserving.platforms.registry import (
     detect_platform,
 )
 from pyserving.sources.base import SourceAdapter
+from pyserving.sources.cache import CachedVersionLoader, ModelCache
+from pyserving.sources.storage_path import is_remote, redact_url
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -24,7 +26,8 @@ class PlatformAdapter(SourceAdapter[str, Loader]):
     """Builds one Loader per version path: the model config's platform, else detection.
 
     Building a Loader is cheap (nothing is loaded); a path whose platform cannot be found, or whose
-    platform is not installed, becomes an error item naming the reason.
+    platform is not installed, becomes an error item naming the reason. With a ModelCache, a
+    version on a remote store gets a CachedVersionLoader: the platform loads a local copy.
     Thread-safety: `update_config` may run while a poll adapts; each item sees the old or the new
     configuration, never a mix.
     """
@@ -34,9 +37,11 @@ class PlatformAdapter(SourceAdapter[str, Loader]):
         platform_overrides: Mapping[str, str] = _EMPTY,
         config: Mapping[str, Mapping[str, Any]] = _EMPTY,
         registry: PlatformRegistry | None = None,
+        cache: ModelCache | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry if registry is not None else DEFAULT_REGISTRY
+        self._cache = cache
         # replaced as a whole (one attribute assignment is atomic), so readers need no lock
         self._settings = (dict(platform_overrides), dict(config))
 
@@ -55,9 +60,17 @@ class PlatformAdapter(SourceAdapter[str, Loader]):
         if platform is None:
             expected = ", ".join(file for file, _ in PLATFORM_FILES)
             raise NotFound(
-                f"No platform found for model {name} version {item.id.version} at {item.data} "
+                f"No platform found for model {name} version {item.id.version} at "
+                f"{redact_url(item.data)} "
                 f"(expected one of: {expected})"
             )
         model_config = config.get(name, _EMPTY)
-        loader = self._registry.make_loader(platform, item.id, item.data, model_config)
-        return ServableData(item.id, loader, revision=item.revision)
+        if self._cache is None or not is_remote(item.data):
+            loader = self._registry.make_loader(platform, item.id, item.data, model_config)
+            return ServableData(item.id, loader, revision=item.revision)
+
+        def make_loader(path: str) -> Loader:
+            return self._registry.make_loader(platform, item.id, path, model_config)
+
+        cached = CachedVersionLoader(item.id, item.data, self._cache, make_loader)
+        return ServableData(item.id, cached, revision=item.revision)

@@ -3,18 +3,23 @@
 Follows TF Serving's FileSystemStoragePathSource (reference/tfserving.md §1.11) with one deliberate
 difference: errors are per servable. A base path that is missing or unreadable sends nothing for
 that servable (so its loaded versions keep serving) while the other servables are still polled.
+
+Remote stores (s3://, gs://, memory://, ...) are listed the same way; each version's revision covers
+its files' names, sizes, modification stamps and ETags. With a version ready marker (e.g. `_READY`)
+a version counts only once that file exists in its directory: the safe way to publish versions to a
+store whose uploads are not atomic per directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import posixpath
 import threading
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -28,6 +33,8 @@ logger = logging.getLogger(__name__)
 _MAX_VERSION = 2**63 - 1
 # File-info keys that carry a modification stamp, by filesystem (local, s3, gcs, memory).
 _STAMP_KEYS = ("mtime", "LastModified", "updated", "created")
+# File-info keys that carry a content hash, by filesystem (s3, gcs, azure, http).
+_ETAG_KEYS = ("ETag", "etag", "md5Hash", "md5", "crc32c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +88,15 @@ class ServableToMonitor:
 
 @dataclass(frozen=True, slots=True)
 class StoragePathSourceOptions:
-    """What to poll and how often; `file_system_poll_wait_seconds == 0` polls once."""
+    """What to poll and how often; `file_system_poll_wait_seconds == 0` polls once.
+
+    `version_ready_marker`, when not empty, is a file name: a version directory counts only once
+    it holds that file (the version policy picks among the ready versions).
+    """
 
     servables: tuple[ServableToMonitor, ...] = ()
     file_system_poll_wait_seconds: float = 1.0
+    version_ready_marker: str = ""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.servables]
@@ -93,13 +105,16 @@ class StoragePathSourceOptions:
             raise ValueError(f"servable names must be unique; repeated: {', '.join(duplicates)}")
         if self.file_system_poll_wait_seconds < 0:
             raise ValueError("file_system_poll_wait_seconds must be >= 0")
+        marker = self.version_ready_marker
+        if marker and ("/" in marker or "\\" in marker or marker in (".", "..")):
+            raise ValueError(f"version_ready_marker must be a plain file name, got {marker!r}")
 
 
 class StoragePathSource:
     """Emits `ServableData[str]` (data = version directory path) per servable, from polling.
 
     Each item's `revision` fingerprints the version directory's files (relative names, sizes,
-    modification stamps), so a version that failed to load is retried when its files change.
+    modification stamps, ETags), so a version that failed to load is retried when its files change.
     A stream's list is sent only when it differs (ids, paths, revisions) from the last one sent
     for that stream; the first poll of a stream always sends.
 
@@ -111,7 +126,7 @@ class StoragePathSource:
     """
 
     def __init__(self, options: StoragePathSourceOptions) -> None:
-        # guards _options, _callback, _last_sent, _warnings, _polled; held for a whole poll
+        # guards _options, _callback, _last_sent, _warnings, _failing, _polled; held for a poll
         self._lock = threading.Lock()
         self._options = options
         self._callback: AspiredVersionsCallback[str] | None = None
@@ -119,6 +134,8 @@ class StoragePathSource:
         self._last_sent: dict[str, tuple[tuple[int, str, str], ...]] = {}
         # stream name → warnings logged at the last poll (repeats are logged at DEBUG)
         self._warnings: dict[str, set[str]] = {}
+        # streams whose last poll could not list their base path
+        self._failing: set[str] = set()
         self._polled = False
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +191,8 @@ class StoragePathSource:
             old = self._options
             if options.file_system_poll_wait_seconds != old.file_system_poll_wait_seconds:
                 raise ValueError("Changing file_system_poll_wait_seconds is not supported")
+            if options.version_ready_marker != old.version_ready_marker:
+                raise ValueError("Changing version_ready_marker is not supported")
             self._options = options
             if self._callback is None:
                 return
@@ -182,6 +201,7 @@ class StoragePathSource:
                 if servable.name not in kept:
                     self._last_sent.pop(servable.name, None)
                     self._warnings.pop(servable.name, None)
+                    self._failing.discard(servable.name)
                     self._send_locked(servable.name, [])
             previous = set(old.servables)
             for servable in options.servables:
@@ -207,20 +227,23 @@ class StoragePathSource:
 
     def _poll_servable_locked(self, servable: ServableToMonitor) -> None:
         warnings: list[str] = []
+        base_path = redact_url(servable.base_path)
         try:
-            items = _list_aspired(servable, warnings)
+            items = _list_aspired(servable, self._options.version_ready_marker, warnings)
         except Exception as exc:  # edge: per-servable isolation; never send a list on error
             if isinstance(exc, FileNotFoundError):
-                message = (
-                    f"Could not find base path {servable.base_path} for servable {servable.name}"
-                )
+                message = f"Could not find base path {base_path} for servable {servable.name}"
             else:
                 message = (
                     f"filesystem access error polling servable {servable.name} at base path "
-                    f"{servable.base_path}: {type(exc).__name__}: {exc}"
+                    f"{base_path}: {type(exc).__name__}: {exc}; its loaded versions keep serving"
                 )
             self._log_warnings_locked(servable.name, [message])
+            self._failing.add(servable.name)
             return
+        if servable.name in self._failing:
+            self._failing.discard(servable.name)
+            logger.info("servable %s: base path %s is readable again", servable.name, base_path)
         self._log_warnings_locked(servable.name, warnings)
         key = tuple((item.id.version, item.data or "", item.revision) for item in items)
         if self._last_sent.get(servable.name) == key:
@@ -241,12 +264,67 @@ class StoragePathSource:
         self._warnings[name] = set(messages)
 
 
-def _list_aspired(servable: ServableToMonitor, warnings: list[str]) -> list[ServableData[str]]:
+def redact_url(url: str) -> str:
+    """`url` without a password or other credentials in its user part (for logs and messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
+def is_remote(path: str) -> bool:
+    """True when `path` is on a non-local fsspec filesystem (s3://, gs://, memory://, ...)."""
+    return fsspec.utils.get_protocol(path) not in ("file", "local")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FileEntry:
+    """One file of a version directory: its name relative to it, size, and ETag or stamp."""
+
+    relative: str
+    size: int
+    tag: str
+
+
+def list_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[FileEntry]:
+    """Every file under `directory` (recursively), sorted by relative name.
+
+    The tag is the file's ETag (or content hash) plus its modification stamp, whichever the
+    filesystem reports, so a re-uploaded file of the same size gets a new tag.
+    Raises what the filesystem raises when `directory` cannot be listed.
+    """
+    prefix = directory.rstrip("/") + "/"
+    entries = []
+    for path, info in fs.find(directory, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        relative = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k) is not None), "")
+        stamp = next((str(info[k]) for k in _STAMP_KEYS if info.get(k) is not None), "")
+        entries.append(FileEntry(relative, int(info.get("size") or 0), f"{etag}|{stamp}"))
+    return sorted(entries)
+
+
+def fingerprint(entries: Iterable[FileEntry], *extra: str) -> str:
+    """A short hash of `entries` (names, sizes, tags) and of any `extra` strings."""
+    digest = hashlib.sha256()
+    for text in extra:
+        digest.update(f"{text}\n".encode())
+    for entry in entries:
+        digest.update(f"{entry.relative}\0{entry.size}\0{entry.tag}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _list_aspired(
+    servable: ServableToMonitor, marker: str, warnings: list[str]
+) -> list[ServableData[str]]:
     """The aspired items of one servable, ascending; appends what to warn about to `warnings`.
 
     Raises FileNotFoundError when the base path does not exist, or whatever the filesystem
     raises when it cannot be read.
     """
+    base_path = redact_url(servable.base_path)
     fs, root = fsspec.core.url_to_fs(servable.base_path)
     fs.invalidate_cache(root)  # remote filesystems cache listings; a poll must see new versions
     if not fs.isdir(root):
@@ -259,13 +337,13 @@ def _list_aspired(servable: ServableToMonitor, warnings: list[str]) -> list[Serv
         child = posixpath.basename(info["name"].rstrip("/"))
         version = _parse_version(child)
         if version is None:
-            logger.debug("ignoring non-numeric directory %r under %s", child, servable.base_path)
+            logger.debug("ignoring non-numeric directory %r under %s", child, base_path)
             continue
         if version in by_version:
             # Sorted listing: the first name wins, so the choice is stable from poll to poll.
             warnings.append(
                 f"Servable {servable.name}: directories {by_version[version]!r} and {child!r} "
-                f"under base path {servable.base_path} are both version {version}; "
+                f"under base path {base_path} are both version {version}; "
                 f"using {by_version[version]!r}"
             )
             continue
@@ -274,27 +352,58 @@ def _list_aspired(servable: ServableToMonitor, warnings: list[str]) -> list[Serv
     if not by_version:
         warnings.append(
             f"No versions of servable {servable.name} found under base path "
-            f"{servable.base_path}. Did you forget to name your leaf directory as a number "
+            f"{base_path}. Did you forget to name your leaf directory as a number "
             "(eg. '/1/')?"
         )
         return []
     policy = servable.version_policy
-    selected = policy.select(by_version)
+    if marker:
+        selected = _select_ready(fs, root, by_version, policy, marker)
+    else:
+        selected = policy.select(by_version)
     if policy.kind == "specific":
         missing = sorted(set(policy.versions) - set(selected))
         if missing:
+            state = f"ready (no {marker} file) or found" if marker else "found"
             warnings.append(
-                f"Servable {servable.name}: versions {missing} not found under base path "
-                f"{servable.base_path}"
+                f"Servable {servable.name}: versions {missing} not {state} under base path "
+                f"{base_path}"
             )
     items = []
     for version in selected:
         child = by_version[version]
         fs_path = posixpath.join(root, child)
         data = fs_path if local else servable.base_path.rstrip("/") + "/" + child
-        revision = _fingerprint(fs.find(fs_path, detail=True), fs_path)
+        revision = fingerprint(list_files(fs, fs_path))
         items.append(ServableData(ServableId(servable.name, version), data, revision=revision))
     return items
+
+
+def _select_ready(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    by_version: dict[int, str],
+    policy: VersionPolicy,
+    marker: str,
+) -> list[int]:
+    """The policy's pick among the versions whose directory holds `marker`, ascending.
+
+    Checks as few directories as the policy allows (latest N: from the highest down), since each
+    check is a request on a remote store.
+    """
+
+    def ready(version: int) -> bool:
+        return bool(fs.exists(posixpath.join(root, by_version[version], marker)))
+
+    if policy.kind == "latest":
+        picked: list[int] = []
+        for version in sorted(by_version, reverse=True):
+            if len(picked) == policy.num_versions:
+                break
+            if ready(version):
+                picked.append(version)
+        return sorted(picked)
+    return [version for version in policy.select(by_version) if ready(version)]
 
 
 def _parse_version(name: str) -> int | None:
@@ -302,15 +411,3 @@ def _parse_version(name: str) -> int | None:
         return None
     version = int(name)
     return version if version <= _MAX_VERSION else None
-
-
-def _fingerprint(files: dict[str, dict[str, Any]], directory: str) -> str:
-    """A short hash of the relative names, sizes and modification stamps of `files`."""
-    digest = hashlib.sha256()
-    prefix = directory.rstrip("/") + "/"
-    for path in sorted(files):
-        info = files[path]
-        relative = path[len(prefix) :] if path.startswith(prefix) else os.path.basename(path)
-        stamp = next((info[k] for k in _STAMP_KEYS if info.get(k) is not None), "")
-        digest.update(f"{relative}\0{info.get('size')}\0{stamp}\n".encode())
-    return digest.hexdigest()[:16]

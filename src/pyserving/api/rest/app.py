@@ -7,37 +7,48 @@ Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF 
     GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata       metadata
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict|:classify|:regress
     GET  /v2, /v2/health/live, /v2/health/ready
+    GET  /monitoring/prometheus/metrics, /metrics                   Prometheus text format
     GET  /v2/models/{m}[/versions/{v}][/ready|/config]
+    POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control)
     POST /v2/models/{m}[/versions/{v}]/infer
     any  paths in RestOptions.extra_routes (e.g. /metrics)
 
 Errors are `{"error": "..."}` with the status of the error's code (`errors.Code.http_status`);
 under `/v1` a bad path or method is 400 "Malformed request: METHOD PATH" (TF Serving), elsewhere
 404 `{"error": "Not Found"}` or 405. A body over `max_request_bytes` is 413, refused as soon as its
-Content-Length or the bytes streamed so far say so. uvicorn runs it (httptools, uvloop).
+Content-Length or the bytes streamed so far say so; a body that takes longer than
+`body_read_timeout_s` to arrive is 408. Both close the connection. Every request that names a
+model is counted in `pyserving_requests_total` (model, version that ran it, "rest", status) and,
+with `access_log`, logged as one line. uvicorn runs it (httptools, uvloop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from pyserving import metrics
+from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.rest import tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
-from pyserving.serving.inference import InferenceService
+from pyserving.logs import ACCESS_LOGGER
+from pyserving.serving.inference import InferenceService, answered_version
 
 __all__ = ["ASGIApp", "ExtraRoute", "RestOptions", "create_app"]
 
 logger = logging.getLogger("pyserving.rest")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -63,6 +74,14 @@ class RestOptions:
     ready_names: Callable[[], Iterable[str]] | None = None
     #: exact path → handler, served before the built-in routes (e.g. "/metrics")
     extra_routes: Mapping[str, ExtraRoute] | None = None
+    #: load/unload for the V2 repository API; None = model control disabled (403)
+    model_control: ModelControl | None = None
+    #: True once the server is draining: `/v2/health/ready` answers 503 from then on
+    is_draining: Callable[[], bool] | None = None
+    #: log one line per request to the "pyserving.access" logger
+    access_log: bool = False
+    #: a request body must arrive within this many seconds, else 408; 0 = no limit
+    body_read_timeout_s: float = 60.0
 
 
 def create_app(service: InferenceService, options: RestOptions | None = None) -> ASGIApp:
@@ -77,11 +96,18 @@ _V1_MODEL = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?",
     re.IGNORECASE,
 )
+_V2_REPOSITORY_MODEL = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)")
 _V2_MODEL = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?(?P<action>/ready|/infer|/config)?"
 )
 
 _JSON = b"application/json"
+_METRICS_PATHS = frozenset(("/monitoring/prometheus/metrics", "/metrics"))
+_METRICS_CONTENT_TYPE = metrics.CONTENT_TYPE.encode()
+#: the status counted (and access-logged) for a client that left before its body arrived
+_CLIENT_CLOSED = 499
+#: the model the current request names (None: none); set by the routes, read by `_observe`
+_request_model: ContextVar[str | None] = ContextVar("pyserving_request_model", default=None)
 _OCTET_STREAM = b"application/octet-stream"
 _NOT_FOUND = orjson.dumps({"error": "Not Found"})
 _METHOD_NOT_ALLOWED = orjson.dumps({"error": "Method Not Allowed"})
@@ -112,7 +138,11 @@ class _RestApp:
     """The ASGI callable. Stateless per request; safe for any number of concurrent requests."""
 
     __slots__ = (
+        "_access_log",
+        "_body_timeout_s",
+        "_control",
         "_depth",
+        "_draining",
         "_extra",
         "_limit",
         "_ready_names",
@@ -128,6 +158,10 @@ class _RestApp:
         self._timeout_s = options.rest_api_timeout_in_ms / 1000.0
         self._ready_names = options.ready_names or service.model_names
         self._extra = dict(options.extra_routes or {})
+        self._control = options.model_control
+        self._draining = options.is_draining
+        self._access_log = options.access_log
+        self._body_timeout_s = options.body_read_timeout_s or None
         self._server_metadata = v2.server_metadata(options.server_version or _package_version())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,8 +175,12 @@ class _RestApp:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
+        # uvicorn may start a pipelined request in the previous one's context: reset both.
+        _request_model.set(None)
+        answered_version.set(None)
         try:
             status, body, headers = await self._route(method, path, scope, receive)
         except ServingError as exc:
@@ -150,7 +188,16 @@ class _RestApp:
         except _HttpError as exc:
             status, body, headers = exc.status, exc.body, [(b"content-type", _JSON), *exc.headers]
         except _Disconnected:
+            self._observe(scope, method, path, _CLIENT_CLOSED, started)
             return
+        except asyncio.CancelledError:
+            # Only a server shutdown cancels a request (the drain timed out): answer, then stop.
+            body = _error("the server is shutting down: request cancelled after the drain timeout")
+            headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self._observe(scope, method, path, 503, started)
+            raise
         except Exception as exc:
             logger.exception("unhandled error answering %s %s", method, path)
             status, body = 500, _error(f"Internal error: {type(exc).__name__}: {exc}")
@@ -158,8 +205,45 @@ class _RestApp:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self._observe(scope, method, path, status, started)
+
+    def _observe(self, scope: Scope, method: str, path: str, status: int, started: float) -> None:
+        """Count a request that named a model in the metrics; write its access-log line."""
+        duration_s = time.perf_counter() - started
+        model = _request_model.get()
+        if model is not None:
+            # An unknown name is counted under "" so that probing names cannot add series.
+            if status != 200 and model not in self._service.model_names():
+                model = ""
+            metrics.observe_request(model, answered_version.get(), "rest", status, duration_s)
+        if self._access_log:
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else "-"
+            access_logger.info(
+                '%s "%s %s" %d %.2fms model=%s',
+                peer,
+                method,
+                path,
+                status,
+                duration_s * 1000.0,
+                model or "-",
+                extra={
+                    "client": peer,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration_s * 1000.0, 3),
+                    "model": model,
+                    "version": answered_version.get(),
+                },
+            )
 
     async def _route(self, method: str, path: str, scope: Scope, receive: Receive) -> Response:
+        if path in _METRICS_PATHS:
+            _require(method, "GET")
+            # Off the event loop: collecting a large registry takes a while.
+            page = await asyncio.to_thread(metrics.render)
+            return 200, page, [(b"content-type", _METRICS_CONTENT_TYPE)]
         extra = self._extra.get(path)
         if extra is not None:
             status, content_type, body = await extra(method, scope.get("query_string", b""))
@@ -179,6 +263,7 @@ class _RestApp:
                 return _ok(tfserving.list_models(self._service))
             raise InvalidInput(f"Malformed request: {method} {path}")
         name, version_text, label, metadata, verb = match.groups()
+        _request_model.set(name)
         version = int(version_text) if version_text is not None else None
         service = self._service
         if verb is None:
@@ -190,9 +275,13 @@ class _RestApp:
         if method != "POST":
             raise InvalidInput(f"Malformed request: {method} {path}")
         verb = verb.lower()
-        if verb != "predict":
-            tfserving.unsupported(service, name, version, label, verb)
         body, _ = await self._read_body(scope, receive)
+        if verb != "predict":
+            return _ok(
+                await tfserving.classify_or_regress(
+                    service, name, version, label, verb, body, self._deadline()
+                )
+            )
         result = await tfserving.predict(
             service, name, version, label, body, self._deadline(), self._depth
         )
@@ -210,15 +299,21 @@ class _RestApp:
             return _ok(_LIVE)
         if path == "/v2/health/ready":
             _require(method, "GET")
+            if self._draining is not None and self._draining():
+                message = "not ready: the server is shutting down"
+                return 503, _error(message), [(b"content-type", _JSON)]
             missing = service.not_ready(self._ready_names())
             if missing:
                 message = f"not ready: no AVAILABLE version of {', '.join(missing)}"
                 return 400, _error(message), [(b"content-type", _JSON)]
             return _ok(_READY)
+        if path.startswith("/v2/repository/"):
+            return await self._v2_repository(method, path, scope, receive)
         match = _V2_MODEL.fullmatch(path)
         if match is None:
             raise _HttpError(404, _NOT_FOUND)
         name, version_text, action = match.groups()
+        _request_model.set(name)
         version = int(version_text) if version_text is not None else None
         if action == "/infer":
             _require(method, "POST")
@@ -243,6 +338,32 @@ class _RestApp:
         what = f'model "{name}"' + (f" version {version}" if version is not None else "")
         return 400, _error(f"{what} is not ready"), [(b"content-type", _JSON)]
 
+    async def _v2_repository(
+        self, method: str, path: str, scope: Scope, receive: Receive
+    ) -> Response:
+        """`POST /v2/repository/index` (always), `.../models/{m}/load|unload` (model control)."""
+        if path == "/v2/repository/index":
+            _require(method, "POST")
+            body, _ = await self._read_body(scope, receive)
+            ready_only = v2.repository_index_request(body)
+            if self._control is None:
+                entries = v2.index_from_service(self._service)
+            else:
+                entries = list(await asyncio.to_thread(self._control.repository_index))
+            return _ok(v2.repository_index(entries, ready_only))
+        match = _V2_REPOSITORY_MODEL.fullmatch(path)
+        if match is None:
+            raise _HttpError(404, _NOT_FOUND)
+        _require(method, "POST")
+        control = require_control(self._control)
+        body, _ = await self._read_body(scope, receive)
+        name, action = match.groups()
+        v2.check_repository_request(body, action)
+        await asyncio.to_thread(
+            control.load_model if action == "load" else control.unload_model, name
+        )
+        return _ok(b"{}")
+
     # --- helpers -------------------------------------------------------------------------------
 
     def _deadline(self) -> float | None:
@@ -265,18 +386,30 @@ class _RestApp:
                 encoding = value.strip().lower()
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # One timer for the whole body: a client that trickles it cannot hold the request.
+            async with asyncio.timeout(self._body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        size += len(chunk)
+                        if size > limit:
+                            raise _too_large(limit)
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _HttpError(
+                408,
+                _error(
+                    f"Request body not received within {self._body_timeout_s:g} s"
+                    f" ({size} bytes arrived)"
+                ),
+                [(b"connection", b"close")],
+            ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding and encoding != b"identity":
             body = _decompress(body, encoding, limit)

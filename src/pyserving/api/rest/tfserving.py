@@ -1,4 +1,5 @@
-"""TF Serving REST codec: model status, metadata, predict in row and columnar form.
+"""TF Serving REST codec: model status, metadata, predict in row and columnar form, classify
+and regress.
 
 Formats and messages follow TF Serving's `http_rest_api_handler.cc` and `util/json_tensor.cc`
 (see `reference/tfserving.md` §3). Our additions: `GET /v1/models` lists models, and the
@@ -8,7 +9,8 @@ of a 200 answer or raises a ServingError.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import base64
+from typing import Any
 
 import numpy as np
 import orjson
@@ -17,9 +19,10 @@ from pyserving.api.rest.json_tensor import bytes_to_json, dumps, parse_json, to_
 from pyserving.core.monitor import VersionStatus
 from pyserving.errors import InvalidInput, NotFound, Unimplemented
 from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
+from pyserving.serving import classify
 from pyserving.serving.inference import InferenceService
 
-__all__ = ["list_models", "model_metadata", "model_status", "predict", "unsupported"]
+__all__ = ["classify_or_regress", "list_models", "model_metadata", "model_status", "predict"]
 
 
 def list_models(service: InferenceService) -> bytes:
@@ -105,16 +108,91 @@ async def predict(
     return _encode_rows(outputs) if rows else _encode_columns(outputs)
 
 
-def unsupported(
-    service: InferenceService, name: str, version: int | None, label: str | None, verb: str
-) -> NoReturn:
-    """`:classify` / `:regress`: 501 until a platform supports them (404 for an unknown model)."""
-    with service.acquire(name, version, label) as handle:
-        platform = getattr(handle.servable, "platform", "") or "this"
-    raise Unimplemented(
-        f'{verb.capitalize()} is not supported by the {platform} platform (model "{name}");'
-        " use :predict"
-    )
+async def classify_or_regress(
+    service: InferenceService,
+    name: str,
+    version: int | None,
+    label: str | None,
+    verb: str,
+    body: bytes,
+    deadline: float | None,
+) -> bytes:
+    """`POST ...:classify|:regress`: examples (+ context) → `{"results": ...}` (tfserving.md §3.4).
+
+    Classify answers `[[[label, score], ...] per example]`, regress `[value per example]`.
+    """
+    request = parse_json(body)
+    if not isinstance(request, dict):
+        raise InvalidInput("Malformed request: the body must be a JSON object")
+    signature_name = request.get("signature_name")
+    if signature_name is not None and not isinstance(signature_name, str):
+        raise InvalidInput("'signature_name' attribute must be a string")
+    examples_json = request.get("examples")
+    if not isinstance(examples_json, list):
+        raise InvalidInput("'examples' attribute must be a list of objects")
+    examples = [_example(item, f"examples[{i}]") for i, item in enumerate(examples_json)]
+    context = _example(request["context"], "context") if "context" in request else None
+    if verb == "classify":
+        classified = await classify.classify(
+            service, name, version, label, signature_name, examples, context, deadline
+        )
+        results: Any = [
+            [[_label_text(cls), score] for cls, score in row] for row in classified.classes
+        ]
+    else:
+        regressed = await classify.regress(
+            service, name, version, label, signature_name, examples, context, deadline
+        )
+        results = regressed.values
+    return orjson.dumps({"results": results}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _example(value: Any, what: str) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or _is_b64(value):
+        raise InvalidInput(f"{what} must be an object of feature name → value or list")
+    return {key: _feature(item, f'{what} feature "{key}"') for key, item in value.items()}
+
+
+def _feature(value: Any, what: str) -> np.ndarray:
+    # TF Serving: decimal → float_list, integer or bool → int64_list, string or b64 → bytes_list;
+    # one kind per list; null and nested lists are refused.
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        return np.zeros(0, dtype=np.float32)
+    kinds = {_feature_kind(item, what) for item in items}
+    if len(kinds) != 1:
+        raise InvalidInput(f"{what}: all values of a feature must be of one type")
+    (kind,) = kinds
+    if kind == "bytes":
+        return np.array(
+            [
+                base64.b64decode(item["b64"]) if isinstance(item, dict) else item.encode()
+                for item in items
+            ],
+            dtype=object,
+        )
+    if kind == "int":
+        return np.array([int(item) for item in items], dtype=np.int64)
+    return np.array(items, dtype=np.float32)
+
+
+def _feature_kind(item: Any, what: str) -> str:
+    if isinstance(item, bool | int):
+        return "int"
+    if isinstance(item, float):
+        return "float"
+    if isinstance(item, str):
+        return "bytes"
+    if _is_b64(item) and isinstance(item["b64"], str):
+        return "bytes"
+    raise InvalidInput(f'{what}: expected numbers, strings or {{"b64": ...}}, got {item!r:.40}')
+
+
+def _label_text(label: bytes) -> str:
+    try:
+        return label.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(label).decode()
 
 
 # --- status and metadata -------------------------------------------------------------------------

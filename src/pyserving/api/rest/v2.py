@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,21 @@ import orjson
 
 from pyserving.api.rest.binary import decode_tensor, encode_tensor, split_body
 from pyserving.api.rest.json_tensor import bytes_to_json, dumps, parse_json, to_array
-from pyserving.errors import InvalidInput, ModelError
+from pyserving.errors import InvalidInput, ModelError, NotFound
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 from pyserving.serving.inference import InferenceService
 
-__all__ = ["infer", "model_config", "model_metadata", "server_metadata"]
+__all__ = [
+    "check_repository_request",
+    "index_from_service",
+    "infer",
+    "model_config",
+    "model_metadata",
+    "repository_index",
+    "repository_index_request",
+    "server_metadata",
+]
 
 #: extensions advertised by `GET /v2`
 EXTENSIONS = ("binary_tensor_data", "model_configuration")
@@ -333,3 +343,75 @@ def _datatype(name: str, array: np.ndarray) -> str:
     if datatype is None:
         raise ModelError(f'output "{name}" has dtype {array.dtype}, which V2 cannot represent')
     return datatype
+
+
+# --- model repository ----------------------------------------------------------------------------
+
+
+def repository_index_request(body: bytes) -> bool:
+    """Parse a `POST /v2/repository/index` body (may be empty); returns its `ready` flag."""
+    if not body.strip():
+        return False
+    request = parse_json(body)
+    if not isinstance(request, dict):
+        raise InvalidInput("repository index request must be a JSON object")
+    ready = request.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput("repository index request: 'ready' must be true or false")
+    return ready
+
+
+def repository_index(entries: Iterable[Mapping[str, str]], ready_only: bool) -> bytes:
+    """The index response: a JSON array of {name, version, state, reason}."""
+    items = [
+        {
+            "name": str(e.get("name", "")),
+            "version": str(e.get("version", "")),
+            "state": str(e.get("state", "")),
+            "reason": str(e.get("reason", "")),
+        }
+        for e in entries
+    ]
+    if ready_only:
+        items = [item for item in items if item["state"] == "READY"]
+    return orjson.dumps(items)
+
+
+def index_from_service(service: InferenceService) -> list[Mapping[str, str]]:
+    """Index entries from the models the service knows (model control disabled)."""
+    entries: list[Mapping[str, str]] = []
+    for name in service.model_names():
+        try:
+            states = service.model_status(name)
+        except NotFound:
+            entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": ""})
+            continue
+        for status in sorted(states, key=lambda s: s.id.version):
+            ready = status.state.name == "AVAILABLE"
+            entries.append(
+                {
+                    "name": name,
+                    "version": str(status.id.version),
+                    "state": "READY" if ready else "UNAVAILABLE",
+                    "reason": status.error or ("" if ready else status.state.name),
+                }
+            )
+    return entries
+
+
+def check_repository_request(body: bytes, action: str) -> None:
+    """Validate a load/unload body: empty, or an object whose `parameters` we support (none
+    for load; `unload_dependents` for unload, a no-op: models have no dependents here)."""
+    if not body.strip():
+        return
+    request = parse_json(body)
+    if not isinstance(request, dict):
+        raise InvalidInput(f"repository {action} request must be a JSON object")
+    parameters = _parameters(request.get("parameters"), f"repository {action} request")
+    allowed = ("unload_dependents",) if action == "unload" else ()
+    unsupported = sorted(k for k in parameters if k not in allowed)
+    if unsupported:
+        raise InvalidInput(
+            f"repository {action} request: unsupported parameter(s) {', '.join(unsupported)};"
+            " models load from the configured repository only"
+        )

@@ -1,0 +1,263 @@
+"""Batching on vs off, side by side in one run, with the in-process onnxruntime anchor beside it.
+
+For each model (the demo MLP [b,64]→256→256→10 and a heavy [b,512]→2048→2048→10) this starts
+`pyserving serve` twice — unbatched, then with `--enable_batching` — checks one answer against
+in-process onnxruntime, and drives KServe V2 JSON `infer` (one row per request) with wrk at each
+concurrency after a warm-up. It prints one markdown table: req/s, p50, p99, errors, the
+batched/unbatched ratio, and the anchor (onnxruntime batch-1 calls/s and batch-32 rows/s, one
+thread, in this process). Never part of pytest.
+
+    python benchmarks/bench_batching.py [--duration 10] [--warmup 2] [--connections 64]
+        [--models small,heavy] [--max-batch-size 32] [--batch-timeout-micros 1000]
+        [--num-batch-threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pyserving.demo import make_mlp
+
+MODELS = {"small": (64, 256, 256, 10), "heavy": (512, 2048, 2048, 10)}
+LUA = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+@dataclass
+class Measured:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: bytes, timeout_s: float = 30) -> dict:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit("server not ready in time")
+
+
+def start_server(
+    work: Path, base_path: Path, batching: Path | None
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    flags = ["--model_name=model", f"--model_base_path={base_path}", "--port=0"]
+    if batching is not None:
+        flags += ["--enable_batching", f"--batching_parameters_file={batching}"]
+    log = (work / f"server-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyserving",
+            "serve",
+            "--host=127.0.0.1",
+            f"--rest_api_port={port}",
+            "--log-level=warning",
+            *flags,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    return proc, url
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_wrk(wrk: str, url: str, body: Path, lua: Path, conns: int, seconds: float) -> Measured:
+    threads = max(1, min(conns, 2))
+    out = subprocess.run(
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(lua),
+            url,
+        ],
+        env={**os.environ, "BODY_FILE": str(body)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+    socket_errors = re.search(r"Socket errors:.*", out)
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(0)))
+    return Measured(rps, latency_ms(out, "50%"), latency_ms(out, "99%"), errors)
+
+
+def latency_ms(out: str, percentile: str) -> float:
+    value, unit = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def calls_per_second(fn, seconds: float) -> float:
+    for _ in range(20):
+        fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def anchors(model: Path, x: np.ndarray, seconds: float) -> tuple[float, float]:
+    """onnxruntime in this process, one thread: batch-1 calls/s and batch-32 rows/s."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    x32 = np.repeat(x, 32, axis=0)
+    b1 = calls_per_second(lambda: session.run(None, {"input": x}), seconds)
+    b32 = 32 * calls_per_second(lambda: session.run(None, {"input": x32}), seconds)
+    return b1, b32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
+    parser.add_argument("--connections", default="64", help="comma-separated concurrencies")
+    parser.add_argument("--models", default="small,heavy", help=f"from {', '.join(MODELS)}")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=1000)
+    parser.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    connections = [int(c) for c in args.connections.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    lua = work / "post.lua"
+    lua.write_text(LUA)
+    params = work / "batching.pbtxt"
+    params.write_text(
+        f"max_batch_size {{ value: {args.max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
+        f"num_batch_threads {{ value: {args.num_batch_threads} }}\n"
+        "max_enqueued_batches { value: 1000 }\n"
+    )
+    rows: list[str] = []
+    try:
+        for name in args.models.split(","):
+            dims = MODELS[name]
+            base = work / name
+            model = make_mlp(base / "1" / "model.onnx", seed=1, dims=dims)
+            x = np.random.default_rng(0).standard_normal((1, dims[0])).astype(np.float32)
+            body = work / f"{name}.json"
+            body.write_text(
+                json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "input",
+                                "shape": [1, dims[0]],
+                                "datatype": "FP32",
+                                "data": x.ravel().tolist(),
+                            }
+                        ]
+                    }
+                )
+            )
+            b1, b32 = anchors(model, x, min(args.duration, 3.0))
+            expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+            results: dict[tuple[bool, int], Measured] = {}
+            for batched in (False, True):
+                proc, url = start_server(work, base, params if batched else None)
+                try:
+                    infer = f"{url}/v2/models/model/infer"
+                    answer = post(infer, body.read_bytes())["outputs"][0]["data"]
+                    np.testing.assert_allclose(answer, expected.ravel(), rtol=1e-4, atol=1e-5)
+                    run_wrk(wrk, infer, body, lua, max(connections), args.warmup)
+                    for conns in connections:
+                        results[batched, conns] = run_wrk(
+                            wrk, infer, body, lua, conns, args.duration
+                        )
+                finally:
+                    stop_server(proc)
+            for conns in connections:
+                off, on = results[False, conns], results[True, conns]
+                for label, m in (("off", off), ("on", on)):
+                    ratio = f"{on.rps / off.rps:.2f}x" if label == "on" else ""
+                    rows.append(
+                        f"| {name} {dims[0]}→…→{dims[-1]} | {conns} | {label} | {m.rps:,.0f}"
+                        f" | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | {ratio}"
+                        f" | {b1:,.0f} | {b32:,.0f} | {m.rps / b1:.2f} |"
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\nBatching on vs off — V2 REST JSON infer, 1 row per request, {args.duration:.0f} s per"
+        f" cell; max_batch_size {args.max_batch_size}, batch_timeout_micros"
+        f" {args.batch_timeout_micros}, num_batch_threads {args.num_batch_threads};"
+        f" {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        "| model | conns | batching | req/s | p50 ms | p99 ms | errors | on/off"
+        " | ORT b1 calls/s | ORT b32 rows/s | req/s ÷ ORT b1 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

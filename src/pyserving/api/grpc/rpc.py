@@ -1,0 +1,145 @@
+"""The edge of every RPC: parse the request bytes, run the handler, map errors to gRPC status.
+
+Handlers are registered with identity request deserializers, so a message that does not parse
+is answered INVALID_ARGUMENT naming the message type (grpc's own deserializer failure would be
+INTERNAL). ServingErrors map one-to-one onto gRPC codes (`errors.Code` names are gRPC's); any
+other exception is logged and answered INTERNAL with its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from pyserving import metrics
+from pyserving.errors import Code, InvalidInput, ServingError
+
+__all__ = [
+    "deadline_of",
+    "error_status",
+    "observe",
+    "parse",
+    "status_of",
+    "stream_handler",
+    "unary_handler",
+]
+
+logger = logging.getLogger("pyserving.grpc")
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+Context = grpc.aio.ServicerContext
+#: request → (model name for metrics, or None not to count it)
+ModelOf = Callable[[Any], str | None]
+#: response → the version that answered, for metrics
+VersionOf = Callable[[Any], int | None]
+
+_MAX_MESSAGE_CHARS = 1024  # TF Serving cuts longer error messages (grpc_status_util.cc)
+
+
+def status_of(code: Code) -> grpc.StatusCode:
+    """The gRPC status code of one of our codes (same names, same numbers)."""
+    return grpc.StatusCode[code.name]
+
+
+def deadline_of(context: Context) -> float | None:
+    """The client's deadline as a `time.monotonic()` instant, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def parse(request_type: type[Req], data: bytes) -> Req:
+    """`data` parsed as `request_type`; InvalidInput naming the type when it does not parse."""
+    try:
+        return request_type.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidInput(
+            f"cannot parse the request as {request_type.DESCRIPTOR.full_name}: {exc}"
+        ) from None
+
+
+def error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a failed RPC answers with (logs unexpected exceptions)."""
+    if isinstance(exc, ServingError):
+        code, message = status_of(exc.code), exc.message
+    else:
+        logger.exception("unhandled error in a gRPC handler", exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(exc).__name__}: {exc}"
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "...TRUNCATED"
+    return code, message
+
+
+def unary_handler(
+    behavior: Callable[[Req, Context], Awaitable[Resp]],
+    request_type: type[Req],
+    model_of: ModelOf | None = None,
+    version_of: VersionOf | None = None,
+) -> grpc.RpcMethodHandler:
+    """A unary-unary method handler around `behavior`, counting it in the request metrics when
+    `model_of` names a model."""
+
+    async def handle(data: bytes, context: Context) -> Resp:
+        started = time.perf_counter()
+        model: str | None = None
+        try:
+            request = parse(request_type, data)
+            if model_of is not None:
+                model = model_of(request)
+            response = await behavior(request, context)
+        except asyncio.CancelledError:
+            if model is not None:
+                observe(model, None, grpc.StatusCode.CANCELLED, started)
+            raise
+        except Exception as exc:
+            code, message = error_status(exc)
+            if model is not None:
+                observe(model, None, code, started)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: context.abort raises") from None
+        if model is not None:
+            observe(
+                model, version_of(response) if version_of else None, grpc.StatusCode.OK, started
+            )
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=_serialize
+    )
+
+
+def stream_handler(
+    behavior: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Resp]],
+) -> grpc.RpcMethodHandler:
+    """A stream-stream method handler; `behavior` gets raw request bytes (use `parse`) and
+    reports per-message errors itself; an exception it raises ends the stream with a status."""
+
+    async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = error_status(exc)
+            await context.abort(code, message)
+
+    return grpc.stream_stream_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=_serialize
+    )
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def observe(model: str, version: int | None, code: grpc.StatusCode, started: float) -> None:
+    """Count one answered RPC on `model` (the metric's code label is the HTTP equivalent)."""
+    status = Code[code.name].http_status
+    metrics.observe_request(model, version, "grpc", status, time.perf_counter() - started)

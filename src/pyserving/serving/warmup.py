@@ -1,0 +1,278 @@
+"""Model warmup: replay a version's warmup requests before it becomes AVAILABLE.
+
+As TF Serving (reference/tfserving.md §7), warmup runs inside `Loader.load()`: the version is not
+in the serving map and AVAILABLE is not published until every request ran
+`num_request_iterations_for_warmup` times, and a failing request fails the load (which then
+follows the load-retry policy; the old version keeps serving meanwhile).
+
+Our format, for every platform: `<version dir>/warmup/*.json`, each file one KServe V2 JSON
+inference request (`{"inputs": [{"name", "datatype", "shape", "data"}], "parameters":
+{"signature_name": ...}}`), replayed in file-name order. A platform with warmup records of its own
+(TF Serving's `assets.extra/tf_serving_warmup_requests`) gives its servable a
+`warmup_requests()` method returning `(signature_name, inputs)` pairs; they are replayed after the
+`warmup/` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import fsspec
+import numpy as np
+import orjson
+
+from pyserving.core.ids import ServableId
+from pyserving.core.loader import Loader
+from pyserving.errors import InvalidInput, ServingError
+from pyserving.platforms.registry import PlatformRegistry
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signature
+
+__all__ = [
+    "MAX_WARMUP_REQUESTS",
+    "WARMUP_DIR",
+    "WarmupError",
+    "WarmupLoader",
+    "WarmupOptions",
+    "WarmupRegistry",
+    "WarmupRequest",
+    "read_warmup_requests",
+    "replay_warmup",
+]
+
+logger = logging.getLogger("pyserving.lifecycle")
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+WARMUP_DIR = "warmup"
+#: TF Serving's limit on warmup records per version
+MAX_WARMUP_REQUESTS = 1000
+
+
+class WarmupError(InvalidInput):
+    """A warmup request that cannot be read or that failed; names the request and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupOptions:
+    """`--enable_model_warmup` and `--num_request_iterations_for_warmup`."""
+
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupRequest:
+    """One request to replay: its origin (for messages), signature ("" = default), inputs."""
+
+    source: str
+    signature_name: str
+    inputs: dict[str, np.ndarray]
+
+
+class WarmupLoader(Loader):
+    """Wraps a platform Loader: loads it, then replays the version's warmup requests.
+
+    A failing warmup unloads what the inner loader loaded and raises WarmupError, so the load
+    fails with the request's error. Thread-safety: as `Loader` (the Manager serialises calls).
+    """
+
+    def __init__(
+        self, inner: Loader, servable_id: ServableId, path: str, options: WarmupOptions
+    ) -> None:
+        self.inner = inner
+        self._id = servable_id
+        self._path = path
+        self._options = options
+
+    def estimate_resources(self) -> int:
+        return self.inner.estimate_resources()
+
+    def load(self) -> Any:
+        """Load through the inner Loader, then warm up; raises WarmupError when warmup fails."""
+        servable = self.inner.load()
+        try:
+            requests = read_warmup_requests(self._path)
+            extra = getattr(servable, "warmup_requests", None)
+            if callable(extra):
+                requests.extend(
+                    WarmupRequest(f"{type(servable).__name__}.warmup_requests()[{i}]", sig, inputs)
+                    for i, (sig, inputs) in enumerate(extra())
+                )
+            if requests:
+                started = time.perf_counter()
+                iterations = max(1, self._options.num_request_iterations_for_warmup)
+                replay_warmup(servable, requests, iterations)
+                logger.info(
+                    "model=%s version=%d warmup: %d request(s) x %d iteration(s) in %.3fs",
+                    self._id.name,
+                    self._id.version,
+                    len(requests),
+                    iterations,
+                    time.perf_counter() - started,
+                )
+        except BaseException:
+            self.inner.unload()
+            raise
+        return servable
+
+    def unload(self) -> None:
+        self.inner.unload()
+
+    def resources_after_load(self) -> int | None:
+        return self.inner.resources_after_load()
+
+
+class WarmupRegistry:
+    """A platform registry's `make_loader`, with every Loader wrapped in a WarmupLoader (what
+    the PlatformAdapter uses when `--enable_model_warmup` is on). Thread-safety: as the inner
+    registry; this wrapper holds no state of its own."""
+
+    def __init__(self, inner: PlatformRegistry, options: WarmupOptions) -> None:
+        self._inner = inner
+        self._options = options
+
+    def make_loader(
+        self,
+        platform: str,
+        servable_id: ServableId,
+        path: str,
+        config: Mapping[str, Any] = _EMPTY,
+    ) -> Loader:
+        """The inner registry's Loader for `path`, warming up after it loads."""
+        inner = self._inner.make_loader(platform, servable_id, path, config)
+        return WarmupLoader(inner, servable_id, path, self._options)
+
+
+def read_warmup_requests(version_path: str) -> list[WarmupRequest]:
+    """The requests in `<version_path>/warmup/*.json`, in name order ([] when there is none).
+
+    Raises WarmupError for an unreadable or malformed file, or more than MAX_WARMUP_REQUESTS.
+    """
+    fs, root = fsspec.core.url_to_fs(version_path)
+    directory = posixpath.join(root.rstrip("/"), WARMUP_DIR)
+    if not fs.isdir(directory):
+        return []
+    names = sorted(
+        posixpath.basename(p) for p in fs.ls(directory, detail=False) if p.endswith(".json")
+    )
+    if len(names) > MAX_WARMUP_REQUESTS:
+        raise WarmupError(
+            f"Number of warmup records exceeds the maximum ({MAX_WARMUP_REQUESTS}) at {directory}"
+        )
+    requests = []
+    for name in names:
+        source = f"{WARMUP_DIR}/{name}"
+        try:
+            with fs.open(posixpath.join(directory, name), "rb") as file:
+                document = orjson.loads(file.read())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise WarmupError(f"warmup request {source}: cannot read it: {exc}") from exc
+        requests.append(_parse_request(document, source))
+    return requests
+
+
+def replay_warmup(servable: Any, requests: Iterable[WarmupRequest], iterations: int = 1) -> int:
+    """Run each request `iterations` times on `servable`, in order; returns the calls made.
+
+    Each request is checked against its signature first. Raises WarmupError naming the request
+    and the error (the servable's own message when it raised).
+    """
+    calls = 0
+    signatures: Mapping[str, Signature] = servable.signatures
+    for request in requests:
+        signature = _signature(signatures, request)
+        _validate(signature, request)
+        for _ in range(iterations):
+            try:
+                servable.run(signature.name, request.inputs)
+            except Exception as exc:
+                detail = exc.message if isinstance(exc, ServingError) else str(exc)
+                raise WarmupError(
+                    f"warmup request {request.source} failed: {detail or type(exc).__name__}"
+                ) from exc
+            calls += 1
+    return calls
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _parse_request(document: Any, source: str) -> WarmupRequest:
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise WarmupError(f"warmup request {source}: must be a V2 request with an 'inputs' list")
+    parameters = document.get("parameters") or {}
+    signature_name = parameters.get("signature_name", "") if isinstance(parameters, dict) else ""
+    if not isinstance(signature_name, str):
+        raise WarmupError(f"warmup request {source}: signature_name must be a string")
+    inputs: dict[str, np.ndarray] = {}
+    for i, item in enumerate(document["inputs"]):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise WarmupError(f"warmup request {source}: input {i} needs a string 'name'")
+        name = item["name"]
+        datatype = item.get("datatype")
+        shape = item.get("shape")
+        if datatype not in V2_TO_NUMPY:
+            raise WarmupError(f'warmup request {source}: input "{name}": unknown datatype')
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise WarmupError(f'warmup request {source}: input "{name}": bad shape {shape!r}')
+        inputs[name] = _array(item.get("data"), datatype, tuple(shape), f"{source} {name}")
+    return WarmupRequest(source, signature_name, inputs)
+
+
+def _array(data: Any, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=object).reshape(-1)
+            items = [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+        else:
+            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype]).reshape(-1)
+        if array.size != math.prod(shape):
+            raise ValueError(f"{array.size} values for shape {list(shape)}")
+        return array.reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise WarmupError(f"warmup request {what}: data does not fit: {exc}") from exc
+
+
+def _signature(signatures: Mapping[str, Signature], request: WarmupRequest) -> Signature:
+    name = request.signature_name or DEFAULT_SIGNATURE
+    found = signatures.get(name)
+    if found is None and not request.signature_name and len(signatures) == 1:
+        found = next(iter(signatures.values()))
+    if found is None:
+        raise WarmupError(
+            f'warmup request {request.source}: signature "{name}" not found'
+            f" (have: {', '.join(sorted(signatures))})"
+        )
+    return found
+
+
+def _validate(signature: Signature, request: WarmupRequest) -> None:
+    wanted = {spec.name: spec for spec in signature.inputs}
+    if set(request.inputs) != set(wanted):
+        raise WarmupError(
+            f"warmup request {request.source}: inputs {sorted(request.inputs)} do not match"
+            f' signature "{signature.name}" inputs {sorted(wanted)}'
+        )
+    for name, array in request.inputs.items():
+        spec = wanted[name]
+        dtype_ok = (
+            array.dtype.kind == "O"
+            if spec.datatype == "BYTES"
+            else (array.dtype == spec.numpy_dtype)
+        )
+        if not dtype_ok or not spec.shape_matches(array.shape):
+            raise WarmupError(
+                f'warmup request {request.source}: input "{name}": expected {spec.describe()},'
+                f" got {array.dtype} {list(array.shape)}"
+            )
