@@ -236,6 +236,44 @@ def test_regress_on_a_pickled_regressor(server: ServerProcess, repo) -> None:
 
 
 @pytest.mark.slow
+def test_grpc_classify_regress_and_multi_inference_match_rest(server: ServerProcess, repo):
+    _, x = repo["named"]
+    named = [{name: [float(v)] for name, v in zip(FEATURES, row, strict=True)} for row in x]
+    inputs, expected = repo["cases"]["pickled"]
+    pickled = [{"x": row.tolist()} for row in inputs["inputs"]]
+    rest = httpx.post(
+        f"{server.url}/v1/models/named:classify",
+        json={"examples": [{k: v[0] for k, v in e.items()} for e in named]},
+        timeout=30,
+    ).json()["results"]
+    client = Path(__file__).with_name("classify_grpc_client.py")
+    result = subprocess.run(
+        [sys.executable, str(client), server.grpc_address],
+        input=json.dumps({"classify": ["named", named], "regress": ["pickled", pickled]}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    for got in (answers["classify"], answers["multi"]):
+        assert [[label for label, _ in row] for row in got] == [
+            [label for label, _ in row] for row in rest
+        ]
+        np.testing.assert_allclose(
+            [[score for _, score in row] for row in got],
+            [[score for _, score in row] for row in rest],
+            rtol=1e-6,
+        )
+    assert answers["classify_version"] == 1
+    np.testing.assert_allclose(answers["regress"], expected["predictions"], rtol=1e-5)
+    assert answers["multi_two_models"].startswith("INVALID_ARGUMENT: All tasks")
+    assert answers["classify_a_regressor"].startswith("INVALID_ARGUMENT: Expected classification")
+    assert answers["regress_nothing"] == "INVALID_ARGUMENT: Input is empty"
+
+
+@pytest.mark.slow
 def test_pickle_without_allow_pickle_is_refused_with_a_message(server: ServerProcess) -> None:
     def failed() -> bool:
         status = httpx.get(f"{server.url}/v1/models/unpickled").json()
@@ -301,15 +339,8 @@ def test_model_whose_extra_is_missing_fails_naming_it_and_others_serve(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pyserving.proto registers tensorflow.* protobuf names (tf_types, tf_meta_graph,"
-    " tf_example, tf_error_codes) that TensorFlow registers too, so a server process cannot"
-    " import TensorFlow; passes once pyserving.proto uses a package of its own",
-)
 def test_tensorflow_savedmodel_serves_over_rest(tmp_path: Path) -> None:
-    # built in a child: TensorFlow cannot be imported next to pyserving.proto (see reason)
+    # built in a child so the test process never pays for importing TensorFlow
     build = "import sys, pathlib; from tests.platforms.models import make_tensorflow as m;"
     build += " m(pathlib.Path(sys.argv[1]))"
     subprocess.run([sys.executable, "-c", build, str(tmp_path / "hp2" / "1")], check=True)

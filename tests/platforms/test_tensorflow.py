@@ -1,5 +1,5 @@
-"""Runs tf_checks.py in a child process: TensorFlow and `pyserving.proto` register the same
-`tensorflow.*` protobuf names, so TensorFlow cannot be imported into this test process."""
+"""Runs tf_checks.py in a child process, so the rest of the suite never pays for importing
+TensorFlow (seconds and hundreds of MiB)."""
 
 from __future__ import annotations
 

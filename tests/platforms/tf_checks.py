@@ -1,7 +1,6 @@
 """TensorFlow platform checks, run by test_tensorflow.py in a process of their own.
 
-TensorFlow registers `tensorflow.*` protobuf names that `pyserving.proto` registers too, and one
-process cannot hold both; the rest of the suite imports `pyserving.proto`.
+Importing TensorFlow costs seconds and hundreds of MiB; the rest of the suite does without it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pyserving/proto/tf_example.proto\x12\ntensorflow\"\x1a\n\tBytesList\x12\r\n\x05value\x18\x01 \x03(\x0c\"\x1e\n\tFloatList\x12\x11\n\x05value\x18\x01 \x03(\x02\x42\x02\x10\x01\"\x1e\n\tInt64List\x12\x11\n\x05value\x18\x01 \x03(\x03\x42\x02\x10\x01\"\x98\x01\n\x07\x46\x65\x61ture\x12+\n\nbytes_list\x18\x01 \x01(\x0b\x32\x15.tensorflow.BytesListH\x00\x12+\n\nfloat_list\x18\x02 \x01(\x0b\x32\x15.tensorflow.FloatListH\x00\x12+\n\nint64_list\x18\x03 \x01(\x0b\x32\x15.tensorflow.Int64ListH\x00\x42\x06\n\x04kind\"\x83\x01\n\x08\x46\x65\x61tures\x12\x32\n\x07\x66\x65\x61ture\x18\x01 \x03(\x0b\x32!.tensorflow.Features.FeatureEntry\x1a\x43\n\x0c\x46\x65\x61tureEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.tensorflow.Feature:\x02\x38\x01\"1\n\x07\x45xample\x12&\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x14.tensorflow.Featuresb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n pyserving/proto/tf_example.proto\x12\x0cpyserving.tf\"\x1a\n\tBytesList\x12\r\n\x05value\x18\x01 \x03(\x0c\"\x1e\n\tFloatList\x12\x11\n\x05value\x18\x01 \x03(\x02\x42\x02\x10\x01\"\x1e\n\tInt64List\x12\x11\n\x05value\x18\x01 \x03(\x03\x42\x02\x10\x01\"\x9e\x01\n\x07\x46\x65\x61ture\x12-\n\nbytes_list\x18\x01 \x01(\x0b\x32\x17.pyserving.tf.BytesListH\x00\x12-\n\nfloat_list\x18\x02 \x01(\x0b\x32\x17.pyserving.tf.FloatListH\x00\x12-\n\nint64_list\x18\x03 \x01(\x0b\x32\x17.pyserving.tf.Int64ListH\x00\x42\x06\n\x04kind\"\x87\x01\n\x08\x46\x65\x61tures\x12\x34\n\x07\x66\x65\x61ture\x18\x01 \x03(\x0b\x32#.pyserving.tf.Features.FeatureEntry\x1a\x45\n\x0c\x46\x65\x61tureEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.pyserving.tf.Feature:\x02\x38\x01\"3\n\x07\x45xample\x12(\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x16.pyserving.tf.Featuresb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INT64LIST'].fields_by_name['value']._serialized_options = b'\020\001'
   _globals['_FEATURES_FEATUREENTRY']._loaded_options = None
   _globals['_FEATURES_FEATUREENTRY']._serialized_options = b'8\001'
-  _globals['_BYTESLIST']._serialized_start=48
-  _globals['_BYTESLIST']._serialized_end=74
-  _globals['_FLOATLIST']._serialized_start=76
-  _globals['_FLOATLIST']._serialized_end=106
-  _globals['_INT64LIST']._serialized_start=108
-  _globals['_INT64LIST']._serialized_end=138
-  _globals['_FEATURE']._serialized_start=141
-  _globals['_FEATURE']._serialized_end=293
-  _globals['_FEATURES']._serialized_start=296
-  _globals['_FEATURES']._serialized_end=427
-  _globals['_FEATURES_FEATUREENTRY']._serialized_start=360
-  _globals['_FEATURES_FEATUREENTRY']._serialized_end=427
-  _globals['_EXAMPLE']._serialized_start=429
-  _globals['_EXAMPLE']._serialized_end=478
+  _globals['_BYTESLIST']._serialized_start=50
+  _globals['_BYTESLIST']._serialized_end=76
+  _globals['_FLOATLIST']._serialized_start=78
+  _globals['_FLOATLIST']._serialized_end=108
+  _globals['_INT64LIST']._serialized_start=110
+  _globals['_INT64LIST']._serialized_end=140
+  _globals['_FEATURE']._serialized_start=143
+  _globals['_FEATURE']._serialized_end=301
+  _globals['_FEATURES']._serialized_start=304
+  _globals['_FEATURES']._serialized_end=439
+  _globals['_FEATURES_FEATUREENTRY']._serialized_start=370
+  _globals['_FEATURES_FEATUREENTRY']._serialized_end=439
+  _globals['_EXAMPLE']._serialized_start=441
+  _globals['_EXAMPLE']._serialized_end=492
 # @@protoc_insertion_point(module_scope)

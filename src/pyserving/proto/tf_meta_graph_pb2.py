@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pyserving.proto import tf_types_pb2 as pyserving_dot_proto_dot_tf__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pyserving/proto/tf_meta_graph.proto\x12\ntensorflow\x1a\x1epyserving/proto/tf_types.proto\"\x8d\x01\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.tensorflow.DataType\x12\x32\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\x1c.tensorflow.TensorShapeProtoB\n\n\x08\x65ncodingJ\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"\xa4\x03\n\x0cSignatureDef\x12\x34\n\x06inputs\x18\x01 \x03(\x0b\x32$.tensorflow.SignatureDef.InputsEntry\x12\x36\n\x07outputs\x18\x02 \x03(\x0b\x32%.tensorflow.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x12\x38\n\x08\x64\x65\x66\x61ults\x18\x04 \x03(\x0b\x32&.tensorflow.SignatureDef.DefaultsEntry\x1a\x45\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1a\x46\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1aH\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#pyserving/proto/tf_meta_graph.proto\x12\x0cpyserving.tf\x1a\x1epyserving/proto/tf_types.proto\"\x91\x01\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12%\n\x05\x64type\x18\x02 \x01(\x0e\x32\x16.pyserving.tf.DataType\x12\x34\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\x1e.pyserving.tf.TensorShapeProtoB\n\n\x08\x65ncodingJ\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06\"\xb0\x03\n\x0cSignatureDef\x12\x36\n\x06inputs\x18\x01 \x03(\x0b\x32&.pyserving.tf.SignatureDef.InputsEntry\x12\x38\n\x07outputs\x18\x02 \x03(\x0b\x32\'.pyserving.tf.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x12:\n\x08\x64\x65\x66\x61ults\x18\x04 \x03(\x0b\x32(.pyserving.tf.SignatureDef.DefaultsEntry\x1aG\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.pyserving.tf.TensorInfo:\x02\x38\x01\x1aH\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.pyserving.tf.TensorInfo:\x02\x38\x01\x1aJ\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.pyserving.tf.TensorProto:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,14 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_SIGNATUREDEF_DEFAULTSENTRY']._loaded_options = None
   _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_options = b'8\001'
-  _globals['_TENSORINFO']._serialized_start=84
-  _globals['_TENSORINFO']._serialized_end=225
-  _globals['_SIGNATUREDEF']._serialized_start=228
-  _globals['_SIGNATUREDEF']._serialized_end=648
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=433
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=502
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=504
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=574
-  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_start=576
-  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_end=648
+  _globals['_TENSORINFO']._serialized_start=86
+  _globals['_TENSORINFO']._serialized_end=231
+  _globals['_SIGNATUREDEF']._serialized_start=234
+  _globals['_SIGNATUREDEF']._serialized_end=666
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=445
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=516
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=518
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=590
+  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_start=592
+  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_end=666
 # @@protoc_insertion_point(module_scope)

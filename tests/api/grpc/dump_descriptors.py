@@ -1,7 +1,8 @@
 """Child-process helper for test_proto_compat: prints the fields of protobuf messages as JSON.
 
 `ours` imports pyserving.proto; `real` imports tritonclient's and tensorflow-serving-api's
-generated modules. They register the same names, so each runs in its own process.
+generated modules. They register the same names, so each runs in its own process. Our copies
+of TensorFlow's own messages live in package pyserving.tf; they are reported under TF's names.
 """
 
 from __future__ import annotations
@@ -38,20 +39,28 @@ REAL = [
 ]
 
 
+def tensorflow_name(full_name: str) -> str:
+    return (
+        "tensorflow." + full_name[len("pyserving.tf.") :]
+        if full_name.startswith("pyserving.tf.")
+        else full_name
+    )
+
+
 def fields(message: Any) -> dict[str, Any]:
     return {
         f.name: [
             f.number,
             f.type,
             f.is_repeated,
-            f.message_type.full_name if f.message_type else None,
+            tensorflow_name(f.message_type.full_name) if f.message_type else None,
         ]
         for f in message.fields
     }
 
 
 def walk(message: Any, out: dict[str, Any]) -> None:
-    out[message.full_name] = fields(message)
+    out[tensorflow_name(message.full_name)] = fields(message)
     for nested in message.nested_types:
         if not nested.GetOptions().map_entry:
             walk(nested, out)

@@ -19,10 +19,12 @@ import numpy as np
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.grpc.rpc import Context, deadline_of, unary_handler
 from pyserving.core.monitor import VersionStatus
-from pyserving.errors import InvalidInput, ModelError, Unimplemented
+from pyserving.errors import InvalidInput, ModelError
 from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
 from pyserving.proto import tf_error_codes_pb2, tf_meta_graph_pb2, tf_types_pb2
 from pyserving.proto import tf_serving_apis_pb2 as apis
+from pyserving.serving import classify
+from pyserving.serving.classify import CLASSIFY_METHOD, REGRESS_METHOD
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["MODEL_SERVICE", "PREDICTION_SERVICE", "ModelServicer", "PredictionServicer"]
@@ -111,19 +113,68 @@ class PredictionServicer:
         return response
 
     async def classify(self, request: apis.ClassificationRequest, context: Context) -> Any:
-        self._unsupported(request, "Classify")
+        name, version, label = _model_spec(request)
+        examples, shared = classify.examples_from_proto(request.input)
+        result = await classify.classify(
+            self._service,
+            name,
+            version,
+            label,
+            request.model_spec.signature_name,
+            examples,
+            shared,
+            deadline_of(context),
+        )
+        return apis.ClassificationResponse(
+            model_spec=_answer_spec(name, result.version, result.signature_name),
+            result=_classification_result(result),
+        )
 
     async def regress(self, request: apis.RegressionRequest, context: Context) -> Any:
-        self._unsupported(request, "Regress")
+        name, version, label = _model_spec(request)
+        examples, shared = classify.examples_from_proto(request.input)
+        result = await classify.regress(
+            self._service,
+            name,
+            version,
+            label,
+            request.model_spec.signature_name,
+            examples,
+            shared,
+            deadline_of(context),
+        )
+        return apis.RegressionResponse(
+            model_spec=_answer_spec(name, result.version, result.signature_name),
+            result=_regression_result(result),
+        )
 
     async def multi_inference(self, request: apis.MultiInferenceRequest, context: Context) -> Any:
-        if not request.tasks:
-            raise InvalidInput("MultiInferenceRequest must contain at least one task")
-        first = request.tasks[0].model_spec
-        for task in request.tasks[1:]:
-            if task.model_spec.name != first.name:
-                raise InvalidInput("All tasks of a MultiInferenceRequest must use the same model")
-        self._unsupported(request.tasks[0], "MultiInference")
+        """Every task (same model, distinct signatures) over the one shared input, in order."""
+        tasks = _checked_tasks(request.tasks)
+        examples, shared = classify.examples_from_proto(request.input)
+        deadline = deadline_of(context)
+        response = apis.MultiInferenceResponse()
+        for task in tasks:
+            name, version, label = _model_spec(task)
+            run = classify.classify if task.method_name == CLASSIFY_METHOD else classify.regress
+            result = await run(
+                self._service,
+                name,
+                version,
+                label,
+                task.model_spec.signature_name,
+                examples,
+                shared,
+                deadline,
+            )
+            answer = response.results.add(
+                model_spec=_answer_spec(name, result.version, result.signature_name)
+            )
+            if isinstance(result, classify.ClassifyResult):
+                answer.classification_result.CopyFrom(_classification_result(result))
+            else:
+                answer.regression_result.CopyFrom(_regression_result(result))
+        return response
 
     async def get_model_metadata(
         self, request: apis.GetModelMetadataRequest, context: Context
@@ -145,15 +196,6 @@ class PredictionServicer:
         )
         response.metadata[_SIGNATURE_DEF].Pack(signature_map)
         return response
-
-    def _unsupported(self, request: Any, verb: str) -> None:
-        """404 for an unknown model, else UNIMPLEMENTED: no platform classifies or regresses yet."""
-        name, version, label = _model_spec(request)
-        with self._service.acquire(name, version, label) as handle:
-            platform = getattr(handle.servable, "platform", "") or "this"
-        raise Unimplemented(
-            f'{verb} is not supported by the {platform} platform (model "{name}"); use Predict'
-        )
 
 
 class ModelServicer:
@@ -195,6 +237,43 @@ class ModelServicer:
             )
         await asyncio.to_thread(control.reload_config, request.config)
         return apis.ReloadConfigResponse(status=apis.StatusProto(error_code=0))
+
+
+# --- classify / regress ----------------------------------------------------------------------
+
+
+def _checked_tasks(tasks: Any) -> list[apis.InferenceTask]:
+    """TF Serving's rules: at least one task, one model, each signature once, known methods."""
+    if not tasks:
+        raise InvalidInput("MultiInferenceRequest must contain at least one task")
+    seen: set[str] = set()
+    for task in tasks:
+        if task.model_spec.name != tasks[0].model_spec.name:
+            raise InvalidInput("All tasks of a MultiInferenceRequest must use the same model")
+        if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise InvalidInput(f"Unsupported signature method_name: {task.method_name[:80]}")
+        if task.model_spec.signature_name in seen:
+            raise InvalidInput(
+                f"Duplicate evaluation of signature: {task.model_spec.signature_name[:80]}"
+            )
+        seen.add(task.model_spec.signature_name)
+    return list(tasks)
+
+
+def _classification_result(result: classify.ClassifyResult) -> apis.ClassificationResult:
+    out = apis.ClassificationResult()
+    for pairs in result.classes:
+        classes = out.classifications.add().classes
+        for label, score in pairs:
+            classes.add(label=label.decode("utf-8", "replace"), score=score)
+    return out
+
+
+def _regression_result(result: classify.RegressResult) -> apis.RegressionResult:
+    out = apis.RegressionResult()
+    for value in result.values:
+        out.regressions.add(value=value)
+    return out
 
 
 # --- model spec ----------------------------------------------------------------------------------
