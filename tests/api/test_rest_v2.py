@@ -29,6 +29,7 @@ from tests.serving.test_inference import (
     labels,
     scale_servable,
 )
+from tests.triton_http import triton_http_client
 
 
 def strings_servable() -> NumpyServable:
@@ -490,9 +491,8 @@ def server() -> Iterator[str]:
 
 @pytest.fixture
 def triton_client(server) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(server)
-    yield client
-    client.close()
+    with triton_http_client(server) as client:
+        yield client
 
 
 def triton_input(name: str, array: np.ndarray, datatype: str, binary: bool) -> triton.InferInput:

@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from pyserving.demo import make_mlp
 from tests.e2e.server import ServerProcess
 from tests.fakes import wait_until
+from tests.triton_http import triton_http_client
 
 pytestmark = pytest.mark.slow
 
@@ -154,8 +154,7 @@ def test_traffic_split_over_rest_and_label_status(controlled) -> None:
 
 def test_repository_api_loads_and_unloads_with_model_control(controlled) -> None:
     proc, _ = controlled
-    client = triton.InferenceServerClient(proc.address)
-    try:
+    with triton_http_client(proc.address) as client:
         client.unload_model("b")
         assert not client.is_model_ready("b")
         index = {(m["name"], m.get("version", "")): m for m in client.get_model_repository_index()}
@@ -166,22 +165,19 @@ def test_repository_api_loads_and_unloads_with_model_control(controlled) -> None
         assert client.is_model_ready("b")
         with pytest.raises(InferenceServerException, match="not in the model config"):
             client.load_model("nope")
-    finally:
-        client.close()
 
 
 def test_repository_api_is_refused_without_model_control(root: Path) -> None:
     proc = serve(f"--model_base_path={root / 'b'}", "--model_name=b")
-    client = triton.InferenceServerClient(proc.address)
     try:
-        with pytest.raises(InferenceServerException, match="--enable-model-control"):
-            client.unload_model("b")
-        response = httpx.post(f"{proc.url}/v2/repository/models/b/load")
-        assert response.status_code == 403
-        assert [m["name"] for m in client.get_model_repository_index()] == ["b"]
-        assert client.is_model_ready("b")
+        with triton_http_client(proc.address) as client:
+            with pytest.raises(InferenceServerException, match="--enable-model-control"):
+                client.unload_model("b")
+            response = httpx.post(f"{proc.url}/v2/repository/models/b/load")
+            assert response.status_code == 403
+            assert [m["name"] for m in client.get_model_repository_index()] == ["b"]
+            assert client.is_model_ready("b")
     finally:
-        client.close()
         assert proc.stop() == 0, proc.log()
 
 

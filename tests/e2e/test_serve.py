@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from pyserving.demo import make_mlp, write_demo_repository
 from tests.e2e.server import ServerProcess
 from tests.fakes import wait_until
+from tests.triton_http import triton_http_client
 
 
 def reference(model_path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -64,26 +65,26 @@ def test_tf_rest_status_and_metadata(mlp_server):
 def test_tritonclient_http_infer_matches_onnxruntime(mlp_server, repo, binary):
     x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
     (expected,) = reference(repo / "mlp" / "2" / "model.onnx", {"input": x})
-    client = triton.InferenceServerClient(mlp_server.address)
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("mlp")
-    inp = triton.InferInput("input", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=binary)
-    out = triton.InferRequestedOutput("output", binary_data=binary)
-    result = client.infer("mlp", [inp], outputs=[out])
+    with triton_http_client(mlp_server.address) as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("mlp")
+        inp = triton.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = triton.InferRequestedOutput("output", binary_data=binary)
+        result = client.infer("mlp", [inp], outputs=[out])
     np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
     assert result.get_response()["model_version"] == "2"
-    client.close()
 
 
 def test_tritonclient_unknown_model_is_404(mlp_server):
-    client = triton.InferenceServerClient(mlp_server.address)
     inp = triton.InferInput("input", [1, 64], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
-    with pytest.raises(InferenceServerException) as info:
+    with (
+        triton_http_client(mlp_server.address) as client,
+        pytest.raises(InferenceServerException) as info,
+    ):
         client.infer("nope", [inp])
     assert info.value.status() == "404"
-    client.close()
 
 
 def test_bad_requests_get_4xx_naming_the_problem_and_server_keeps_serving(mlp_server):
@@ -126,7 +127,6 @@ def test_demo_serves_two_models_and_stops_cleanly_on_sigterm(tmp_path):
     server = ServerProcess("--demo")
     try:
         server.wait_ready()
-        client = triton.InferenceServerClient(server.address)
         a = np.ones((2, 4), np.float32)
         b = np.full((2, 4), 2.0, np.float32)
         inputs = []
@@ -134,11 +134,11 @@ def test_demo_serves_two_models_and_stops_cleanly_on_sigterm(tmp_path):
             inp = triton.InferInput(name, [2, 4], "FP32")
             inp.set_data_from_numpy(value)
             inputs.append(inp)
-        result = client.infer("twoio", inputs)
+        with triton_http_client(server.address) as client:
+            result = client.infer("twoio", inputs)
+            assert client.is_model_ready("mlp", "1") and client.is_model_ready("mlp", "2")
         np.testing.assert_allclose(result.as_numpy("sum"), a + b)
         assert result.as_numpy("max_index").shape == (2,)
-        assert client.is_model_ready("mlp", "1") and client.is_model_ready("mlp", "2")
-        client.close()
     finally:
         assert server.stop() == 0, server.log()
     assert "REST API listening on http://127.0.0.1" in server.log()
