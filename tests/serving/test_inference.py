@@ -250,6 +250,57 @@ async def test_run_computes_on_an_executor_thread_not_the_event_loop(service, ma
     assert manager.in_flight("addsub", 2) == 0
 
 
+async def run_scale(service: InferenceService, rows: int = 1) -> None:
+    with service.acquire("m") as handle:
+        x = {"x": np.ones((rows, 3), np.float32)}
+        out = await service.run(handle, service.signature(handle, None), x)
+    np.testing.assert_array_equal(out["y"], x["x"] * 2)
+
+
+@pytest.mark.asyncio
+async def test_cheap_calls_run_inline_once_measured_and_slow_or_big_ones_leave_the_loop():
+    servable = scale_servable()
+    compute = servable._compute
+    service = InferenceService(
+        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.01)
+    )
+    loop_thread = threading.get_ident()
+    try:
+        await run_scale(service)  # no estimate yet: the executor
+        assert servable.threads[-1] != loop_thread
+        await run_scale(service)
+        assert servable.threads[-1] == loop_thread
+        await run_scale(service, rows=1_000_000)  # predicted 1e6 times the cost of a row
+        assert servable.threads[-1] != loop_thread
+
+        def slow(signature, inputs):
+            time.sleep(0.2)
+            return compute(signature, inputs)
+
+        servable._compute = slow
+        await run_scale(service)  # runs inline (it was cheap), and is measured slow
+        servable._compute = compute
+        for _ in range(3):
+            await run_scale(service)
+            assert servable.threads[-1] != loop_thread
+    finally:
+        service.close(wait=True)
+
+
+@pytest.mark.asyncio
+async def test_a_zero_inline_budget_keeps_every_call_off_the_loop():
+    servable = scale_servable()
+    service = InferenceService(
+        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0)
+    )
+    try:
+        for _ in range(5):
+            await run_scale(service)
+        assert threading.get_ident() not in servable.threads
+    finally:
+        service.close(wait=True)
+
+
 @pytest.mark.asyncio
 async def test_run_returns_only_requested_outputs_in_requested_order(service):
     with service.acquire("addsub") as handle:

@@ -7,14 +7,16 @@ A codec turns its wire format into `dict[str, np.ndarray]`, then:
         outputs = await service.run(handle, signature, inputs, output_names, deadline)
 
 `run` validates the inputs against the signature and executes the servable on a thread pool, or,
-for a model that batches, enqueues the request on the shared BatchScheduler — the event loop never
-runs a model.
+for a model that batches, enqueues the request on the shared BatchScheduler. The one exception: a
+call its signature's measured cost predicts to take less than `inline_budget_seconds` runs on the
+event loop itself, since handing it to a thread and back would cost more than the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,10 +87,14 @@ class InferenceOptions:
     max_pending_requests: int = 1024
     #: the most elements one input tensor may have (codecs check it before allocating)
     max_tensor_elements: int = 1 << 26
+    #: an unbatched call predicted (from the signature's measured seconds per row) to take less
+    #: than this runs on the event loop: the executor round trip costs ~40 µs. 0 = never inline
+    inline_budget_seconds: float = 100e-6
 
 
 class InferenceService:
-    """Resolves a model spec to a handle, validates inputs, runs the servable off the event loop.
+    """Resolves a model spec to a handle, validates inputs, runs the servable (off the event loop
+    unless the call is cheaper than the hop to a thread).
 
     Thread-safety: `acquire`, `signature` and the status helpers may be called from any thread;
     `run` is a coroutine and may be awaited concurrently on one or more event loops.
@@ -185,7 +191,8 @@ class InferenceService:
         output_names: Sequence[str] | None = None,
         deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Validate `inputs`, run the servable on the executor, return the requested outputs.
+        """Validate `inputs`, run the servable (executor, batch queue, or inline when its
+        measured cost is under the inline budget), return the requested outputs.
 
         `deadline` is a `time.monotonic()` instant covering queueing and execution. Outputs come
         in `output_names` order (all of the signature's outputs, in its order, when None).
@@ -195,21 +202,21 @@ class InferenceService:
         """
         answered_version.set(handle.id.version)  # for the API edge's request metrics
         plan = self._plan(signature)
-        plan.validate(inputs, self.options.max_tensor_elements)
+        rows = plan.validate(inputs, self.options.max_tensor_elements)
         wanted = plan.outputs if output_names is None else plan.check_outputs(output_names)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
         # A signature with an input that is not batched on dimension 0 runs unbatched.
         batching = self._batching.options_for(handle.id.name) if plan.batchable else None
+        if batching is None and plan.cost.predicts_under(rows, self.options.inline_budget_seconds):
+            return plan.collect(_execute(handle.servable, plan, inputs, rows, None), wanted)
         with self._pending_lock:
             if self._pending >= self.options.max_pending_requests:
                 raise Unavailable(f"too many requests pending ({self._pending}); try again later")
             self._pending += 1
         try:
             if batching is None:
-                job = self._executor.submit(
-                    _execute, handle.servable, signature.name, inputs, deadline
-                )
+                job = self._executor.submit(_execute, handle.servable, plan, inputs, rows, deadline)
             else:
                 job = self._schedule(handle, signature.name, inputs, deadline, batching)
         except RuntimeError as exc:  # the executor was shut down
@@ -365,18 +372,51 @@ class InferenceService:
 
 
 def _execute(
-    servable: Any, signature_name: str, inputs: dict[str, np.ndarray], deadline: float | None
+    servable: Any,
+    plan: _SignaturePlan,
+    inputs: dict[str, np.ndarray],
+    rows: int,
+    deadline: float | None,
 ) -> Any:
-    """Runs on an executor thread: drop expired work, call the servable, wrap its exception once."""
+    """Drop expired work, call the servable and time it, wrap its exception once."""
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlineExceeded("Deadline exceeded while the request was queued")
+    started = time.perf_counter()
     try:
-        return servable.run(signature_name, inputs)
+        return servable.run(plan.signature.name, inputs)
     except ServingError:
         raise
     except Exception as exc:
-        logger.debug("servable raised on signature %s", signature_name, exc_info=True)
+        logger.debug("servable raised on signature %s", plan.signature.name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
+    finally:
+        plan.cost.observe(time.perf_counter() - started, rows)
+
+
+class _CallCost:
+    """A running estimate of one signature's seconds per row, to decide where its calls run.
+
+    Per row because a bigger request costs more; the fixed part of a call is counted in every
+    row, which over-estimates big requests (they go to the executor: the safe side). Updated from
+    several threads without a lock: a lost update only delays the estimate.
+    """
+
+    __slots__ = ("per_row",)
+
+    #: weight of the newest call: one slow call (a GC pause) moves the estimate over the budget
+    #: at once, and ~10 fast ones bring it back
+    SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self.per_row = math.inf  # never run: the executor, until a call is measured
+
+    def observe(self, seconds: float, rows: int) -> None:
+        sample = seconds / max(rows, 1)
+        known = self.per_row
+        self.per_row = sample if known == math.inf else known + self.SMOOTHING * (sample - known)
+
+    def predicts_under(self, rows: int, budget: float) -> bool:
+        return self.per_row * max(rows, 1) < budget
 
 
 def _describe(array: np.ndarray) -> str:
@@ -387,7 +427,7 @@ def _describe(array: np.ndarray) -> str:
 class _SignaturePlan:
     """What validating a request against one signature needs, computed once per signature."""
 
-    __slots__ = ("batchable", "batched", "inputs", "output_set", "outputs", "signature")
+    __slots__ = ("batchable", "batched", "cost", "inputs", "output_set", "outputs", "signature")
 
     def __init__(self, signature: Signature) -> None:
         self.signature = signature
@@ -404,8 +444,10 @@ class _SignaturePlan:
         self.batchable = bool(self.inputs) and len(self.batched) == len(self.inputs)
         self.outputs = tuple(spec.name for spec in signature.outputs)
         self.output_set = frozenset(self.outputs)
+        self.cost = _CallCost()
 
-    def validate(self, inputs: Mapping[str, np.ndarray], max_elements: int) -> None:
+    def validate(self, inputs: Mapping[str, np.ndarray], max_elements: int) -> int:
+        """Raise InvalidInput naming the first bad input; return the batch size (1 if none)."""
         specs = self.inputs
         if len(inputs) != len(specs) or not all(name in specs for name in inputs):
             raise InvalidInput(self._mismatch_message(inputs))
@@ -432,6 +474,7 @@ class _SignaturePlan:
                         f'inputs disagree on dimension 0 (the batch size): "{batch_name}" has'
                         f' {batch}, "{name}" has {array.shape[0]}'
                     )
+        return batch if batch_name is not None else 1
 
     def _mismatch_message(self, inputs: Mapping[str, np.ndarray]) -> str:
         # TF Serving's wording (predict_util.cc), with the names sorted.
