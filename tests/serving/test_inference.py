@@ -262,27 +262,52 @@ async def test_cheap_calls_run_inline_once_measured_and_slow_or_big_ones_leave_t
     servable = scale_servable()
     compute = servable._compute
     service = InferenceService(
-        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.01)
+        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.002)
     )
     loop_thread = threading.get_ident()
     try:
-        await run_scale(service)  # no estimate yet: the executor
-        assert servable.threads[-1] != loop_thread
+        for _ in range(8):  # a first streak on the executor measures the cost
+            await run_scale(service)
+        assert loop_thread not in servable.threads
         await run_scale(service)
         assert servable.threads[-1] == loop_thread
-        await run_scale(service, rows=1_000_000)  # predicted 1e6 times the cost of a row
+        await run_scale(service, rows=10_000_000)  # predicted 1e7 times the cost of a row
         assert servable.threads[-1] != loop_thread
 
         def slow(signature, inputs):
-            time.sleep(0.2)
+            time.sleep(0.03)
             return compute(signature, inputs)
 
         servable._compute = slow
-        await run_scale(service)  # runs inline (it was cheap), and is measured slow
+        await run_scale(service)  # runs inline (it was cheap), and is measured 15 times over
+        assert servable.threads[-1] == loop_thread
         servable._compute = compute
-        for _ in range(3):
+        for _ in range(16):  # the next streak is twice as long
             await run_scale(service)
             assert servable.threads[-1] != loop_thread
+        await run_scale(service)
+        assert servable.threads[-1] == loop_thread
+    finally:
+        service.close(wait=True)
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_is_slow_on_the_executor_never_runs_inline():
+    servable = scale_servable()
+    compute = servable._compute
+
+    def slow(signature, inputs):
+        time.sleep(0.012)
+        return compute(signature, inputs)
+
+    servable._compute = slow
+    service = InferenceService(  # 12 ms is over 10 times the budget: it never tries inline
+        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.001)
+    )
+    try:
+        for _ in range(20):
+            await run_scale(service)
+        assert threading.get_ident() not in servable.threads
     finally:
         service.close(wait=True)
 

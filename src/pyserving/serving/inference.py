@@ -208,15 +208,17 @@ class InferenceService:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
         # A signature with an input that is not batched on dimension 0 runs unbatched.
         batching = self._batching.options_for(handle.id.name) if plan.batchable else None
-        if batching is None and plan.cost.predicts_under(rows, self.options.inline_budget_seconds):
-            return plan.collect(_execute(handle.servable, plan, inputs, rows, None), wanted)
+        if batching is None and plan.cost.runs_inline(rows):
+            return plan.collect(_execute(handle.servable, plan, inputs, rows, None, True), wanted)
         with self._pending_lock:
             if self._pending >= self.options.max_pending_requests:
                 raise Unavailable(f"too many requests pending ({self._pending}); try again later")
             self._pending += 1
         try:
             if batching is None:
-                job = self._executor.submit(_execute, handle.servable, plan, inputs, rows, deadline)
+                job = self._executor.submit(
+                    _execute, handle.servable, plan, inputs, rows, deadline, False
+                )
             else:
                 job = self._schedule(handle, signature.name, inputs, deadline, batching)
         except RuntimeError as exc:  # the executor was shut down
@@ -322,7 +324,7 @@ class InferenceService:
         if plan is None or plan.signature is not signature:
             if len(self._plans) >= 4096:  # bound the cache across many model versions
                 self._plans = {}
-            plan = _SignaturePlan(signature)
+            plan = _SignaturePlan(signature, self.options.inline_budget_seconds)
             self._plans[id(signature)] = plan
         return plan
 
@@ -377,6 +379,7 @@ def _execute(
     inputs: dict[str, np.ndarray],
     rows: int,
     deadline: float | None,
+    inline: bool,
 ) -> Any:
     """Drop expired work, call the servable and time it, wrap its exception once."""
     if deadline is not None and time.monotonic() >= deadline:
@@ -390,33 +393,70 @@ def _execute(
         logger.debug("servable raised on signature %s", plan.signature.name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
     finally:
-        plan.cost.observe(time.perf_counter() - started, rows)
+        plan.cost.observe(time.perf_counter() - started, rows, inline)
 
 
 class _CallCost:
-    """A running estimate of one signature's seconds per row, to decide where its calls run.
+    """Decides, from measured wall times, whether a signature's calls run inline.
 
-    Per row because a bigger request costs more; the fixed part of a call is counted in every
-    row, which over-estimates big requests (they go to the executor: the safe side). Updated from
-    several threads without a lock: a lost update only delays the estimate.
+    Calls start on the executor. There, a call's time includes waiting for the GIL after the
+    model released it, which under load dwarfs a cheap model, so it cannot tell how long the call
+    would take inline. It can tell which models are surely too slow: when the fastest call of a
+    streak on the executor is under PROBE_FACTOR times the budget, the next calls try inline,
+    where the time is (mostly) the model's own. Calls go back to the executor when one inline
+    call takes PROBE_FACTOR times the budget, or their running average exceeds the budget (one
+    call delayed by another thread taking the GIL must not decide); the next streak is then
+    twice as long, so a model that is too slow, or only sometimes slow, stalls the event loop
+    ever more rarely. A request of many rows goes inline only while the cost per row measured
+    inline predicts it under the budget. Updated from several threads without a lock: a lost
+    update only delays a decision.
     """
 
-    __slots__ = ("per_row",)
+    __slots__ = ("_average", "_best_call", "_budget", "_inline", "_per_row", "_seen", "_streak")
 
-    #: weight of the newest call: one slow call (a GC pause) moves the estimate over the budget
-    #: at once, and ~10 fast ones bring it back
-    SMOOTHING = 0.2
+    FIRST_STREAK = 8
+    LONGEST_STREAK = 1024
+    #: the slowest an executor call may be for the next calls to try inline; this bounds the
+    #: stall of one inline call that goes wrong (its time is at most its time on the executor)
+    PROBE_FACTOR = 10.0
+    #: weight of the newest inline call in the running average
+    SMOOTHING = 0.1
 
-    def __init__(self) -> None:
-        self.per_row = math.inf  # never run: the executor, until a call is measured
+    def __init__(self, budget: float) -> None:
+        self._budget = budget
+        self._inline = False
+        self._average = 0.0  # of inline calls' seconds
+        self._per_row = math.inf  # measured inline; until then only 1-row requests go inline
+        self._streak = self.FIRST_STREAK
+        self._new_streak()
 
-    def observe(self, seconds: float, rows: int) -> None:
-        sample = seconds / max(rows, 1)
-        known = self.per_row
-        self.per_row = sample if known == math.inf else known + self.SMOOTHING * (sample - known)
+    def runs_inline(self, rows: int) -> bool:
+        return self._inline and (rows <= 1 or self._per_row * rows < self._budget)
 
-    def predicts_under(self, rows: int, budget: float) -> bool:
-        return self.per_row * max(rows, 1) < budget
+    def observe(self, seconds: float, rows: int, inline: bool) -> None:
+        if not inline:
+            self._observe_executor_call(seconds)
+            return
+        self._average += self.SMOOTHING * (seconds - self._average)
+        if seconds >= self.PROBE_FACTOR * self._budget or self._average >= self._budget:
+            self._inline = False
+            self._streak = min(2 * self._streak, self.LONGEST_STREAK)
+            self._new_streak()
+        else:
+            self._per_row = min(self._per_row, seconds / max(rows, 1))
+
+    def _observe_executor_call(self, seconds: float) -> None:
+        self._best_call = min(self._best_call, seconds)
+        self._seen += 1
+        if self._seen >= self._streak:
+            self._inline = self._best_call < self.PROBE_FACTOR * self._budget
+            self._average = min(self._best_call, self._budget / 2)
+            self._per_row = math.inf
+            self._new_streak()
+
+    def _new_streak(self) -> None:
+        self._best_call = math.inf
+        self._seen = 0
 
 
 def _describe(array: np.ndarray) -> str:
@@ -429,7 +469,7 @@ class _SignaturePlan:
 
     __slots__ = ("batchable", "batched", "cost", "inputs", "output_set", "outputs", "signature")
 
-    def __init__(self, signature: Signature) -> None:
+    def __init__(self, signature: Signature, inline_budget: float) -> None:
         self.signature = signature
         # name → (numpy dtype or None for BYTES, spec)
         self.inputs = {
@@ -444,7 +484,7 @@ class _SignaturePlan:
         self.batchable = bool(self.inputs) and len(self.batched) == len(self.inputs)
         self.outputs = tuple(spec.name for spec in signature.outputs)
         self.output_set = frozenset(self.outputs)
-        self.cost = _CallCost()
+        self.cost = _CallCost(inline_budget)
 
     def validate(self, inputs: Mapping[str, np.ndarray], max_elements: int) -> int:
         """Raise InvalidInput naming the first bad input; return the batch size (1 if none)."""
