@@ -29,6 +29,7 @@ from pyserving.api.grpc.rpc import (
     unary_handler,
 )
 from pyserving.api.rest.binary import decode_tensor, encode_tensor
+from pyserving.api.rest.v2 import index_from_service
 from pyserving.errors import InvalidInput, ModelError, NotFound
 from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
@@ -203,7 +204,7 @@ class V2Servicer:
         if self._control is not None:
             entries = list(await asyncio.to_thread(self._control.repository_index))
         else:
-            entries = self._index_from_service()
+            entries = index_from_service(self._service)
         models = [
             pb.RepositoryIndexResponse.ModelIndex(
                 name=str(e.get("name", "")),
@@ -232,26 +233,6 @@ class V2Servicer:
         _check_repository_request(request, allowed=("unload_dependents",))
         await asyncio.to_thread(control.unload_model, request.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-    def _index_from_service(self) -> list[Mapping[str, str]]:
-        entries: list[Mapping[str, str]] = []
-        for name in self._service.model_names():
-            try:
-                states = self._service.model_status(name)
-            except NotFound:
-                entries.append({"name": name, "version": "", "state": "UNAVAILABLE"})
-                continue
-            for status in states:
-                ready = status.state.name == "AVAILABLE"
-                entries.append(
-                    {
-                        "name": name,
-                        "version": str(status.id.version),
-                        "state": "READY" if ready else "UNAVAILABLE",
-                        "reason": status.error or ("" if ready else status.state.name),
-                    }
-                )
-        return entries
 
     # --- inference -----------------------------------------------------------------------------
 
