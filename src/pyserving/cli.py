@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -12,16 +11,16 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
-import uvicorn
 
 from pyserving import __version__, metrics
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
-from pyserving.api.rest.app import RestOptions, create_app
+from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
+from pyserving.api.rest.http_server import HttpServer
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -395,14 +394,6 @@ class _Drain:
         self.requested.set()
 
 
-class _RestServer(uvicorn.Server):
-    """uvicorn's server without its own signal handling: `_Drain` decides when it stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def _serve_listeners(
     core: ServerCore, options: ServerOptions, sock: socket.socket | None, drain: _Drain
 ) -> None:
@@ -412,7 +403,7 @@ async def _serve_listeners(
     drain.install()
     assert drain.requested is not None
     grpc_server: GrpcServer | None = None
-    rest: _RestServer | None = None
+    rest: HttpServer | None = None
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(drain.requested.wait())]
     try:
         if options.port:
@@ -424,8 +415,8 @@ async def _serve_listeners(
             )
             await grpc_server.start()  # logs "gRPC API listening on HOST:PORT"
         if sock is not None:
-            rest = _RestServer(_rest_config(core, options, drain))
-            waiters.append(asyncio.ensure_future(rest.serve(sockets=[sock])))
+            rest = HttpServer(_rest_app(core, options, drain))
+            await rest.start(sock)
             host, port = sock.getsockname()[:2]
             logger.info("REST API listening on http://%s:%d", host, port)
         # Initial loads run off the event loop, so health/live answers while models load; a
@@ -435,8 +426,7 @@ async def _serve_listeners(
         drain.start()
         stopping: list[Awaitable[Any]] = []
         if rest is not None:
-            rest.should_exit = True  # closes the listener, then waits for in-flight requests
-            stopping.append(waiters[1])
+            stopping.append(rest.shutdown(drain.timeout_s))
         if grpc_server is not None:
             stopping.append(grpc_server.stop(drain.timeout_s))
         await asyncio.gather(*stopping)
@@ -454,8 +444,8 @@ async def _serve_listeners(
         drain.uninstall()
 
 
-def _rest_config(core: ServerCore, options: ServerOptions, drain: _Drain) -> uvicorn.Config:
-    app = create_app(
+def _rest_app(core: ServerCore, options: ServerOptions, drain: _Drain) -> ASGIApp:
+    return create_app(
         core.service,
         RestOptions(
             rest_api_timeout_in_ms=options.rest_api_timeout_in_ms,
@@ -467,12 +457,4 @@ def _rest_config(core: ServerCore, options: ServerOptions, drain: _Drain) -> uvi
             access_log=drain.access_log,
             body_read_timeout_s=drain.body_read_timeout_s,
         ),
-    )
-    return uvicorn.Config(
-        app,
-        http="httptools",
-        lifespan="off",
-        access_log=False,  # ours is `--access-log` (pyserving.access)
-        log_config=None,
-        timeout_graceful_shutdown=drain.timeout_s,  # type: ignore[arg-type]
     )

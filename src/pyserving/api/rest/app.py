@@ -19,7 +19,7 @@ under `/v1` a bad path or method is 400 "Malformed request: METHOD PATH" (TF Ser
 Content-Length or the bytes streamed so far say so; a body that takes longer than
 `body_read_timeout_s` to arrive is 408. Both close the connection. Every request that names a
 model is counted in `pyserving_requests_total` (model, version that ran it, "rest", status) and,
-with `access_log`, logged as one line. uvicorn runs it (httptools, uvloop).
+with `access_log`, logged as one line. `http_server.HttpServer` runs it (any ASGI server can).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class _RestApp:
         started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
-        # uvicorn may start a pipelined request in the previous one's context: reset both.
+        # A pipelined request may start in the previous one's context: reset both.
         _request_model.set(None)
         answered_version.set(None)
         try:

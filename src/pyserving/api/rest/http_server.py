@@ -1,0 +1,478 @@
+"""The REST listener: HTTP/1.1 on asyncio with httptools' parser, calling the ASGI app directly.
+
+Why not uvicorn: per request, its protocol and ASGI machinery cost more CPU than a request
+needs (benchmarks/http_alternatives.py: a bare httptools protocol answers the small MLP in 49–59 µs
+of CPU, Starlette on uvicorn in 123–174); pyserving on uvicorn answered ~6,400 req/s at 64
+connections, on this server ~7,000 in the same run. This server does only what the
+REST app needs — HTTP/1.1 keep-alive and pipelining, `Expect: 100-continue`, chunked request
+bodies, one write per response — and adds the limits a production listener needs: idle
+keep-alive connections close after `keep_alive_timeout_s`, a request's headers must arrive within
+`header_timeout_s` (408) and stay under `max_header_bytes` (431), writes pause while a client does
+not read. The app itself bounds the body (413, 408). `shutdown` stops accepting, lets in-flight
+requests finish within a bound, then cancels the rest (the app answers those 503).
+
+Scope given to the app: type, asgi, http_version, method, scheme, path (percent-decoded),
+raw_path, query_string, root_path, headers (lower-case names), client, server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+__all__ = ["HttpOptions", "HttpServer"]
+
+logger = logging.getLogger("pyserving.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+AsgiApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """Limits of the HTTP listener."""
+
+    #: an idle keep-alive connection is closed after this long
+    keep_alive_timeout_s: float = 5.0
+    #: a request's line and headers must arrive within this time of its first byte, else 408
+    header_timeout_s: float = 30.0
+    #: the most bytes a request's target and headers may take, else 431
+    max_header_bytes: int = 64 * 1024
+    #: listen backlog
+    backlog: int = 2048
+
+
+class HttpServer:
+    """Serves one ASGI app over HTTP/1.1 on a listening socket, and stops it gracefully.
+
+    Thread-safety: every method runs on the event loop it was started on.
+    """
+
+    def __init__(self, app: AsgiApp, options: HttpOptions | None = None) -> None:
+        self.app = app
+        self.options = options or HttpOptions()
+        self.connections: set[_Connection] = set()
+        self.shutting_down = False
+        self._listener: asyncio.Server | None = None
+
+    async def start(self, sock: Any) -> None:
+        """Accept connections on `sock` (bound, not yet listening) from now on."""
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _Connection(self, loop), sock=sock, backlog=self.options.backlog
+        )
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, close idle connections, give in-flight requests `timeout_s` to
+        finish, cancel the rest (their app answers 503), close every connection."""
+        self.shutting_down = True
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        running = [c.task for c in self.connections if c.task is not None]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5.0)  # the 503 answers go out
+        for connection in list(self.connections):
+            connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and runs them one at a time, in order."""
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self._options = server.options
+        self.loop = loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._sockname: tuple[str, int] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._headers_too_large = False
+        self._parsing: _Request | None = None  # the request whose bytes are arriving
+        self._pending: collections.deque[_Request] = collections.deque()  # pipelined, waiting
+        self._running: _Request | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_headers = False
+        self._broken = False  # a malformed request: ignore the rest of the stream
+        self.write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        self.server.connections.add(self)
+        self._arm(self._options.keep_alive_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._disarm()
+        for request in (self._parsing, self._running, *self._pending):
+            if request is not None:
+                request.disconnect()
+        self._pending.clear()
+        self.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if self._headers_too_large:
+                self._reject(431, f"request headers exceed {self._options.max_header_bytes} bytes")
+            else:
+                self._reject(400, f"malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # --- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_headers = True
+        self._arm(self._options.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._count_header_bytes(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._disarm()
+        request = _Request(self, self._scope(), self._parser.should_keep_alive())
+        self._parsing = request
+        if self._running is None:
+            self._start(request)
+        else:
+            self._pending.append(request)
+            self._pause_reading()  # one request ahead is enough
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.add_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.complete_body()
+            self._parsing = None
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _scope(self) -> Scope:
+        raw_path, _, query = self._url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="utf-8", errors="replace")
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": self._parser.get_http_version(),
+            "method": self._parser.get_method().decode("ascii"),
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": self._headers,
+            "client": self._client,
+            "server": self._sockname,
+        }
+
+    def _start(self, request: _Request) -> None:
+        self._running = request
+        self.task = self.loop.create_task(self._run(request))
+
+    async def _run(self, request: _Request) -> None:
+        try:
+            await self.server.app(request.scope, request.receive, request.send)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("unhandled error in the REST app")
+            if not request.response_started:
+                await request.send_plain(500, "Internal Server Error")
+        finally:
+            self._finish(request)
+
+    def _finish(self, request: _Request) -> None:
+        self._running = None
+        self.task = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if (
+            not request.response_complete
+            or not request.keep_alive
+            or not request.body_complete  # the unread rest of a body would be parsed as a request
+            or self.server.shutting_down
+        ):
+            transport.close()
+            return
+        if self._pending:
+            self._start(self._pending.popleft())
+            if not self._pending:
+                transport.resume_reading()
+        elif self._parsing is None:
+            self._arm(self._options.keep_alive_timeout_s)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client is not reading what was written."""
+        if self.write_paused and self._transport is not None:
+            if self._drained is None:
+                self._drained = self.loop.create_future()
+            await self._drained
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def close_when_idle(self) -> None:
+        """At shutdown: close now when no request runs, else after its response."""
+        self._pending.clear()
+        if self._running is None:
+            self.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _reject(self, status: int, message: str) -> None:
+        """A request that cannot be parsed: answer it (unless one is running) and close."""
+        self._broken = True
+        self._disarm()
+        if self._running is None:
+            self.write(_plain_response(status, message))
+            self.close()
+        else:
+            self._running.keep_alive = False  # the connection closes after that response
+
+    def _count_header_bytes(self, count: int) -> None:
+        self._header_bytes += count
+        if self._header_bytes > self._options.max_header_bytes:
+            self._headers_too_large = True
+            raise ValueError("request headers too large")
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._in_headers:
+            self._broken = True
+            self.write(_plain_response(408, "request headers not received in time"))
+        self.close()
+
+
+class _Request:
+    """One request's body as it arrives and its response as the app sends it (ASGI's
+    `receive` and `send`)."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_continue_sent",
+        "_disconnected",
+        "_head_only",
+        "_head_sent",
+        "_response_headers",
+        "_waiter",
+        "body_complete",
+        "keep_alive",
+        "response_complete",
+        "response_started",
+        "scope",
+        "status",
+    )
+
+    def __init__(self, connection: _Connection, scope: Scope, keep_alive: bool) -> None:
+        self._connection = connection
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self._body: list[bytes] = []
+        self.body_complete = False
+        self._disconnected = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue_sent = False
+        self._head_only = scope["method"] == "HEAD"
+        self.response_started = False
+        self.response_complete = False
+        self.status = 0
+        self._response_headers: list[tuple[bytes, bytes]] = []
+        self._head_sent = False
+
+    # --- from the parser -----------------------------------------------------------------------
+
+    def add_body(self, chunk: bytes) -> None:
+        if not self.response_complete:  # else nobody will read it
+            self._body.append(chunk)
+            self._wake()
+
+    def complete_body(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def disconnect(self) -> None:
+        self._disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- ASGI ----------------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while not self._body and not self.body_complete and not self._disconnected:
+            if not self._continue_sent and (b"expect", b"100-continue") in self.scope["headers"]:
+                self._continue_sent = True
+                self._connection.write(_CONTINUE)
+            self._waiter = self._connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        chunks = self._body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return {"type": "http.request", "body": body, "more_body": not self.body_complete}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("the response has already started")
+            self.response_started = True
+            self.status = int(message["status"])
+            self._response_headers = list(message.get("headers", ()))
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.response_started or self.response_complete:
+            raise RuntimeError("http.response.body outside a response")
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if not self._head_sent:
+            self._head_sent = True
+            head = self._head(len(body) if not more else None)
+            self._connection.write(head if self._head_only else head + body)
+        elif body and not self._head_only:
+            self._connection.write(body)
+        if not more:
+            self.response_complete = True
+        await self._connection.drain()
+
+    async def send_plain(self, status: int, text: str) -> None:
+        self.keep_alive = False
+        self._connection.write(_plain_response(status, text))
+        self.response_started = self.response_complete = True
+
+    def _head(self, length: int | None) -> bytes:
+        """The status line and headers; adds Date, Content-Length when the app gave none and
+        the body is whole, and Connection: close when the connection will close."""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS.get(self.status, b""))]
+        has_length = False
+        for name, value in self._response_headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                has_length = True
+            elif lowered == b"connection" and value.lower() == b"close":
+                self.keep_alive = False
+                continue  # added below, once
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if not has_length:
+            if length is None:
+                self.keep_alive = False  # the end of the body is the end of the connection
+            else:
+                lines.append(b"content-length: %d\r\n" % length)
+        lines.append(_date_header())
+        if not self.keep_alive or self._connection.server.shutting_down:
+            self.keep_alive = False
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+
+def _plain_response(status: int, text: str) -> bytes:
+    body = text.encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"%sconnection: close\r\n\r\n%s"
+        % (status, _REASONS.get(status, b""), len(body), _date_header(), body)
+    )
+
+
+_date_cache: list[Any] = [0, b""]  # [second, header line]
+
+
+def _date_header() -> bytes:
+    """`date: ...` for this second (formatted at most once a second)."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]

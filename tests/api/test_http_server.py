@@ -1,0 +1,203 @@
+"""HttpServer: HTTP/1.1 framing, limits and graceful shutdown, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from pyserving.api.rest.http_server import HttpOptions, HttpServer
+
+
+class EchoApp:
+    """Answers with the method, path, query and body it got; `/slow` waits for `release`."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        if scope["path"] == "/slow":
+            self.started += 1
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b"cancelled"})
+                raise
+        text = b"%s %s ?%s %s" % (
+            scope["method"].encode(),
+            scope["path"].encode(),
+            scope["query_string"],
+            body,
+        )
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(text))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": text})
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest_asyncio.fixture
+async def served() -> AsyncIterator[tuple[HttpServer, EchoApp, int]]:
+    app = EchoApp()
+    server = HttpServer(app, HttpOptions(keep_alive_timeout_s=0.5, header_timeout_s=0.5))
+    sock = listening_socket()
+    await server.start(sock)
+    yield server, app, sock.getsockname()[1]
+    app.release.set()
+    await server.shutdown(1.0)
+    sock.close()
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a new connection; everything the server writes until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_keep_alive_requests_on_one_connection_with_an_http_client(served) -> None:
+    _, _, port = served
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for i in range(3):
+            response = await client.post(f"/a%20b?x={i}", content=b"hello")
+            assert response.status_code == 200
+            assert response.text == f"POST /a b ?x={i} hello"
+            assert response.headers["date"]
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_answered_in_order_then_connection_close(served) -> None:
+    _, _, port = served
+    raw = (
+        b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = await exchange(port, raw)
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert answer.index(b"POST /one ? abc") < answer.index(b"/two")
+    assert answer.index(b"/two") < answer.index(b"/three")
+    assert answer.endswith(b"GET /three ? ")
+    assert b"connection: close" in answer.split(b"GET /two")[1]
+
+
+@pytest.mark.asyncio
+async def test_chunked_body_and_expect_100_continue(served) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        assert await asyncio.wait_for(reader.readline(), 5) == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+        writer.write(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert await reader.readexactly(15) == b"POST /c ? abcde"
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_head_response_has_no_body(served) -> None:
+    _, _, port = served
+    answer = await exchange(port, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 10" in head
+    assert body == b""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+        # served as plain HTTP, then closed: the upgrade is never taken
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", b"200"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+    ],
+    ids=["garbage", "upgrade", "huge-header"],
+)
+async def test_bad_requests_are_answered_and_closed(served, raw: bytes, status: bytes) -> None:
+    _, _, port = served
+    answer = await exchange(port, raw)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    assert b"connection: close" in answer
+
+
+@pytest.mark.asyncio
+async def test_slow_headers_get_408_and_idle_connections_close(served) -> None:
+    _, _, port = served
+    answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes
+    assert answer.startswith(b"HTTP/1.1 408")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:  # idle: closed after the keep-alive timeout without a word
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_finishes_in_flight_requests_and_refuses_new_connections() -> None:
+    app = EchoApp()
+    server = HttpServer(app)
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    await server.start(sock)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        slow = [asyncio.ensure_future(client.post("/slow", content=b"s")) for _ in range(4)]
+        while app.started < 4:
+            await asyncio.sleep(0.01)
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        stopping = asyncio.ensure_future(server.shutdown(5.0))
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # idle: closed at once
+        idle_writer.close()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        app.release.set()
+        responses = await asyncio.gather(*slow)
+        await stopping
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(r.headers["connection"] == "close" for r in responses)
+    sock.close()
+
+
+@pytest.mark.asyncio
+async def test_requests_still_running_after_the_drain_timeout_are_cancelled() -> None:
+    app = EchoApp()
+    server = HttpServer(app)
+    sock = listening_socket()
+    await server.start(sock)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+        slow = asyncio.ensure_future(client.post("/slow", content=b"s"))
+        while app.started < 1:
+            await asyncio.sleep(0.01)
+        await server.shutdown(0.2)
+        response = await slow
+    assert response.status_code == 503 and response.text == "cancelled"
+    sock.close()
