@@ -1,9 +1,9 @@
 """The REST listener: HTTP/1.1 on asyncio with httptools' parser, calling the ASGI app directly.
 
 Why not uvicorn: per request, its protocol and ASGI machinery cost more CPU than a request
-needs (benchmarks/http_alternatives.py: a bare httptools protocol answers the small MLP in 49–59 µs
-of CPU, Starlette on uvicorn in 123–174); pyserving on uvicorn answered ~6,400 req/s at 64
-connections, on this server ~7,000 in the same run. This server does only what the
+needs (benchmarks/http_alternatives.py: a bare httptools protocol answers the small MLP in 49 to
+59 µs of CPU, Starlette on uvicorn in 123 to 174); pyserving on uvicorn answered ~6,400 req/s at
+64 connections, on this server ~7,000 in the same run. This server does only what the
 REST app needs — HTTP/1.1 keep-alive and pipelining, `Expect: 100-continue`, chunked request
 bodies, one write per response — and adds the limits a production listener needs: idle
 keep-alive connections close after `keep_alive_timeout_s`, a request's headers must arrive within
