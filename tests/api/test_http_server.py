@@ -105,6 +105,22 @@ async def test_pipelined_requests_are_answered_in_order_then_connection_close(se
 
 
 @pytest.mark.asyncio
+async def test_http_1_0_closes_by_default_and_keeps_alive_when_asked(served) -> None:
+    _, _, port = served
+    answer = await exchange(port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for path in (b"/k1", b"/k2"):
+            writer.write(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % path)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"connection: keep-alive" in head
+            assert await reader.readexactly(len(b"GET /k1 ? ")) == b"GET %s ? " % path
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
 async def test_chunked_body_and_expect_100_continue(served) -> None:
     _, _, port = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -453,6 +453,8 @@ class _Request:
         if not self.keep_alive or self._connection.server.shutting_down:
             self.keep_alive = False
             lines.append(b"connection: close\r\n")
+        elif self.scope["http_version"] == "1.0":  # its default is to close
+            lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
 
