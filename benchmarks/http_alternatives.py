@@ -5,11 +5,14 @@
 - `floor-starlette`: ../shared/bench-peers/floor (Starlette + uvicorn + orjson, inline), when
   /tmp/peers/floor exists, as one process and as two uvicorn workers sharing the port;
 - `pyserving`: `pyserving serve` itself;
+the same for V2 gRPC `ModelInfer`: a bare grpc.aio server that parses nothing and answers fixed
+bytes (the least a Python gRPC call can cost) against pyserving's gRPC port;
 and in-process, the cost of pyserving's executor hop (`run_in_executor` + await) against calling
 the model inline. Same small MLP, same wrk load as bench.py.
 
     python benchmarks/http_alternatives.py [--duration 5] [--connections 1,8,64]
     python benchmarks/http_alternatives.py --serve PORT MODEL   (the raw server alone)
+    python benchmarks/http_alternatives.py --serve-grpc PORT    (the bare gRPC server alone)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bench import (
     PEERS_HOME,
     ensure_wrk,
     free_port,
+    grpc_command,
     measure,
     ort_session,
     protocols,
@@ -97,6 +101,38 @@ def serve_raw(port: int, model: Path) -> None:
     uvloop.run(main())
 
 
+def serve_grpc_floor(port: int) -> None:
+    """Answer V2 `ModelInfer` with one fixed response, reading nothing, until SIGTERM."""
+    import grpc
+    import uvloop
+
+    from pyserving.proto import grpc_service_pb2 as pb
+
+    response = pb.ModelInferResponse(model_name="mlp", model_version="1")
+    response.outputs.add(name="output", datatype="FP32", shape=[1, 10])
+    response.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
+    answer = response.SerializeToString()
+
+    async def infer(_request: bytes, _context: object) -> bytes:
+        return answer
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "inference.GRPCInferenceService",
+                    {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
+                ),
+            )
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
 def executor_hop_us(model: Path, seconds: float = 2.0) -> dict[str, float]:
     """µs per call: the model inline, and the same call through a 1-thread executor + await."""
     session = ort_session(model)
@@ -154,9 +190,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--connections", default="1,8,64")
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "MODEL"))
+    parser.add_argument("--serve-grpc", type=int, metavar="PORT")
     args = parser.parse_args()
     if args.serve:
         serve_raw(int(args.serve[0]), Path(args.serve[1]))
+        return
+    if args.serve_grpc:
+        serve_grpc_floor(args.serve_grpc)
         return
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="pyserving-alt-"))
@@ -193,11 +233,30 @@ def main() -> None:
                 run(label, f"http://127.0.0.1:{port}{proto.path}", floor)
         server = start_server(work, name, work / name, False, 1.0)
         run("pyserving serve", server.rest + proto.path, server.proc)
+
+        def run_grpc(label: str, target: str, proc: subprocess.Popen) -> None:
+            try:
+                time.sleep(2)  # grpc_load retries nothing: let the server bind
+                measure(proc.pid, grpc_command(target, "v2", name, dims[0], 64, 2))
+                for conns in (int(c) for c in args.connections.split(",")):
+                    command = grpc_command(target, "v2", name, dims[0], conns, args.duration)
+                    results.append((label, conns, measure(proc.pid, command)))
+            finally:
+                stop_session(proc)
+
+        port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--serve-grpc", str(port)], start_new_session=True
+        )
+        run_grpc("V2 gRPC: bare grpc.aio, fixed answer", f"127.0.0.1:{port}", bare)
+        server = start_server(work, name, work / name, False, 1.0)
+        run_grpc("V2 gRPC: pyserving serve", server.grpc, server.proc)
         hop = executor_hop_us(model)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nV2 REST JSON, small MLP, {args.duration:g} s per cell, load average "
+        f"\nV2 REST JSON (V2 gRPC where named), small MLP, {args.duration:g} s per cell,"
+        " load average "
         f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}\n"
     )
     print("| stack | conns | req/s | p50 ms | p99 ms | errors | server CPU µs / req |")
