@@ -259,7 +259,7 @@ class _Connection(asyncio.Protocol):
             self._start(self._pending.popleft())
             if not self._pending:
                 transport.resume_reading()
-        elif self._parsing is None:
+        elif self._parsing is None and not self._in_headers:  # else a request timer runs
             self._arm(self._options.keep_alive_timeout_s)
 
     # --- writing -------------------------------------------------------------------------------
