@@ -245,3 +245,27 @@ def test_unload_is_idempotent(models: Path) -> None:
     loader.load()
     loader.unload()
     loader.unload()
+
+
+def test_pyserving_yaml_renames_the_signature_tensors(models: Path, tmp_path: Path) -> None:
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.onnx").write_bytes((models / "mlp" / "model.onnx").read_bytes())
+    (version / "pyserving.yaml").write_text(
+        "signatures:\n"
+        "  serving_default:\n"
+        "    inputs:  [{name: features, datatype: FP32, shape: [-1, 64]}]\n"
+        "    outputs: [{name: logits, datatype: FP32, shape: [-1, 10]}]\n"
+    )
+    x = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
+    loader = OnnxLoader(ID, str(version))
+    servable = loader.load()
+    try:
+        signature = servable.signatures["serving_default"]
+        assert [t.name for t in signature.inputs] == ["features"]
+        assert [t.name for t in signature.outputs] == ["logits"]
+        outputs = servable.run("serving_default", {"features": x})
+    finally:
+        loader.unload()
+    (expected,) = reference_session(models / "mlp" / "model.onnx").run(None, {"input": x})
+    np.testing.assert_array_equal(outputs["logits"], expected)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 import onnxruntime as ort
-from fsspec.implementations.local import LocalFileSystem
 
 from pyserving.core.ids import ServableId
-from pyserving.core.loader import Loader
 from pyserving.errors import FailedPrecondition, InvalidInput
+from pyserving.platforms.common import FileLoader
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
@@ -39,57 +35,27 @@ ONNX_TO_V2: dict[str, str] = {
     "tensor(string)": "BYTES",
 }
 
-# The RAM a loaded ONNX model takes, as a multiple of its files' size (TF Serving's estimate).
-_RESOURCE_FACTOR = 1.2
-# Files in a version directory that are not part of the model itself.
-_NOT_MODEL = ("pyserving.yaml", "warmup/")
 
 logger = logging.getLogger(__name__)
 
 
-class OnnxLoader(Loader):
+class OnnxLoader(FileLoader):
     """Loads `model.onnx` (and its external data) from a version directory into onnxruntime.
 
-    Config keys: `intra_op_num_threads` (default 1). Construction does no I/O.
+    Config keys: `intra_op_num_threads` (default 1). Construction does no I/O; a remote version
+    and `pyserving.yaml` signature overrides are handled by FileLoader.
     Thread-safety: as Loader (the Manager serialises load and unload).
     """
 
     def __init__(
         self, servable_id: ServableId, path: str, config: Mapping[str, Any] | None = None
     ) -> None:
-        self.servable_id = servable_id
-        self.path = path
-        self.intra_op_num_threads = int((config or {}).get("intra_op_num_threads", 1))
-        self._servable: OnnxServable | None = None
+        super().__init__(servable_id, path, config)
+        self.intra_op_num_threads = int(self.config.get("intra_op_num_threads", 1))
 
-    def estimate_resources(self) -> int:
-        """1.2 times the size of the version directory's model files (no loading)."""
-        fs, root = fsspec.core.url_to_fs(self.path)
-        prefix = root.rstrip("/") + "/"
-        total = sum(
-            info.get("size") or 0
-            for name, info in fs.find(root, detail=True).items()
-            if not name[len(prefix) :].startswith(_NOT_MODEL)
-        )
-        return int(total * _RESOURCE_FACTOR)
-
-    def load(self) -> OnnxServable:
-        """Create the InferenceSession; a remote version is first copied to a temp directory."""
-        fs, root = fsspec.core.url_to_fs(self.path)
-        if isinstance(fs, LocalFileSystem):
-            session = self._create_session(os.path.join(root, MODEL_FILE))
-        else:
-            with tempfile.TemporaryDirectory(prefix="pyserving-onnx-") as local_dir:
-                _copy_tree(fs, root, local_dir)
-                # onnxruntime reads the model and its external data during session creation.
-                session = self._create_session(os.path.join(local_dir, MODEL_FILE))
-        self._servable = OnnxServable(session)
-        return self._servable
-
-    def unload(self) -> None:
-        servable, self._servable = self._servable, None
-        if servable is not None:
-            servable.unload()
+    def load_local(self, directory: str, override: Mapping[str, Signature] | None) -> Servable:
+        """Create the InferenceSession (onnxruntime reads external data during creation)."""
+        return OnnxServable(self._create_session(os.path.join(directory, MODEL_FILE)))
 
     def _create_session(self, model_path: str) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -173,10 +139,3 @@ def _decode_strings(name: str, array: np.ndarray) -> np.ndarray:
 def _encode_strings(array: np.ndarray) -> np.ndarray:
     encoded = [v.encode() if isinstance(v, str) else v for v in array.ravel()]
     return np.array(encoded, dtype=object).reshape(array.shape)
-
-
-def _copy_tree(fs: fsspec.AbstractFileSystem, root: str, local_dir: str) -> None:
-    for remote in fs.find(root):
-        local = os.path.join(local_dir, *posixpath.relpath(remote, root).split("/"))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        fs.get_file(remote, local)
