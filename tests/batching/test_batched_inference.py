@@ -229,3 +229,42 @@ async def test_model_config_batching_mapping_batches_a_real_onnx_model(tmp_path)
         assert REGISTRY.get_sample_value("pyserving_batch_size_count", {"model": "plain"}) is None
     finally:
         core.stop()
+
+
+async def test_version_pyserving_yaml_batching_applies_unless_the_model_config_says_otherwise(
+    tmp_path,
+):
+    # Batches run only when full: the four requests answer only if they share one call.
+    version_batching = "batching: {max_batch_size: 4, batch_timeout_micros: 600000000}\n"
+    for name in ("own", "overridden"):
+        make_mlp(tmp_path / name / "1" / "model.onnx", seed=1)
+        (tmp_path / name / "1" / "pyserving.yaml").write_text(version_batching)
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "models:\n"
+        "  - {name: own, base_path: own}\n"
+        "  - {name: overridden, base_path: overridden, batching: false}\n"
+    )
+    core = ServerCore(ServerOptions(model_config_file=str(config), file_system_poll_wait_seconds=0))
+    core.start()
+    try:
+        service = core.service
+        x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+
+        async def one(name: str, row: np.ndarray) -> np.ndarray:
+            with service.acquire(name) as handle:
+                signature = service.signature(handle)
+                outputs = await service.run(handle, signature, {"input": row[None]})
+                return outputs["output"][0]
+
+        before = REGISTRY.get_sample_value("pyserving_batch_size_count", {"model": "own"}) or 0
+        await asyncio.wait_for(asyncio.gather(*(one("own", row) for row in x)), 30)
+        assert REGISTRY.get_sample_value("pyserving_batch_size_count", {"model": "own"}) == (
+            before + 1
+        )
+        await asyncio.wait_for(one("overridden", x[0]), 10)  # alone: it would wait forever batched
+        assert (
+            REGISTRY.get_sample_value("pyserving_batch_size_count", {"model": "overridden"}) is None
+        )
+    finally:
+        core.stop()

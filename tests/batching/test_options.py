@@ -182,3 +182,17 @@ def test_enable_batching_flag_refuses_other_values(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--enable-batching=maybe"])
     assert "expected true or false" in capsys.readouterr().err
+
+
+def test_policy_precedence_config_then_version_then_flag():
+    server = BatchingOptions(max_batch_size=16)
+    on = BatchingPolicy.build(True, server, {"configured": {"max_batch_size": 2}})
+    off = BatchingPolicy.build(False, server, {})
+    version = {"max_batch_size": 8}
+    assert on.options_for("configured", version).max_batch_size == 2
+    assert on.options_for("other", version).max_batch_size == 8
+    assert on.options_for("other", version) is on.options_for("other", version)  # parsed once
+    assert off.options_for("other", version).max_batch_size == 8
+    assert on.options_for("other", False) is None
+    assert off.options_for("other", True) is off.server
+    assert on.options_for("other") is on.server and off.options_for("other") is None

@@ -269,3 +269,21 @@ def test_pyserving_yaml_renames_the_signature_tensors(models: Path, tmp_path: Pa
         loader.unload()
     (expected,) = reference_session(models / "mlp" / "model.onnx").run(None, {"input": x})
     np.testing.assert_array_equal(outputs["logits"], expected)
+
+
+def test_pyserving_yaml_batching_is_checked_and_handed_to_the_servable(
+    models: Path, tmp_path: Path
+) -> None:
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.onnx").write_bytes((models / "mlp" / "model.onnx").read_bytes())
+    (version / "pyserving.yaml").write_text("batching: {max_batch_size: 8}\n")
+    loader = OnnxLoader(ID, str(version))
+    assert loader.load().version_batching == {"max_batch_size": 8}
+    loader.unload()
+    (version / "pyserving.yaml").write_text("batching: {max_batch_size: lots}\n")
+    with pytest.raises(InvalidInput, match=r"pyserving.yaml: batching.*max_batch_size"):
+        OnnxLoader(ID, str(version)).load()
+    (version / "pyserving.yaml").write_text("batching: [1, 2]\n")
+    with pytest.raises(FailedPrecondition, match="batching must be a mapping"):
+        OnnxLoader(ID, str(version)).load()

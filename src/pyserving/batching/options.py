@@ -223,12 +223,18 @@ class BatchingPolicy:
 
     With `enabled` (the `--enable_batching` flag) every model batches with `server` options,
     overridden field by field by its `batching:` mapping; without it only models that have a
-    `batching:` mapping batch. A model whose mapping is `false` never batches.
+    `batching:` mapping batch. A model whose mapping is `false` never batches. A model the config
+    says nothing about follows its version's own setting (the version's `pyserving.yaml`) when it
+    has one, the same way, and else the flag.
     """
 
     enabled: bool = False
     server: BatchingOptions = field(default_factory=BatchingOptions)
     per_model: Mapping[str, BatchingOptions | None] = field(default_factory=dict)
+    #: id(a version's setting) → (that setting, its options): parsed once per policy
+    _per_version: dict[int, tuple[Any, BatchingOptions]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -258,8 +264,24 @@ class BatchingPolicy:
     def any_enabled(self) -> bool:
         return self.enabled or any(o is not None for o in self.per_model.values())
 
-    def options_for(self, model: str) -> BatchingOptions | None:
-        """The options `model`'s queues use, or None when it does not batch."""
+    def options_for(
+        self, model: str, version_setting: Mapping[str, Any] | bool | None = None
+    ) -> BatchingOptions | None:
+        """The options `model`'s queues use, or None when it does not batch.
+
+        `version_setting` is the serving version's own setting (parameters, True or False;
+        None: it has none), checked when the version loaded.
+        """
         if model in self.per_model:
             return self.per_model[model]
-        return self.server if self.enabled else None
+        if version_setting is None:
+            return self.server if self.enabled else None
+        if isinstance(version_setting, bool):
+            return self.server if version_setting else None
+        cached = self._per_version.get(id(version_setting))
+        if cached is None or cached[0] is not version_setting:
+            if len(self._per_version) >= 1024:  # bound it across many reloaded versions
+                self._per_version.clear()
+            cached = (version_setting, self.server.with_overrides(version_setting))
+            self._per_version[id(version_setting)] = cached
+        return cached[1]

@@ -11,6 +11,11 @@ signature feeds the platform's i-th input of the signature with the same name.
         method_name: tensorflow/serving/predict        # optional
         inputs:  [{name: x, datatype: FP32, shape: [-1, 4]}]
         outputs: [{name: y, datatype: FP32, shape: [-1, 2]}]
+    batching: {max_batch_size: 32, batch_timeout_micros: 2000}   # or true / false
+
+Its `batching` section is the version's own batching setting (BatchingPolicy decides with it: the
+model config's `batching:` wins over it, and it wins over `--enable_batching`); FileLoader checks
+it and hands it on as the servable's `version_batching`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
+from pyserving.batching.options import BatchingOptions
 from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import FailedPrecondition, InvalidInput
@@ -49,7 +55,7 @@ __all__ = [
     "SignatureOverride",
     "TabularServable",
     "local_version_dir",
-    "read_signature_override",
+    "read_override_file",
     "signatures_from_config",
 ]
 
@@ -95,11 +101,15 @@ class FileLoader(Loader):
 
     def load(self) -> Servable:
         with local_version_dir(self.path) as directory:
-            override = read_signature_override(directory)
+            document = read_override_file(directory)
+            override = _signature_override(document)
+            batching = _batching_setting(document)
             servable = self.load_local(directory, override)
         # a platform that built its signatures from the override (TorchScript) needs no renaming
         if override is not None and servable.signatures != override:
             servable = SignatureOverride(servable, override)
+        if batching is not None:
+            servable.version_batching = batching
         self._servable = servable
         return servable
 
@@ -135,27 +145,42 @@ def local_version_dir(path: str) -> Iterator[str]:
         yield local_dir
 
 
-def read_signature_override(directory: str) -> dict[str, Signature] | None:
-    """The `signatures` section of `directory/pyserving.yaml`, or None.
+def read_override_file(directory: str) -> Mapping[str, Any]:
+    """`directory/pyserving.yaml` as a mapping (empty when there is none).
 
     Raises FailedPrecondition naming the file and the problem when it is malformed.
     """
     file = os.path.join(directory, OVERRIDE_FILE)
     if not os.path.isfile(file):
-        return None
+        return {}
     try:
         with open(file, encoding="utf-8") as stream:
             document = yaml.safe_load(stream)
     except (OSError, yaml.YAMLError) as exc:
         raise FailedPrecondition(f"{OVERRIDE_FILE}: cannot read it: {exc}") from exc
     if document is None:
-        return None
+        return {}
     if not isinstance(document, dict):
         raise FailedPrecondition(f"{OVERRIDE_FILE}: expected a mapping at the top level")
+    return document
+
+
+def _signature_override(document: Mapping[str, Any]) -> dict[str, Signature] | None:
     section = document.get("signatures")
-    if section is None:
-        return None
-    return signatures_from_config(section, OVERRIDE_FILE)
+    return None if section is None else signatures_from_config(section, OVERRIDE_FILE)
+
+
+def _batching_setting(document: Mapping[str, Any]) -> Mapping[str, Any] | bool | None:
+    """The `batching` section, checked: parameters, true, false, or None when absent."""
+    setting = document.get("batching")
+    if setting is None or isinstance(setting, bool):
+        return setting
+    if not isinstance(setting, dict):
+        raise FailedPrecondition(
+            f"{OVERRIDE_FILE}: batching must be a mapping of parameters, true or false"
+        )
+    BatchingOptions.from_mapping(setting, f"{OVERRIDE_FILE}: batching")  # raises naming the field
+    return setting
 
 
 def signatures_from_config(section: Any, where: str) -> dict[str, Signature]:

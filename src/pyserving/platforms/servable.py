@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,9 @@ class Servable(abc.ABC):
 
     #: platform name, e.g. "onnx"; the V2 metadata `platform` field is derived from it.
     platform: str = ""
+    #: the version's own `batching` setting from its `pyserving.yaml` (parameters, True or
+    #: False), None when it has none; FileLoader sets it
+    version_batching: Mapping[str, Any] | bool | None = None
 
     @property
     @abc.abstractmethod

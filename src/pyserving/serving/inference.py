@@ -207,7 +207,13 @@ class InferenceService:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
         # A signature with an input that is not batched on dimension 0 runs unbatched.
-        batching = self._batching.options_for(handle.id.name) if plan.batchable else None
+        batching = (
+            self._batching.options_for(
+                handle.id.name, getattr(handle.servable, "version_batching", None)
+            )
+            if plan.batchable
+            else None
+        )
         if batching is None and plan.cost.runs_inline(rows):
             return plan.collect(_execute(handle.servable, plan, inputs, rows, None, True), wanted)
         with self._pending_lock:
