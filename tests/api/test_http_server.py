@@ -217,3 +217,138 @@ async def test_requests_still_running_after_the_drain_timeout_are_cancelled() ->
         response = await slow
     assert response.status_code == 503 and response.text == "cancelled"
     sock.close()
+
+
+# --- issue 14: framing errors, Host, connection cap, clients that do not read --------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n",
+    ],
+    ids=["bad-chunk-size", "bad-chunk-end", "gzip-coding", "gzip-then-chunked"],
+)
+async def test_malformed_body_framing_is_400_at_once_while_the_app_reads_issue_14(
+    served, raw: bytes
+) -> None:
+    """The connection stays open (the client sends nothing more), so only an answer from the
+    server ends the read: before the fix the app waited for the rest of the body."""
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:120]
+    assert b"connection: close" in answer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+    ],
+    ids=["missing", "duplicate", "duplicate-1.0"],
+)
+async def test_missing_or_duplicate_host_is_400_issue_14(served, raw: bytes) -> None:
+    _, _, port = served
+    answer = await exchange(port, raw)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:120]
+    assert b"Host" in answer
+
+
+@pytest.mark.asyncio
+async def test_a_bad_pipelined_request_is_answered_after_the_good_ones_issue_14(served) -> None:
+    _, _, port = served
+    raw = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /two HTTP/1.1\r\n\r\n"
+    answer = await exchange(port, raw)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"POST /one ? abc" in answer
+    assert answer.split(b"POST /one ? abc")[1].startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.asyncio
+async def test_connections_past_the_cap_get_503_and_are_closed_issue_14() -> None:
+    server = HttpServer(EchoApp(), HttpOptions(max_connections=2, keep_alive_timeout_s=30))
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    await server.start(sock)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        await wait_until(lambda: len(server.connections) == 2)
+        answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:120]
+        assert len(server.connections) == 2
+        held.pop()[1].close()  # one leaves: the next client is served
+        await wait_until(lambda: len(server.connections) == 1)
+        answer = await exchange(port, b"GET /in HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:120]
+    finally:
+        for _, writer in held:
+            writer.close()
+        await server.shutdown(1.0)
+        sock.close()
+
+
+class BigAnswerApp:
+    """Answers every request with `size` bytes and records when its send returned."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = asyncio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        await receive()
+        body = b"x" * self.size
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.sent.set()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_never_reads_is_disconnected_with_bounded_buffers_issue_14() -> None:
+    app = BigAnswerApp(32 * 1024 * 1024)
+    options = HttpOptions(write_timeout_s=0.3, write_buffer_bytes=64 * 1024)
+    server = HttpServer(app, options)
+    sock = listening_socket()
+    await server.start(sock)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(client, sock.getsockname())
+    await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    most_buffered = 0
+    try:
+        await wait_until(lambda: server.connections)
+        async with asyncio.timeout(10):  # never read: the server must give up on its own
+            while server.connections:
+                for connection in list(server.connections):
+                    transport = connection._transport
+                    if transport is not None:
+                        most_buffered = max(most_buffered, transport.get_write_buffer_size())
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(app.sent.wait(), 5)  # the app's send returned, not stuck
+    finally:
+        client.close()
+        await server.shutdown(1.0)
+        sock.close()
+    assert most_buffered <= 2 * options.write_buffer_bytes
+
+
+async def wait_until(predicate, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.005)

@@ -7,9 +7,13 @@ needs (benchmarks/http_alternatives.py: a bare httptools protocol answers the sm
 REST app needs — HTTP/1.1 keep-alive and pipelining, `Expect: 100-continue`, chunked request
 bodies, one write per response — and adds the limits a production listener needs: idle
 keep-alive connections close after `keep_alive_timeout_s`, a request's headers must arrive within
-`header_timeout_s` (408) and stay under `max_header_bytes` (431), writes pause while a client does
-not read. The app itself bounds the body (413, 408). `shutdown` stops accepting, lets in-flight
-requests finish within a bound, then cancels the rest (the app answers those 503).
+`header_timeout_s` (408) and stay under `max_header_bytes` (431); an HTTP/1.1 request needs exactly
+one `Host` (400); a transfer coding other than `chunked` and a malformed chunk are 400 at once,
+even while the app reads the body; at most `max_connections` are open (the next one gets 503 and
+is closed); a response is written `write_buffer_bytes` at a time and a client that reads none of
+it for `write_timeout_s` is disconnected, so a client that never reads holds neither memory nor a
+connection for long. The app itself bounds the body (413, 408). `shutdown` stops accepting, lets
+in-flight requests finish within a bound, then cancels the rest (the app answers those 503).
 
 Scope given to the app: type, asgi, http_version, method, scheme, path (percent-decoded),
 raw_path, query_string, root_path, headers (lower-case names), client, server.
@@ -58,6 +62,12 @@ class HttpOptions:
     max_header_bytes: int = 64 * 1024
     #: listen backlog
     backlog: int = 2048
+    #: the most open connections; one more is answered 503 and closed at once
+    max_connections: int = 4096
+    #: a client that reads nothing of a pending response for this long is disconnected
+    write_timeout_s: float = 30.0
+    #: response bytes queued per connection before writing waits for the client to read
+    write_buffer_bytes: int = 256 * 1024
 
 
 class HttpServer:
@@ -73,11 +83,12 @@ class HttpServer:
         self.shutting_down = False
         self._listener: asyncio.Server | None = None
 
-    async def start(self, sock: Any) -> None:
-        """Accept connections on `sock` (bound, not yet listening) from now on."""
+    async def start(self, sock: Any, ssl: Any = None) -> None:
+        """Accept connections on `sock` (bound, not yet listening) from now on; with `ssl` (an
+        `ssl.SSLContext`), only TLS connections."""
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            lambda: _Connection(self, loop), sock=sock, backlog=self.options.backlog
+            lambda: _Connection(self, loop), sock=sock, backlog=self.options.backlog, ssl=ssl
         )
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -121,6 +132,10 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._in_headers = False
         self._broken = False  # a malformed request: ignore the rest of the stream
+        self._rejection: tuple[int, str] | None = None  # why a parser callback stopped parsing
+        self._late_answer: bytes | None = None  # answers a bad pipelined request in its turn
+        self._lost = False
+        self.slice_bytes = server.options.write_buffer_bytes
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -132,10 +147,19 @@ class _Connection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        if len(self.server.connections) >= self._options.max_connections:
+            # Accepted and answered at once: a client past the cap learns why, and waits for
+            # nothing (a full listen backlog would make it retry SYNs for seconds instead).
+            self._broken = True
+            self.write(_plain_response(503, "too many open connections; retry later"))
+            self.close()
+            return
+        self._transport.set_write_buffer_limits(high=self._options.write_buffer_bytes)
         self.server.connections.add(self)
         self._arm(self._options.keep_alive_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self.server.connections.discard(self)
         self._disarm()
         for request in (self._parsing, self._running, *self._pending):
@@ -154,6 +178,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._headers_too_large:
                 self._reject(431, f"request headers exceed {self._options.max_header_bytes} bytes")
+            elif self._rejection is not None:
+                self._reject(*self._rejection)
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")
 
@@ -186,6 +212,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._disarm()
+        problem = _framing_problem(self._headers, self._parser.get_http_version())
+        if problem is not None:
+            self._rejection = (400, problem)
+            raise ValueError(problem)  # httptools stops parsing; data_received answers
         request = _Request(self, self._scope(), self._parser.should_keep_alive())
         self._parsing = request
         if self._running is None:
@@ -259,22 +289,50 @@ class _Connection(asyncio.Protocol):
             self._start(self._pending.popleft())
             if not self._pending:
                 transport.resume_reading()
+        elif self._late_answer is not None:  # a later request was malformed: its turn now
+            self.write(self._late_answer)
+            self.close()
         elif self._parsing is None and not self._in_headers:  # else a request timer runs
             self._arm(self._options.keep_alive_timeout_s)
 
     # --- writing -------------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
+    async def write_all(self, data: bytes) -> None:
+        """Write `data` a slice at a time, each once the client has read enough of the last:
+        the transport never holds more than a slice beyond its buffer limit."""
+        size = self.slice_bytes
+        if len(data) <= size:
+            self.write(data)
+            await self.drain()
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            self.write(view[start : start + size])
+            await self.drain()
+
     async def drain(self) -> None:
-        """Wait while the client is not reading what was written."""
-        if self.write_paused and self._transport is not None:
+        """Wait while the client is not reading what was written; a client that reads none of
+        it within `write_timeout_s` is disconnected (the wait then ends, and later writes are
+        dropped)."""
+        transport = self._transport
+        if self.write_paused and transport is not None and not transport.is_closing():
             if self._drained is None:
                 self._drained = self.loop.create_future()
-            await self._drained
+            try:
+                async with asyncio.timeout(self._options.write_timeout_s):
+                    await self._drained
+            except TimeoutError:
+                logger.debug(
+                    "client %s read nothing for %gs: disconnected",
+                    self._client,
+                    self._options.write_timeout_s,
+                )
+                transport.abort()
 
     # --- closing -------------------------------------------------------------------------------
 
@@ -285,18 +343,38 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        """Close after what was written is sent; a client that does not read it within
+        `write_timeout_s` is disconnected then."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self.loop.call_later(self._options.write_timeout_s, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost and self._transport is not None:
+            self._transport.abort()
 
     def _reject(self, status: int, message: str) -> None:
-        """A request that cannot be parsed: answer it (unless one is running) and close."""
+        """A request that cannot be parsed: answer it in its turn and close the connection.
+
+        A malformed body of the running request is answered at once (the app's reads end as a
+        disconnect and its answer is dropped); a bad pipelined request after the ones before it.
+        """
         self._broken = True
         self._disarm()
-        if self._running is None:
-            self.write(_plain_response(status, message))
+        answer = _plain_response(status, message)
+        request, self._parsing = self._parsing, None
+        if request is not None and request is self._running:
+            request.fail(answer)
+            self.close()
+        elif self._running is None:
+            self.write(answer)
             self.close()
         else:
-            self._running.keep_alive = False  # the connection closes after that response
+            if request is not None and request in self._pending:
+                self._pending.remove(request)
+            self._late_answer = answer
 
     def _count_header_bytes(self, count: int) -> None:
         self._header_bytes += count
@@ -334,6 +412,7 @@ class _Request:
         "_connection",
         "_continue_sent",
         "_disconnected",
+        "_failed",
         "_head_only",
         "_head_sent",
         "_response_headers",
@@ -353,6 +432,7 @@ class _Request:
         self._body: list[bytes] = []
         self.body_complete = False
         self._disconnected = False
+        self._failed = False  # the server answered for the app (a malformed body)
         self._waiter: asyncio.Future[None] | None = None
         self._continue_sent = False
         self._head_only = scope["method"] == "HEAD"
@@ -375,6 +455,15 @@ class _Request:
 
     def disconnect(self) -> None:
         self._disconnected = True
+        self._wake()
+
+    def fail(self, answer: bytes) -> None:
+        """The body cannot be parsed: send `answer` unless a response has begun; the app's reads
+        see a disconnect from now on and what it sends is dropped."""
+        self._failed = self._disconnected = True
+        if not self.response_started:
+            self.response_started = self.response_complete = True
+            self._connection.write(answer)
         self._wake()
 
     def _wake(self) -> None:
@@ -402,6 +491,8 @@ class _Request:
         return {"type": "http.request", "body": body, "more_body": not self.body_complete}
 
     async def send(self, message: Message) -> None:
+        if self._failed:
+            return
         kind = message["type"]
         if kind == "http.response.start":
             if self.response_started:
@@ -416,15 +507,18 @@ class _Request:
             raise RuntimeError("http.response.body outside a response")
         body: bytes = message.get("body", b"")
         more = bool(message.get("more_body", False))
-        if not self._head_sent:
-            self._head_sent = True
-            head = self._head(len(body) if not more else None)
-            self._connection.write(head if self._head_only else head + body)
-        elif body and not self._head_only:
-            self._connection.write(body)
+        if self._head_only:
+            body = b""
         if not more:
             self.response_complete = True
-        await self._connection.drain()
+        if not self._head_sent:
+            self._head_sent = True
+            head = self._head(len(message.get("body", b"")) if not more else None)
+            if len(body) <= self._connection.slice_bytes:
+                await self._connection.write_all(head + body)  # one write for a small answer
+                return
+            self._connection.write(head)
+        await self._connection.write_all(body)
 
     async def send_plain(self, status: int, text: str) -> None:
         self.keep_alive = False
@@ -457,6 +551,30 @@ class _Request:
             lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
+
+
+def _framing_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> str | None:
+    """Why a request's headers cannot be served (a 400), or None.
+
+    HTTP/1.1 requires exactly one Host (RFC 9112 §3.2); two could route one request two ways.
+    Only the `chunked` transfer coding is implemented, and a body in any other coding cannot be
+    framed (RFC 9112 §6.1).
+    """
+    hosts = 0
+    codings: list[bytes] = []
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(b","))
+    if hosts > 1:
+        return "more than one Host header"
+    if hosts == 0 and http_version == "1.1":
+        return "an HTTP/1.1 request needs a Host header"
+    if codings and codings != [b"chunked"]:
+        shown = b", ".join(codings).decode("latin-1")
+        return f"unsupported Transfer-Encoding {shown!r}: only chunked is implemented"
+    return None
 
 
 def _plain_response(status: int, text: str) -> bytes:
