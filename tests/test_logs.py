@@ -66,3 +66,30 @@ def test_unknown_level_or_format_is_refused():
         configure_logging("loud")
     with pytest.raises(ValueError, match="log format"):
         configure_logging("info", "xml")
+
+
+def test_text_lines_cannot_be_forged_by_control_characters_issue_14(restore_logging):
+    stream = io.StringIO()
+    configure_logging("info", "text", access_log=True, stream=stream)
+    forged = "/v2/x\n2026-01-01T00:00:00.000Z INFO pyserving: forged\r\x1b[2J\u2028"
+    logging.getLogger(ACCESS_LOGGER).info('"GET %s" %d', forged, 404)
+    try:
+        raise ValueError("bad name\n2026-01-01T00:00:00.000Z INFO pyserving: forged too")
+    except ValueError:
+        logging.getLogger("pyserving").exception("failed on %s", forged)
+    lines = stream.getvalue().splitlines()
+    records = [line for line in lines if not line.startswith("  ")]
+    assert len(records) == 2, lines
+    assert records[0].endswith(
+        '"GET /v2/x\\n2026-01-01T00:00:00.000Z INFO pyserving: forged\\r\\x1b[2J\\u2028" 404'
+    )
+    assert "failed on /v2/x\\n" in records[1]
+    assert any("bad name" in line for line in lines[2:])
+
+
+def test_json_lines_escape_control_characters_issue_14(restore_logging):
+    stream = io.StringIO()
+    configure_logging("info", "json", access_log=True, stream=stream)
+    logging.getLogger(ACCESS_LOGGER).info("GET %s", "/a\nb", extra={"path": "/a\nb"})
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["path"] == "/a\nb"

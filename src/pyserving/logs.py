@@ -4,18 +4,31 @@ Text lines look like `2024-05-01T12:00:00.123Z INFO pyserving: message`; with th
 record is one JSON object on one line: `ts`, `level`, `logger`, `message`, `exc_info` when there is
 a traceback, and every field a caller passed with `extra=` (the access log passes `method`, `path`,
 `status`, `duration_ms`, `model`, `client`). This module imports nothing from the package.
+
+No record can forge a line: in the text format, control characters in a message (a `%0a` a
+client put in a path, say) are written escaped (`\n`, `\x1b`, `\u2028`), and the lines of a
+traceback are indented, so every line that starts at column 0 starts a real record. JSON strings
+escape control characters by themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import IO, Any
 
 import orjson
 
-__all__ = ["ACCESS_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "configure_logging"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "JsonFormatter",
+    "configure_logging",
+    "escape_controls",
+]
 
 #: the logger the REST access log writes to (one INFO line per request)
 ACCESS_LOGGER = "pyserving.access"
@@ -53,10 +66,46 @@ class JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
-    """The text format with UTC ISO-8601 timestamps."""
+    """The text format with UTC ISO-8601 timestamps; one line per record, plus an indented
+    traceback."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc_timestamp(record.created)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indent(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indent(super().formatStack(stack_info))
+
+
+#: C0 and C1 controls, DEL, and Unicode's line and paragraph separators
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as a Python escape (`\\n`, `\\x1b`)."""
+    if _CONTROLS.search(text) is None:
+        return text
+    return _CONTROLS.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _indent(text: str) -> str:
+    """Each line of `text` indented two spaces, other control characters escaped."""
+    return "\n".join("  " + escape_controls(line) for line in text.split("\n"))
 
 
 def configure_logging(
