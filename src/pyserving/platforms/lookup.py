@@ -1,11 +1,18 @@
 """The lookup platform: a key → value table (vocabularies, embeddings, feature stores).
 
-Files (one per version): `table.tsv` / `table.csv` (a header line, then the key in the first
-column and the value in the others), `table.npz` (arrays `keys` and `values`), `table.parquet`
+Files (one per version): `table.tsv` / `table.csv` (the key in the first column, the value in the
+others, an optional header line), `table.npz` (arrays `keys` and `values`), `table.parquet`
 (first column the keys, the others the values; needs pyarrow: `pip install "pyserving[lookup]"`).
 Keys are INT64 when every key is an integer, else BYTES (config `key_type: string` forces
-BYTES). Several numeric value columns make FP32 vectors; one column makes scalars (FP32, or
-BYTES when it is not numeric).
+BYTES). Several numeric value columns make FP32 vectors; so does one column whose every value is
+a list of numbers (`0.1,0.2,0.3`, `0.1 0.2 0.3` or `[0.1, 0.2, 0.3]` in a text table, a list
+column in parquet). One numeric column makes FP32 scalars; anything else makes BYTES scalars.
+
+A text table's first line is a header when the config says `header: true`; with `header: false`
+it is data. Unset, it is a header only when it cannot be data of the same table: its key is not
+an integer while every other key is, or one of its values is not a number (or list of numbers)
+while every other row's value in that column is. So a table without a header never loses its
+first row; a table of strings only has its first line read as data unless `header: true`.
 
 Signature "serving_default": `keys` [-1] → `values` [-1] or [-1, dim], and `found` BOOL [-1].
 A missing key gets the config's `default` (a scalar or a list of `dim` numbers; zeros or b""
@@ -15,6 +22,7 @@ when unset) and `found` false.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,9 +40,12 @@ TABLE_FILES = ("table.tsv", "table.csv", "table.npz", "table.parquet")
 # Python's per-entry cost of the dict index of a string-keyed table, beyond the key bytes
 _DICT_ENTRY_BYTES = 120
 
+_log = logging.getLogger(__name__)
+
 
 class LookupLoader(FileLoader):
-    """Reads a table file into memory. Config keys: `default`, `key_type` (`int` | `string`).
+    """Reads a table file into memory. Config keys: `default`, `key_type` (`int` | `string`),
+    `header` (true | false; unset = detected, text tables only).
 
     Thread-safety: as Loader.
     """
@@ -52,7 +63,10 @@ class LookupLoader(FileLoader):
         elif name == "table.parquet":
             keys, values = _read_parquet(file)
         else:
-            keys, values = _read_text(file, "\t" if name == "table.tsv" else ",")
+            header = self.config.get("header")
+            if header not in (None, True, False):
+                raise FailedPrecondition(f"header must be true or false, not {header!r}")
+            keys, values = _read_text(file, "\t" if name == "table.tsv" else ",", header)
         key_type = self.config.get("key_type")
         if key_type not in (None, "int", "string"):
             raise FailedPrecondition(f"key_type must be int or string, not {key_type!r}")
@@ -173,33 +187,105 @@ def _values_array(columns: list[list[Any]]) -> np.ndarray:
             raise FailedPrecondition(
                 "value columns must be numeric (several columns make a vector)"
             ) from None
+        vectors = _vector_column(columns[0])
+        if vectors is not None:
+            return vectors
         return np.array([str(v).encode() for v in columns[0]], dtype=object)
+    if numeric.ndim == 3:  # one column of equal-length lists (parquet list<float>)
+        return np.ascontiguousarray(numeric[:, :, 0].T)
     return numeric[:, 0].copy() if numeric.shape[1] == 1 else np.ascontiguousarray(numeric)
 
 
-def _read_text(file: str, delimiter: str) -> tuple[list[str], np.ndarray]:
-    with open(file, encoding="utf-8", newline="") as stream:
-        reader = csv.reader(stream, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None or len(header) < 2:
+def _numbers(value: Any) -> list[float] | None:
+    """`value` as a list of numbers (one number, a list, or text such as `0.1,0.2` / `0.1 0.2` /
+    `[0.1, 0.2]`), or None when it is not one."""
+    if isinstance(value, list | tuple | np.ndarray):
+        items: Sequence[Any] = list(value)
+    else:
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        text = text.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        items = text.split(",") if "," in text else text.split()
+    try:
+        return [float(item) for item in items] if items else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _vector_column(column: list[Any]) -> np.ndarray | None:
+    """One value column whose every value is a list of numbers → FP32 [rows, dim]; None when
+    some value is not numbers (the column is then text). Lists of different lengths fail."""
+    rows: list[list[float]] = []
+    for value in column:
+        numbers = _numbers(value)
+        if numbers is None:
+            return None
+        if rows and len(numbers) != len(rows[0]):
             raise FailedPrecondition(
-                f"{os.path.basename(file)}: the first line must be a header: key, value columns"
+                f"row {len(rows) + 1} holds {len(numbers)} numbers, the first {len(rows[0])}:"
+                " a vector column needs the same length in every row"
             )
-        keys: list[str] = []
-        columns: list[list[str]] = [[] for _ in header[1:]]
-        for line_number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise FailedPrecondition(
-                    f"{os.path.basename(file)} line {line_number}: {len(row)} columns, the"
-                    f" header has {len(header)}"
-                )
-            keys.append(row[0])
-            for column, value in zip(columns, row[1:], strict=True):
-                column.append(value)
+        rows.append(numbers)
+    return np.array(rows, dtype=np.float32)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_header(first: list[str], rest: list[list[str]]) -> bool:
+    """Whether `first` cannot be a data row of the table whose other rows are `rest`."""
+    if not rest:
+        return False
+    if not _is_int(first[0]) and all(_is_int(row[0]) for row in rest):
+        return True
+    return any(
+        _numbers(first[column]) is None and all(_numbers(row[column]) is not None for row in rest)
+        for column in range(1, len(first))
+    )
+
+
+def _read_text(
+    file: str, delimiter: str, header: bool | None = None
+) -> tuple[list[str], np.ndarray]:
+    name = os.path.basename(file)
+    with open(file, encoding="utf-8", newline="") as stream:
+        rows = [
+            (number, row)
+            for number, row in enumerate(csv.reader(stream, delimiter=delimiter), 1)
+            if row
+        ]
+    if not rows:
+        raise FailedPrecondition(f"{name} is empty: it needs a key column and a value column")
+    width = len(rows[0][1])
+    if width < 2:
+        raise FailedPrecondition(
+            f"{name} line {rows[0][0]}: {width} column; a table needs a key column and at least"
+            " one value column"
+        )
+    for line_number, row in rows:
+        if len(row) != width:
+            raise FailedPrecondition(
+                f"{name} line {line_number}: {len(row)} columns, line {rows[0][0]} has {width}"
+            )
+    if header is None:
+        header = _is_header(rows[0][1], [row for _, row in rows[1:]])
+        if not header and all(_numbers(field) is None for field in rows[0][1]):
+            _log.info(
+                "%s: the first line %r is read as data (set header: true if it is a header)",
+                file,
+                rows[0][1],
+            )
+    data = [row for _, row in rows[1:]] if header else [row for _, row in rows]
+    keys = [row[0] for row in data]
+    columns = [[row[column] for row in data] for column in range(1, width)]
     if not keys:
-        return keys, np.zeros((0,) if len(columns) == 1 else (0, len(columns)), np.float32)
+        return keys, np.zeros((0,) if width == 2 else (0, width - 1), np.float32)
     return keys, _values_array(columns)
 
 
