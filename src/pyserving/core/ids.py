@@ -6,44 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pyserving.errors import InvalidInput
-
 T = TypeVar("T")
-
-#: the largest version number: TF Serving's versions are int64
-MAX_VERSION = 2**63 - 1
-_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
-
-
-def parse_version(text: str) -> int:
-    """A version number written in a request (a path segment, a V2 `model_version`): ASCII
-    digits only (never other Unicode digits, e.g. Arabic-Indic ones), at most 19 of them, at most
-    2**63-1.
-
-    The one rule for every transport and protocol. Raises InvalidInput naming the text.
-    """
-    if not (0 < len(text) <= _MAX_VERSION_DIGITS and text.isascii() and text.isdigit()):
-        raise InvalidInput(_bad_version(text))
-    version = int(text)
-    if version > MAX_VERSION:
-        raise InvalidInput(_bad_version(text))
-    return version
-
-
-def check_version(version: int) -> int:
-    """`version` if it is a valid version number (0 to 2**63-1, e.g. a protobuf int64 field);
-    raises InvalidInput otherwise."""
-    if not 0 <= version <= MAX_VERSION:
-        raise InvalidInput(_bad_version(str(version)))
-    return version
-
-
-def _bad_version(text: str) -> str:
-    shown = text if len(text) <= 40 else text[:40] + "..."
-    return (
-        f"model version must be a non-negative integer of at most {_MAX_VERSION_DIGITS} ASCII"
-        f" digits (at most {MAX_VERSION}), got {shown!r}"
-    )
 
 
 @dataclass(frozen=True, slots=True, order=True)
