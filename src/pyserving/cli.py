@@ -11,20 +11,21 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 
-from pyserving import __version__, metrics, tf_flags
+from pyserving import __version__, metrics
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
 from pyserving.api.rest.http_server import HttpServer
-from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
+from pyserving.serving.monitoring import watch_event_loop_lag
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from pyserving.sources.storage_path import VersionPolicy
 
@@ -75,21 +76,11 @@ def _file_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command")
 
-    serve = commands.add_parser(
-        "serve",
-        help="serve models over REST and gRPC",
-        usage="%(prog)s [FLAG ...]",
-        description="Serve models over TF Serving and KServe V2 REST and gRPC.\nEvery flag also"
-        " takes TF Serving's spelling (--rest_api_port=8501).",
-        epilog=SERVE_EXAMPLES,
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
-    )
-    serve.add_argument("--version", action="version", version=f"pyserving {__version__}")
+    serve = commands.add_parser("serve", help="serve models over REST")
     defaults = ServerOptions()
     serve.add_argument(
         "--port",
@@ -97,84 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.port,
         help="gRPC port (TF Serving and KServe V2 gRPC); 0 = off",
     )
-    serve.add_argument(
-        "--rest-api-port",
-        type=_non_negative_int,
-        default=defaults.rest_api_port,
-        help="REST port (TF Serving and KServe V2 REST, metrics, status page); 0 = off",
-    )
-    serve.add_argument("--host", default=defaults.host, help="address both listeners bind")
-    serve.add_argument(
-        "--model-name",
-        default=defaults.model_name,
-        help="name of the --model_base_path model (ignored with --model_config_file)",
-    )
-    serve.add_argument(
-        "--model-base-path",
-        metavar="PATH",
-        help="serve one model: its versions are the numbered directories under PATH"
-        " (a local path or s3://, gs://, ... URL)",
-    )
-    serve.add_argument(
-        "--model-config-file",
-        metavar="FILE",
-        help="serve the models in FILE: YAML (.yaml/.yml) or a TF Serving ModelServerConfig"
-        " text proto (any other name); --model_name/--model_base_path are then ignored",
-    )
+    serve.add_argument("--rest-api-port", type=_non_negative_int, default=defaults.rest_api_port)
+    serve.add_argument("--host", default=defaults.host)
+    serve.add_argument("--model-name", default=defaults.model_name)
+    serve.add_argument("--model-base-path")
+    serve.add_argument("--model-config-file")
     serve.add_argument(
         "--file-system-poll-wait-seconds",
         type=float,
         default=defaults.file_system_poll_wait_seconds,
-        help="look for new and removed versions this often (seconds); 0 = once at start",
     )
     serve.add_argument(
-        "--num-load-threads",
-        type=_non_negative_int,
-        default=defaults.num_load_threads,
-        help="threads that load model versions",
+        "--num-load-threads", type=_non_negative_int, default=defaults.num_load_threads
     )
     serve.add_argument(
-        "--num-unload-threads",
-        type=_non_negative_int,
-        default=defaults.num_unload_threads,
-        help="threads that unload model versions",
+        "--num-unload-threads", type=_non_negative_int, default=defaults.num_unload_threads
     )
     serve.add_argument(
-        "--max-num-load-retries",
-        type=_non_negative_int,
-        default=defaults.max_num_load_retries,
-        help="retries after a failed load before the version is given up; 0 = no retry",
+        "--max-num-load-retries", type=_non_negative_int, default=defaults.max_num_load_retries
     )
     serve.add_argument(
-        "--load-retry-interval-micros",
-        type=int,
-        default=defaults.load_retry_interval_micros,
-        help="wait before the first retry (microseconds), doubling after each",
+        "--load-retry-interval-micros", type=int, default=defaults.load_retry_interval_micros
     )
-    serve.add_argument(
-        "--total-model-memory-limit-bytes",
-        type=_non_negative_int,
-        metavar="BYTES",
-        help="RAM budget for loaded models (estimated from their files); default: unlimited",
-    )
+    serve.add_argument("--total-model-memory-limit-bytes", type=_non_negative_int)
     serve.add_argument(
         "--version-transition-policy",
         choices=("availability", "resource"),
         default=defaults.version_transition_policy,
-        help="availability: load the new version before unloading the old one;"
-        " resource: unload first (never two versions in memory)",
     )
     serve.add_argument(
-        "--rest-api-timeout-in-ms",
-        type=_non_negative_int,
-        default=defaults.rest_api_timeout_in_ms,
-        help="deadline of a REST predict/infer request (queueing and execution); 0 = none",
+        "--rest-api-timeout-in-ms", type=_non_negative_int, default=defaults.rest_api_timeout_in_ms
     )
     serve.add_argument(
-        "--max-request-bytes",
-        type=_non_negative_int,
-        default=defaults.max_request_bytes,
-        help="largest REST body (after decompression) or gRPC message; larger ones get 413",
+        "--max-request-bytes", type=_non_negative_int, default=defaults.max_request_bytes
     )
     serve.add_argument(
         "--model-cache-dir",
@@ -234,9 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.enable_model_control,
         help="allow load/unload/reload over the network (V2 repository API, ReloadConfig)",
     )
-    serve.add_argument(
-        "--log-level", default="info", choices=LOG_LEVELS, help="least severe level logged"
-    )
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--log-format",
         default="text",
@@ -267,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
     )
 
-    tf_flags.add_compat_flags(serve)
-
     demo = commands.add_parser("demo", help="write a demo model repository (made locally)")
     demo.add_argument("dir", type=Path)
     return parser
@@ -278,34 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = normalize_flag_spellings(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0].startswith("--") and args_in[0] not in ("--version", "--help"):
         args_in = ["serve", *args_in]  # a bare tensorflow_model_server command line
-    parser = build_parser()
-    if args_in and args_in[0] == "serve":
-        raw = list(sys.argv[1:] if argv is None else argv)
-        raw = raw[1:] if raw and raw[0] == "serve" else raw
-        known = _subparser(parser, "serve")._option_string_actions
-        unknown = tf_flags.unknown_flag_message(raw, known)
-        if unknown is not None:
-            print(f"pyserving: {unknown}; see pyserving serve --help", file=sys.stderr)
-            return 2
-    args = parser.parse_args(args_in)
+    args = build_parser().parse_args(args_in)
     if args.command == "demo":
         return _write_demo(args.dir)
     if args.command == "serve":
         return _serve(args)
     build_parser().print_help()
     return 2
-
-
-def serve_parser() -> argparse.ArgumentParser:
-    """The parser of `pyserving serve` (its flags are documented from it)."""
-    return _subparser(build_parser(), "serve")
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
 
 
 def _write_demo(root: Path) -> int:
@@ -330,11 +251,6 @@ def _demo_config() -> ModelServerConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format, args.access_log)
-    refused = tf_flags.check_refused(args)
-    if refused is not None:
-        print(f"pyserving: {refused}", file=sys.stderr)
-        return 2
-    tf_flags.warn_ignored(args)
     # Each `_created` sample doubles the series count and no dashboard of ours reads it.
     prometheus_client.disable_created_metrics()
     try:
@@ -380,19 +296,10 @@ def _serve(args: argparse.Namespace) -> int:
             sock = _bind(options.host, options.rest_api_port)
     except OSError as exc:
         print(
-            _port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
+            f"pyserving: cannot listen on {options.host}:{options.rest_api_port}: {exc}",
             file=sys.stderr,
         )
         return 2
-    if options.port:
-        try:
-            # Probed here: grpc reports a taken port only as a raw C-core log line.
-            _bind(options.host, options.port).close()
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            print(_port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
-            return 2
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
     drain = _Drain(args.drain_timeout_seconds, args.body_read_timeout_seconds, args.access_log)
     try:
@@ -404,8 +311,12 @@ def _serve(args: argparse.Namespace) -> int:
         if sock is not None:
             sock.close()
         # Unload every version; a request still running (the drain timed out) delays only its
-        # own version's unload, and never beyond this bound.
-        if not core.stop(timeout_s=max(args.drain_timeout_seconds, _MIN_UNLOAD_WAIT_S)):
+        # own version's unload, and never beyond this bound. A call stuck in model code holds
+        # its version for as long as it runs: then only what is left of the drain is waited for.
+        unload_wait_s = max(args.drain_timeout_seconds, _MIN_UNLOAD_WAIT_S)
+        if core.service.executor.stuck_calls:
+            unload_wait_s = max(drain.remaining_s(), _STUCK_UNLOAD_WAIT_S)
+        if not core.stop(timeout_s=unload_wait_s):
             logger.error("models did not unload in time (a model call is stuck): exiting now")
             _exit_now(1)
     logger.info("server stopped")
@@ -414,6 +325,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 #: the least time given to unloading models after the drain
 _MIN_UNLOAD_WAIT_S = 10.0
+#: ... and the least when a model call is stuck (the drain timeout bounds the exit then)
+_STUCK_UNLOAD_WAIT_S = 0.5
 
 
 def _exit_now(code: int) -> None:
@@ -421,15 +334,6 @@ def _exit_now(code: int) -> None:
     joined, and a normal exit would wait for them)."""
     logging.shutdown()
     os._exit(code)
-
-
-def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
-    """One line for stderr: which listener could not bind, why, and which flag moves it."""
-    reason = exc.strerror or str(exc)
-    return (
-        f"pyserving: cannot listen for {what} on {host}:{port}: {reason}"
-        f" (another server on that port? choose another with {flag}=N, or {flag}=0 for none)"
-    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -463,6 +367,7 @@ class _Drain:
         self.access_log = access_log
         self.requested: asyncio.Event | None = None  # made on the serving loop
         self._draining = False
+        self._started_at: float | None = None  # time.monotonic() when the drain started
 
     def is_draining(self) -> bool:
         return self._draining
@@ -482,6 +387,13 @@ class _Drain:
     def start(self) -> None:
         """Readiness answers false from now on (the first step of the drain)."""
         self._draining = True
+        self._started_at = time.monotonic()
+
+    def remaining_s(self) -> float:
+        """What is left of the drain timeout (all of it before the drain started)."""
+        if self._started_at is None:
+            return self.timeout_s
+        return max(0.0, self.timeout_s - (time.monotonic() - self._started_at))
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -509,6 +421,7 @@ async def _serve_listeners(
     grpc_server: GrpcServer | None = None
     rest: HttpServer | None = None
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(drain.requested.wait())]
+    lag_watcher = asyncio.ensure_future(watch_event_loop_lag(metrics.EVENT_LOOP_LAG.observe))
     try:
         if options.port:
             grpc_server = GrpcServer(
@@ -528,19 +441,21 @@ async def _serve_listeners(
         threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         drain.start()
+        # Calls that were abandoned before the drain (deadline) are no drained requests.
+        stuck_before = core.service.executor.stuck_calls
         stopping: list[Awaitable[Any]] = []
         if rest is not None:
             stopping.append(rest.shutdown(drain.timeout_s))
         if grpc_server is not None:
             stopping.append(grpc_server.stop(drain.timeout_s))
         await asyncio.gather(*stopping)
-        if core.service.pending_requests:
+        cancelled = core.service.pending_requests - stuck_before
+        if cancelled > 0:
             logger.warning(
-                "drain timed out after %gs: %d request(s) cancelled",
-                drain.timeout_s,
-                core.service.pending_requests,
+                "drain timed out after %gs: %d request(s) cancelled", drain.timeout_s, cancelled
             )
     finally:
+        lag_watcher.cancel()
         for waiter in waiters:
             waiter.cancel()
         if grpc_server is not None:

@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 __all__ = [
     "BATCH_SIZE",
     "CONTENT_TYPE",
+    "EVENT_LOOP_LAG",
     "LOAD_DURATION",
     "MODEL_VERSIONS",
     "PENDING_REQUESTS",
@@ -46,6 +47,7 @@ _LATENCY_BUCKETS = (
     10.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 #: requests answered, by model, version ("" when none resolved), api and status code
@@ -95,6 +97,13 @@ LOAD_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+#: how long a callback made ready from another thread waited for the event loop (sampled)
+EVENT_LOOP_LAG = Histogram(
+    "pyserving_event_loop_lag_seconds",
+    "Delay before the event loop ran a callback made ready from another thread (sampled).",
+    buckets=_LAG_BUCKETS,
+    registry=REGISTRY,
+)
 
 #: requests queued or running in the InferenceService (the server binds it with set_function)
 PENDING_REQUESTS = Gauge(

@@ -258,71 +258,56 @@ async def run_scale(service: InferenceService, rows: int = 1) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cheap_calls_run_inline_once_measured_and_slow_or_big_ones_leave_the_loop():
+async def test_model_code_never_runs_on_the_event_loop_even_when_cheap_issue_14():
+    # The inline path ran calls measured as cheap on the loop; now every call takes a thread.
     servable = scale_servable()
-    compute = servable._compute
-    service = InferenceService(
-        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.002)
-    )
-    loop_thread = threading.get_ident()
+    service = InferenceService(FakeManager().add("m", 1, servable))
     try:
-        for _ in range(8):  # a first streak on the executor measures the cost
-            await run_scale(service)
-        assert loop_thread not in servable.threads
-        await run_scale(service)
-        assert servable.threads[-1] == loop_thread
-        await run_scale(service, rows=10_000_000)  # predicted 1e7 times the cost of a row
-        assert servable.threads[-1] != loop_thread
-
-        def slow(signature, inputs):
-            time.sleep(0.03)
-            return compute(signature, inputs)
-
-        servable._compute = slow
-        await run_scale(service)  # runs inline (it was cheap), and is measured 15 times over
-        assert servable.threads[-1] == loop_thread
-        servable._compute = compute
-        for _ in range(16):  # the next streak is twice as long
-            await run_scale(service)
-            assert servable.threads[-1] != loop_thread
-        await run_scale(service)
-        assert servable.threads[-1] == loop_thread
-    finally:
-        service.close(wait=True)
-
-
-@pytest.mark.asyncio
-async def test_a_model_that_is_slow_on_the_executor_never_runs_inline():
-    servable = scale_servable()
-    compute = servable._compute
-
-    def slow(signature, inputs):
-        time.sleep(0.012)
-        return compute(signature, inputs)
-
-    servable._compute = slow
-    service = InferenceService(  # 12 ms is over 10 times the budget: it never tries inline
-        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0.001)
-    )
-    try:
-        for _ in range(20):
-            await run_scale(service)
+        for rows in [1] * 50 + [2, 100]:
+            await run_scale(service, rows)
+        assert len(servable.threads) == 52
         assert threading.get_ident() not in servable.threads
     finally:
         service.close(wait=True)
 
 
 @pytest.mark.asyncio
-async def test_a_zero_inline_budget_keeps_every_call_off_the_loop():
-    servable = scale_servable()
-    service = InferenceService(
-        FakeManager().add("m", 1, servable), InferenceOptions(inline_budget_seconds=0)
-    )
+async def test_a_model_with_stuck_threads_is_not_ready_and_others_still_answer_issue_14():
+    release = threading.Event()
+
+    def hang(_sig, x):
+        assert release.wait(10)
+        return {"y": x["x"]}
+
+    stuck = scale_servable()
+    stuck._compute = hang
+    manager = FakeManager().add("stuck", 1, stuck).add("m", 1, scale_servable())
+    service = InferenceService(manager, InferenceOptions(executor_threads=2))
+    x = {"x": np.zeros((1, 3), np.float32)}
+
     try:
-        for _ in range(5):
-            await run_scale(service)
-        assert threading.get_ident() not in servable.threads
+        for _ in range(2):  # each takes one of its two threads and is abandoned at its deadline
+            with service.acquire("stuck") as handle, pytest.raises(DeadlineExceeded):
+                await service.run(
+                    handle, service.signature(handle, None), x, deadline=time.monotonic() + 0.05
+                )
+        assert not service.model_ready("stuck")
+        reasons = service.not_ready_reasons(["stuck", "m"])
+        assert list(reasons) == ["stuck"]
+        assert (
+            "all 2 execution thread(s) are busy with calls past their deadline"
+            in (reasons["stuck"])
+        )
+        assert not service.is_ready(["stuck", "m"]) and service.is_ready(["m"])
+        await run_scale(service)  # the other model has its own threads
+        release.set()
+        deadline = time.monotonic() + 5
+        while not service.model_ready("stuck") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert service.model_ready("stuck")
+        assert manager.in_flight("stuck", 1) == 0
     finally:
+        release.set()
         service.close(wait=True)
 
 
@@ -548,4 +533,5 @@ def test_readiness_helpers(service, manager):
     assert not service.model_ready("addsub", 9) and not service.model_ready("nope")
     assert service.is_ready(["addsub"]) and not service.is_ready(["addsub", "nope"])
     assert service.not_ready(["addsub", "nope"]) == ["nope"]
+    assert service.not_ready_reasons(["addsub", "nope"]) == {"nope": "no AVAILABLE version"}
     assert service.model_names() == ["addsub"]

@@ -49,7 +49,7 @@ class ConfigError(InvalidInput):
 class ModelConfig:
     """One model: name, base path (local path or URI), platform, version policy, labels, and the
     traffic split over its labels (label → weight). `options` holds the other YAML keys (e.g.
-    `batching`), passed to the platform's Loader factory."""
+    `batching`, `instances`: its execution threads), passed to the platform's Loader factory."""
 
     name: str
     base_path: str
@@ -204,6 +204,13 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
         isinstance(k, str) and k and _is_version(v) for k, v in labels.items()
     ):
         raise ConfigError(f'model "{name}": labels must map label names to version numbers')
+    instances = entry.get("instances")
+    if instances is not None and (
+        not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 256
+    ):
+        raise ConfigError(
+            f'model "{name}": instances (its concurrent calls) must be an integer from 1 to 256'
+        )
     known = {"name", "base_path", "platform", "version_policy", "labels", "traffic"}
     return ModelConfig(
         name=name,

@@ -1,4 +1,4 @@
-"""InferenceService: the one protocol-neutral request path under the REST (and later gRPC) codecs.
+"""InferenceService: the one protocol-neutral request path under the REST and gRPC codecs.
 
 A codec turns its wire format into `dict[str, np.ndarray]`, then:
 
@@ -6,21 +6,20 @@ A codec turns its wire format into `dict[str, np.ndarray]`, then:
         signature = service.signature(handle, signature_name)    # NotFound
         outputs = await service.run(handle, signature, inputs, output_names, deadline)
 
-`run` validates the inputs against the signature and executes the servable on a thread pool, or,
-for a model that batches, enqueues the request on the shared BatchScheduler. The one exception: a
-call its signature's measured cost predicts to take less than `inline_budget_seconds` runs on the
-event loop itself, since handing it to a thread and back would cost more than the call.
+`run` validates the inputs against the signature and hands the servable call to the model's own
+execution threads (`serving.execution.Executor`: bounded per model by its `instances:` setting),
+or, for a model that batches, enqueues the request on the shared BatchScheduler. Model code never
+runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +39,7 @@ from pyserving.errors import (
     Unavailable,
 )
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
+from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor
 
 __all__ = [
     "InferenceOptions",
@@ -81,20 +81,20 @@ class _Manager(Protocol):
 class InferenceOptions:
     """Limits and threads of the request path."""
 
-    #: threads that run servables when batching is off
-    executor_threads: int = 4
+    #: execution threads of each model whose config sets no `instances` (its concurrent calls)
+    executor_threads: int = DEFAULT_INSTANCES
     #: requests queued or running at once; more are refused at once with Unavailable (503)
     max_pending_requests: int = 1024
+    #: calls one model may have queued for its threads; more are refused with Unavailable, so
+    #: a hung model cannot use up `max_pending_requests` for the others
+    max_queued_per_model: int = 512
     #: the most elements one input tensor may have (codecs check it before allocating)
     max_tensor_elements: int = 1 << 26
-    #: an unbatched call predicted (from the signature's measured seconds per row) to take less
-    #: than this runs on the event loop: the executor round trip costs ~40 µs. 0 = never inline
-    inline_budget_seconds: float = 100e-6
 
 
 class InferenceService:
-    """Resolves a model spec to a handle, validates inputs, runs the servable (off the event loop
-    unless the call is cheaper than the hop to a thread).
+    """Resolves a model spec to a handle, validates inputs, runs the servable on its model's
+    execution threads (never on the event loop).
 
     Thread-safety: `acquire`, `signature` and the status helpers may be called from any thread;
     `run` is a coroutine and may be awaited concurrently on one or more event loops.
@@ -102,9 +102,9 @@ class InferenceService:
     that already started (deadline, cancellation), it keeps that version referenced until the call
     returns, so the version is never unloaded under a running request.
     Blocking: nothing here waits on another thread except `close(wait=True)`.
-    Cancellation: a cancelled or expired request whose call has not started (on the executor, or
-    in a batch queue) is dropped; one that has started runs to completion on its thread and its
-    result is discarded.
+    Cancellation: a cancelled or expired request whose call has not started (in its model's queue
+    or a batch queue) is dropped; one that has started runs to completion on its thread (counted
+    as stuck meanwhile: `Executor.stuck_reason`) and its result is discarded.
     """
 
     def __init__(
@@ -124,12 +124,13 @@ class InferenceService:
         self._scheduler_lock = threading.Lock()  # guards creating _scheduler
         self._scheduler: BatchScheduler | None = None
         self._closed = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, self.options.executor_threads),
-            thread_name_prefix="pyserving-infer",
-        )
         self._pending_lock = threading.Lock()  # guards _pending
         self._pending = 0
+        self.executor = Executor(
+            self.options.executor_threads,
+            self.options.max_queued_per_model,
+            on_leave=self._leave_pending,
+        )
         # id(signature) → its precomputed plan; the plan holds the signature, so the id is not
         # reused while the entry exists. Written only with whole-entry assignment (GIL-atomic).
         self._plans: dict[int, _SignaturePlan] = {}
@@ -191,8 +192,8 @@ class InferenceService:
         output_names: Sequence[str] | None = None,
         deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Validate `inputs`, run the servable (executor, batch queue, or inline when its
-        measured cost is under the inline budget), return the requested outputs.
+        """Validate `inputs`, run the servable (its model's execution threads, or a batch
+        queue), return the requested outputs.
 
         `deadline` is a `time.monotonic()` instant covering queueing and execution. Outputs come
         in `output_names` order (all of the signature's outputs, in its order, when None).
@@ -202,7 +203,7 @@ class InferenceService:
         """
         answered_version.set(handle.id.version)  # for the API edge's request metrics
         plan = self._plan(signature)
-        rows = plan.validate(inputs, self.options.max_tensor_elements)
+        plan.validate(inputs, self.options.max_tensor_elements)
         wanted = plan.outputs if output_names is None else plan.check_outputs(output_names)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
@@ -214,43 +215,58 @@ class InferenceService:
             if plan.batchable
             else None
         )
-        if batching is None and plan.cost.runs_inline(rows):
-            return plan.collect(_execute(handle.servable, plan, inputs, rows, None, True), wanted)
         with self._pending_lock:
             if self._pending >= self.options.max_pending_requests:
                 raise Unavailable(f"too many requests pending ({self._pending}); try again later")
             self._pending += 1
+        if batching is not None:
+            return plan.collect(
+                await self._run_batched(handle, signature, inputs, deadline, batching), wanted
+            )
         try:
-            if batching is None:
-                job = self._executor.submit(
-                    _execute, handle.servable, plan, inputs, rows, deadline, False
-                )
-            else:
-                job = self._schedule(handle, signature.name, inputs, deadline, batching)
-        except RuntimeError as exc:  # the executor was shut down
-            self._done_pending(None)
-            raise Unavailable("the server is shutting down") from exc
-        except ServingError:  # refused by the batch queue: full, task too large, closing
-            self._done_pending(None)
+            call = self.executor.submit(
+                handle.id.name, _execute, handle.servable, plan.signature.name, inputs, deadline
+            )
+        except BaseException:  # refused: the model's queue is full, or closing
+            self._leave_pending()
+            raise
+        try:
+            results = await call.result(deadline)
+        except BaseException:
+            if call.abandon():  # still running on its thread
+                await self._keep_alive(handle, call)
+            raise
+        return plan.collect(results, wanted)
+
+    async def _run_batched(
+        self,
+        handle: ServableHandle,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        deadline: float | None,
+        batching: BatchingOptions,
+    ) -> Any:
+        try:
+            job = self._schedule(handle, signature.name, inputs, deadline, batching)
+        except BaseException:  # refused by the batch queue: full, task too large, closing
+            self._leave_pending()
             raise
         job.add_done_callback(self._done_pending)
         waiter = asyncio.wrap_future(job)
         try:
             if deadline is None:
-                results = await waiter
-            else:
-                results = await asyncio.wait_for(waiter, deadline - time.monotonic())
+                return await waiter
+            return await asyncio.wait_for(waiter, deadline - time.monotonic())
         except TimeoutError:
-            await self._keep_alive(handle, job)
+            await self._keep_alive_batch(handle, job)
             raise DeadlineExceeded("Deadline exceeded while the model was running") from None
         except asyncio.CancelledError:
-            await self._keep_alive(handle, job)
+            await self._keep_alive_batch(handle, job)
             raise
-        return plan.collect(results, wanted)
 
     @property
     def pending_requests(self) -> int:
-        """Requests submitted to the executor or a batch queue and not finished."""
+        """Requests queued or running (abandoned calls still running included)."""
         return self._pending
 
     def set_batching_policy(self, policy: BatchingPolicy) -> None:
@@ -263,18 +279,24 @@ class InferenceService:
         """The shared batch scheduler, once a batched request has made it."""
         return self._scheduler
 
-    def close(self, wait: bool = False) -> None:
-        """Stop the executor and the batch scheduler.
+    def close(self, wait: bool = False, timeout_s: float | None = None) -> bool:
+        """Stop the execution threads and the batch scheduler.
 
-        Calls queued on the executor are dropped; batches already queued still run (their
-        callers hold handles). With `wait`, waits for running calls and batches.
+        Calls queued for a model's threads fail with Unavailable; batches already queued still
+        run (their callers hold handles). With `wait`, waits (up to `timeout_s`) for running
+        calls and batches. True when every thread exited.
         """
         with self._scheduler_lock:
             self._closed = True
             scheduler = self._scheduler
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        stopped = self.executor.close(timeout_s if wait else 0.0)
         if scheduler is not None:
-            scheduler.close(wait=wait)
+            scheduler.close(wait=wait, timeout_s=timeout_s)
+        return stopped if wait else True
+
+    def set_instances(self, per_model: Mapping[str, int]) -> None:
+        """Each model's execution thread count from now on (its `instances:`; a reload)."""
+        self.executor.set_instances(per_model)
 
     # --- status -----------------------------------------------------------------------------
 
@@ -303,13 +325,15 @@ class InferenceService:
         return found
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
-        """True when `name` (or that version of it) is AVAILABLE."""
+        """True when `name` (or that version of it) is AVAILABLE and its execution threads are
+        not all stuck in calls past their deadline."""
         versions = self._manager.available_versions(name)
-        return bool(versions) if version is None else version in versions
+        available = bool(versions) if version is None else version in versions
+        return available and self.executor.stuck_reason(name) is None
 
     def is_ready(self, configured_names: Iterable[str]) -> bool:
-        """True when every name in `configured_names` has an AVAILABLE version."""
-        return all(self._manager.available_versions(name) for name in configured_names)
+        """True when every name in `configured_names` is ready (`model_ready`)."""
+        return not self.not_ready_reasons(configured_names)
 
     def available_versions(self, name: str) -> list[int]:
         """AVAILABLE versions of `name`, highest first."""
@@ -320,8 +344,20 @@ class InferenceService:
         return self._manager.stream_names()
 
     def not_ready(self, configured_names: Iterable[str]) -> list[str]:
-        """The names in `configured_names` with no AVAILABLE version."""
-        return [n for n in configured_names if not self._manager.available_versions(n)]
+        """The names in `configured_names` that are not ready (`model_ready`)."""
+        return list(self.not_ready_reasons(configured_names))
+
+    def not_ready_reasons(self, configured_names: Iterable[str]) -> dict[str, str]:
+        """Model name → why it is not ready, for the names in `configured_names` that are not."""
+        reasons: dict[str, str] = {}
+        for name in configured_names:
+            if not self._manager.available_versions(name):
+                reasons[name] = "no AVAILABLE version"
+            else:
+                stuck = self.executor.stuck_reason(name)
+                if stuck is not None:
+                    reasons[name] = stuck
+        return reasons
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -330,7 +366,7 @@ class InferenceService:
         if plan is None or plan.signature is not signature:
             if len(self._plans) >= 4096:  # bound the cache across many model versions
                 self._plans = {}
-            plan = _SignaturePlan(signature, self.options.inline_budget_seconds)
+            plan = _SignaturePlan(signature)
             self._plans[id(signature)] = plan
         return plan
 
@@ -361,108 +397,59 @@ class InferenceService:
         key = (handle.id, signature_name, id(handle.servable), batching)
         return scheduler.schedule_nowait(key, handle.id.name, batching, task)
 
-    def _done_pending(self, _job: Future[Any] | None) -> None:
+    def _leave_pending(self) -> None:
         with self._pending_lock:
             self._pending -= 1
 
-    async def _keep_alive(self, handle: ServableHandle, job: Future[Any]) -> None:
-        """Keep `handle`'s version referenced until `job` ends, after the caller releases it."""
+    def _done_pending(self, _job: Future[Any]) -> None:
+        self._leave_pending()
+
+    async def _keep_alive(self, handle: ServableHandle, call: Call[Any]) -> None:
+        """Keep `handle`'s version referenced until `call` returns, after the caller releases
+        it (the call is stuck on its thread; its request has given up)."""
+        try:
+            extra = self._manager.get_handle(ServableRequest(handle.id.name, handle.id.version))
+        except ServingError:
+            # The version is closing: its unload waits for the caller's handle, so hold on to
+            # it by waiting here for the call to return (rare: unload during a timed-out call).
+            loop = asyncio.get_running_loop()
+            returned = loop.create_future()
+            if call.when_returned(lambda: loop.call_soon_threadsafe(_resolve, returned)):
+                await asyncio.shield(returned)
+            return
+        if not call.when_returned(extra.release):
+            extra.release()
+
+    async def _keep_alive_batch(self, handle: ServableHandle, job: Future[Any]) -> None:
+        """As `_keep_alive`, for a task in a batch queue (its future ends when its batch ran)."""
         if job.done():
             return
         try:
             extra = self._manager.get_handle(ServableRequest(handle.id.name, handle.id.version))
         except ServingError:
-            # The version is closing: its unload waits for the caller's handle, so hold on to
-            # it by waiting here for the call to finish (rare: unload during a timed-out call).
             await asyncio.wait([asyncio.wrap_future(job)])
             return
         job.add_done_callback(lambda _job: extra.release())
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _execute(
-    servable: Any,
-    plan: _SignaturePlan,
-    inputs: dict[str, np.ndarray],
-    rows: int,
-    deadline: float | None,
-    inline: bool,
+    servable: Any, signature_name: str, inputs: dict[str, np.ndarray], deadline: float | None
 ) -> Any:
-    """Drop expired work, call the servable and time it, wrap its exception once."""
+    """On an execution thread: drop expired work, call the servable, wrap its exception once."""
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlineExceeded("Deadline exceeded while the request was queued")
-    started = time.perf_counter()
     try:
-        return servable.run(plan.signature.name, inputs)
+        return servable.run(signature_name, inputs)
     except ServingError:
         raise
     except Exception as exc:
-        logger.debug("servable raised on signature %s", plan.signature.name, exc_info=True)
+        logger.debug("servable raised on signature %s", signature_name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
-    finally:
-        plan.cost.observe(time.perf_counter() - started, rows, inline)
-
-
-class _CallCost:
-    """Decides, from measured wall times, whether a signature's calls run inline.
-
-    Calls start on the executor. There, a call's time includes waiting for the GIL after the
-    model released it, which under load dwarfs a cheap model, so it cannot tell how long the call
-    would take inline. It can tell which models are surely too slow: when the fastest call of a
-    streak on the executor is under PROBE_FACTOR times the budget, the next calls try inline,
-    where the time is (mostly) the model's own. Calls go back to the executor when one inline
-    call takes PROBE_FACTOR times the budget, or their running average exceeds the budget (one
-    call delayed by another thread taking the GIL must not decide); the next streak is then
-    twice as long, so a model that is too slow, or only sometimes slow, stalls the event loop
-    ever more rarely. A request of many rows goes inline only while the cost per row measured
-    inline predicts it under the budget. Updated from several threads without a lock: a lost
-    update only delays a decision.
-    """
-
-    __slots__ = ("_average", "_best_call", "_budget", "_inline", "_per_row", "_seen", "_streak")
-
-    FIRST_STREAK = 8
-    LONGEST_STREAK = 1024
-    #: the slowest an executor call may be for the next calls to try inline; this bounds the
-    #: stall of one inline call that goes wrong (its time is at most its time on the executor)
-    PROBE_FACTOR = 10.0
-    #: weight of the newest inline call in the running average
-    SMOOTHING = 0.1
-
-    def __init__(self, budget: float) -> None:
-        self._budget = budget
-        self._inline = False
-        self._average = 0.0  # of inline calls' seconds
-        self._per_row = math.inf  # measured inline; until then only 1-row requests go inline
-        self._streak = self.FIRST_STREAK
-        self._new_streak()
-
-    def runs_inline(self, rows: int) -> bool:
-        return self._inline and (rows <= 1 or self._per_row * rows < self._budget)
-
-    def observe(self, seconds: float, rows: int, inline: bool) -> None:
-        if not inline:
-            self._observe_executor_call(seconds)
-            return
-        self._average += self.SMOOTHING * (seconds - self._average)
-        if seconds >= self.PROBE_FACTOR * self._budget or self._average >= self._budget:
-            self._inline = False
-            self._streak = min(2 * self._streak, self.LONGEST_STREAK)
-            self._new_streak()
-        else:
-            self._per_row = min(self._per_row, seconds / max(rows, 1))
-
-    def _observe_executor_call(self, seconds: float) -> None:
-        self._best_call = min(self._best_call, seconds)
-        self._seen += 1
-        if self._seen >= self._streak:
-            self._inline = self._best_call < self.PROBE_FACTOR * self._budget
-            self._average = min(self._best_call, self._budget / 2)
-            self._per_row = math.inf
-            self._new_streak()
-
-    def _new_streak(self) -> None:
-        self._best_call = math.inf
-        self._seen = 0
 
 
 def _describe(array: np.ndarray) -> str:
@@ -473,9 +460,9 @@ def _describe(array: np.ndarray) -> str:
 class _SignaturePlan:
     """What validating a request against one signature needs, computed once per signature."""
 
-    __slots__ = ("batchable", "batched", "cost", "inputs", "output_set", "outputs", "signature")
+    __slots__ = ("batchable", "batched", "inputs", "output_set", "outputs", "signature")
 
-    def __init__(self, signature: Signature, inline_budget: float) -> None:
+    def __init__(self, signature: Signature) -> None:
         self.signature = signature
         # name → (numpy dtype or None for BYTES, spec)
         self.inputs = {
@@ -490,7 +477,6 @@ class _SignaturePlan:
         self.batchable = bool(self.inputs) and len(self.batched) == len(self.inputs)
         self.outputs = tuple(spec.name for spec in signature.outputs)
         self.output_set = frozenset(self.outputs)
-        self.cost = _CallCost(inline_budget)
 
     def validate(self, inputs: Mapping[str, np.ndarray], max_elements: int) -> int:
         """Raise InvalidInput naming the first bad input; return the batch size (1 if none)."""

@@ -136,6 +136,7 @@ class ServerCore:
             batching=batching_policy(options, self.config),
             version_router=self.route,
         )
+        self.service.set_instances(model_instances(self.config))
         # Remote versions are copied here before they load; unloads remove their copies.
         self._model_cache = ModelCache(
             ModelCacheOptions(cache_dir=options.model_cache_dir or default_cache_dir())
@@ -183,8 +184,9 @@ class ServerCore:
         return split.pick(self.manager.available_versions(name))
 
     def is_ready(self) -> bool:
-        """True when every configured model has an AVAILABLE version (the readiness probe)."""
-        return all(self.manager.available_versions(name) for name in self.model_names())
+        """True when every configured model has an AVAILABLE version and execution threads
+        that are not all stuck (the readiness probe)."""
+        return self.service.is_ready(self.model_names())
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -261,6 +263,7 @@ class ServerCore:
             self._unloaded = {n for n in self._unloaded if config.get(n) is not None}
             self._label_map = label_map
             self.service.set_batching_policy(batching)
+            self.service.set_instances(model_instances(config))
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())
         logger.info(
@@ -428,6 +431,11 @@ def batching_policy(options: ServerOptions, config: ModelServerConfig) -> Batchi
     )
     per_model = {m.name: m.options["batching"] for m in config.models if "batching" in m.options}
     return BatchingPolicy.build(options.enable_batching, server, per_model)
+
+
+def model_instances(config: ModelServerConfig) -> dict[str, int]:
+    """Each model's execution thread count from its `instances:` key (others: the default)."""
+    return {m.name: m.options["instances"] for m in config.models if "instances" in m.options}
 
 
 def _adapter_settings(

@@ -43,6 +43,7 @@ from pyserving.api.rest import tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.logs import ACCESS_LOGGER
+from pyserving.serving.execution import run_off_loop
 from pyserving.serving.inference import InferenceService, answered_version
 
 __all__ = ["ASGIApp", "ExtraRoute", "RestOptions", "create_app"]
@@ -302,9 +303,9 @@ class _RestApp:
             if self._draining is not None and self._draining():
                 message = "not ready: the server is shutting down"
                 return 503, _error(message), [(b"content-type", _JSON)]
-            missing = service.not_ready(self._ready_names())
-            if missing:
-                message = f"not ready: no AVAILABLE version of {', '.join(missing)}"
+            reasons = service.not_ready_reasons(self._ready_names())
+            if reasons:
+                message = "not ready: " + "; ".join(f"{m}: {r}" for m, r in reasons.items())
                 return 400, _error(message), [(b"content-type", _JSON)]
             return _ok(_READY)
         if path.startswith("/v2/repository/"):
@@ -412,7 +413,8 @@ class _RestApp:
             ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding and encoding != b"identity":
-            body = _decompress(body, encoding, limit)
+            # Its cost grows with the (decompressed) body: never on the event loop.
+            body = await run_off_loop(_decompress, body, encoding, limit)
         return body, header_length
 
 
