@@ -6,8 +6,9 @@ starts `pyserving serve` per model with batching off and on and drives every pro
 predict, V2 REST JSON, V2 REST binary, V2 gRPC, TF gRPC) at each concurrency: wrk for REST,
 benchmarks/grpc_load.py for gRPC, each after a warm-up. Every row first checks one answer against
 in-process onnxruntime. Also: a version swap under 8-client load against steady state, the time
-from a version directory appearing to AVAILABLE, and, with --peers, the peer servers from
-../shared/bench-peers started the way its run_bench.py starts them. Prints one markdown report.
+from a version directory appearing to AVAILABLE, and, with --peers, the peer servers (a bare
+Starlette floor, MLServer, PyTriton, TorchServe) of a separate peer harness at PEERS_HOME, not
+part of this repository, started the way its run_bench.py starts them. Prints one markdown report.
 Never part of pytest.
 
     python benchmarks/bench.py [--duration 10] [--warmup 3] [--connections 1,8,64]
@@ -552,7 +553,7 @@ def load_run_bench():
 
 
 def bench_peers(args, wrk: str, names: list[str]) -> list[Row]:
-    """Start each peer as ../shared/bench-peers/run_bench.py does; same loads as pyserving."""
+    """Start each peer as the peer harness's run_bench.py does; same loads as pyserving."""
     rb = load_run_bench()
     peers_dir = Path(rb.P)
     os.makedirs(rb.LOGS, exist_ok=True)
@@ -820,7 +821,7 @@ def main() -> None:
     parser.add_argument(
         "--peers",
         default="",
-        help="comma list of ../shared/bench-peers settings, e.g. "
+        help="comma list of the peer harness's settings (PEERS_HOME), e.g. "
         "floor-starlette,mlserver,pytriton-batch,torchserve-batch",
     )
     args = parser.parse_args()

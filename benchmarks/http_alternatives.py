@@ -2,8 +2,8 @@
 
 - `raw-httptools`: an asyncio Protocol on uvloop parsing with httptools directly (no ASGI),
   orjson, onnxruntime inline: the least Python an HTTP request can cost here;
-- `floor-starlette`: ../shared/bench-peers/floor (Starlette + uvicorn + orjson, inline), when
-  /tmp/peers/floor exists, as one process and as two uvicorn workers sharing the port;
+- `floor-starlette`: the peer harness's floor server (Starlette + uvicorn + orjson, inline), when
+  it is installed in /tmp/peers/floor, as one process and as two uvicorn workers sharing the port;
 - `pyserving`: `pyserving serve` itself;
 the same for V2 gRPC `ModelInfer`: a bare grpc.aio server that parses nothing and answers fixed
 bytes (the least a Python gRPC call can cost) against pyserving's gRPC port;
