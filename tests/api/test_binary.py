@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from pyserving.api.rest.binary import decode_tensor, encode_tensor, split_body
+from pyserving.api.rest.binary import split_body
 from pyserving.errors import InvalidInput
+from pyserving.protocols.tensors import encode_raw as encode_tensor
+from pyserving.protocols.tensors import raw_tensor as decode_tensor
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_empty_tensor_has_no_bytes():
 @pytest.mark.parametrize(
     ("datatype", "shape", "data", "fragment"),
     [
-        ("FP32", (2, 2), b"\x00" * 12, "binary_data_size 12 does not match FP32 [2, 2] (16 bytes)"),
+        ("FP32", (2, 2), b"\x00" * 12, "12 bytes of data do not match FP32 [2, 2] (16 bytes)"),
         ("INT64", (1,), b"\x00" * 9, "(8 bytes)"),
         ("BF16", (1,), b"\x00" * 2, 'unsupported datatype "BF16"'),
         ("BYTES", (3,), b"\x00" * 8, "cannot hold 3 BYTES elements"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyserving.api.rest.json_tensor import dumps
+from pyserving.protocols.json_tensor import dumps
 
 
 def test_finite_tensors_serialise_with_orjson() -> None:

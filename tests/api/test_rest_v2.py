@@ -363,7 +363,7 @@ BAD_INFER = {
     "huge": (infer_body(raw_a(shape=[10**5] * 3, data=[1]), GOOD_B), {}, ["exceed the limit"]),
     "rank": (infer_body(raw_a(shape=[1] * 40, data=[1]), GOOD_B), {}, ["rank 40"]),
     "deep": (
-        infer_body(raw_a(shape=[1], data=nested(40)), GOOD_B),
+        infer_body(raw_a(data=nested(40)), GOOD_B),
         {},
         ["nested deeper than 32"],
     ),

@@ -9,7 +9,8 @@ from pyserving.errors import InvalidInput
 from pyserving.platforms import Servable, Signature, TensorSpec
 from pyserving.proto import tf_example_pb2
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from pyserving.serving.classify import classify, examples_from_proto, regress
+from pyserving.protocols.tf_examples import examples_from_proto
+from pyserving.serving.classify import classify, regress
 from pyserving.serving.inference import InferenceService
 from tests.serving.test_inference import FakeManager
 

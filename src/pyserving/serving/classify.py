@@ -9,7 +9,7 @@ API (codecs call these; both are coroutines):
 - `examples`: one `Example` per example: feature name → 1-D numpy array of its values, float32
   (float_list), int64 (int64_list) or object of `bytes` (bytes_list). `context` (or None) holds
   features added to every example (TF Serving's ExampleListWithContext); a feature may not be in
-  both. `examples_from_proto(input)` converts a `tensorflow.serving.Input` message.
+  both. `protocols.tf_examples` reads them from JSON and from a `tensorflow.serving.Input`.
 - Signature choice: `signature_name` when given (it must have the classify / regress method),
   else "serving_default" when it has that method, else the model's only signature with it.
 - A signature whose one input is BYTES gets serialized `tf.Example`s (TensorFlow SavedModels);
@@ -32,6 +32,7 @@ import numpy as np
 from pyserving.errors import InvalidInput, ModelError
 from pyserving.platforms.common import CLASSIFY_METHOD, REGRESS_METHOD
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
+from pyserving.protocols.tf_examples import Example
 from pyserving.serving.inference import InferenceService
 
 __all__ = [
@@ -41,12 +42,8 @@ __all__ = [
     "Example",
     "RegressResult",
     "classify",
-    "examples_from_proto",
     "regress",
 ]
-
-#: feature name → 1-D array of values (float32, int64, or object of bytes)
-Example = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +125,6 @@ async def regress(
     if values.size != len(examples):
         raise ModelError(f"regression output has {values.size} values for {len(examples)} examples")
     return RegressResult(answered, signature.name, [float(v) for v in values.ravel()])
-
-
-def examples_from_proto(request_input: Any) -> tuple[list[Example], Example | None]:
-    """(examples, context) of a `tensorflow.serving.Input` message (example_list or
-    example_list_with_context). Raises InvalidInput when it holds neither."""
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        return [_from_example(e) for e in request_input.example_list.examples], None
-    if kind == "example_list_with_context":
-        listed = request_input.example_list_with_context
-        return [_from_example(e) for e in listed.examples], _from_example(listed.context)
-    raise InvalidInput("Input is empty")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -262,21 +247,6 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _from_example(example: Any) -> dict[str, np.ndarray]:
-    features: dict[str, np.ndarray] = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "float_list":
-            features[name] = np.asarray(feature.float_list.value, dtype=np.float32)
-        elif kind == "int64_list":
-            features[name] = np.asarray(feature.int64_list.value, dtype=np.int64)
-        elif kind == "bytes_list":
-            features[name] = np.array(list(feature.bytes_list.value), dtype=object)
-        else:
-            features[name] = np.zeros(0, dtype=np.float32)
-    return features
 
 
 def _label(value: Any) -> bytes:

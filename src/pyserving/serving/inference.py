@@ -39,6 +39,7 @@ from pyserving.errors import (
     Unavailable,
 )
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
+from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor
 
 __all__ = [
@@ -90,6 +91,9 @@ class InferenceOptions:
     max_queued_per_model: int = 512
     #: the most elements one input tensor may have (codecs check it before allocating)
     max_tensor_elements: int = 1 << 26
+    #: the most bytes one input tensor may take once decoded (`--max-request-bytes`): a wire
+    #: tensor declaring more is refused before it is allocated (TF's one-value fill included)
+    max_tensor_bytes: int = 64 * 1024 * 1024
 
 
 class InferenceService:
@@ -297,6 +301,19 @@ class InferenceService:
     def set_instances(self, per_model: Mapping[str, int]) -> None:
         """Each model's execution thread count from now on (its `instances:`; a reload)."""
         self.executor.set_instances(per_model)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Resolve, decode (checked against the signature before allocating), run: the one
+        entry point of every codec. Raises what `acquire`, `signature`, the request's decoder
+        and `run` raise."""
+        with self.acquire(request.model, request.version, request.label) as handle:
+            signature = self.signature(handle, request.signature_name)
+            inputs = request.inputs
+            if not isinstance(inputs, dict):
+                inputs = inputs(signature, self.options)
+            outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
+            version = handle.id.version
+        return InferResponse(request.model, version, signature.name, outputs, request.id)
 
     # --- status -----------------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ class ServerCore:
         self._label_map = LabelMap.from_config(self.config)
         self.service = InferenceService(
             self.manager,
-            InferenceOptions(),
+            InferenceOptions(max_tensor_bytes=options.max_request_bytes),
             label_resolver=self.resolve_label,
             batching=batching_policy(options, self.config),
             version_router=self.route,

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
-import numpy as np
 
 from pyserving import metrics
 from pyserving.api.grpc.control import ModelControl, require_control
@@ -28,41 +26,17 @@ from pyserving.api.grpc.rpc import (
     stream_handler,
     unary_handler,
 )
-from pyserving.api.rest.binary import decode_tensor, encode_tensor
 from pyserving.api.rest.v2 import index_from_service
-from pyserving.errors import InvalidInput, ModelError, NotFound
-from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from pyserving.errors import NotFound
 from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.protocols import v2
+from pyserving.protocols.request import parse_version
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["SERVICE_NAME", "V2Servicer"]
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: extensions advertised by ServerMetadata (the gRPC API has no binary tensor extension)
-EXTENSIONS = ("model_configuration", "model_repository", "statistics")
-
-_PLATFORMS = {  # Servable.platform → the V2 "<framework>_<format>" platform name
-    "onnx": "onnx_onnxv1",
-    "tensorflow": "tensorflow_savedmodel",
-    "torch": "pytorch_torchscript",
-}
-_MAX_RANK = 32
 _DATA_TYPES: dict[str, int] = dict(pb.DataType.items())
-# datatype → the InferTensorContents field that carries it (FP16 has none: raw only)
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class V2Servicer:
@@ -131,20 +105,17 @@ class V2Servicer:
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         return pb.ServerMetadataResponse(
-            name="pyserving", version=self._server_version, extensions=EXTENSIONS
+            **v2.server_metadata(self._server_version, v2.GRPC_EXTENSIONS)
         )
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         service = self._service
         with service.acquire(request.name, _version(request.version)) as handle:
             signature = service.signature(handle, None)
-            platform = _platform(handle.servable)
+            servable = handle.servable
+        versions = service.available_versions(request.name)
         return pb.ModelMetadataResponse(
-            name=request.name,
-            versions=[str(v) for v in service.available_versions(request.name)],
-            platform=platform,
-            inputs=[_tensor_metadata(spec) for spec in signature.inputs],
-            outputs=[_tensor_metadata(spec) for spec in signature.outputs],
+            **v2.model_metadata(request.name, versions, servable, signature)
         )
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> Any:
@@ -152,22 +123,10 @@ class V2Servicer:
         with service.acquire(request.name, _version(request.version)) as handle:
             signature = service.signature(handle, None)
             servable = handle.servable
-        return pb.ModelConfigResponse(
-            config=pb.ModelConfig(
-                name=request.name,
-                platform=_platform(servable),
-                backend=getattr(servable, "platform", "") or "python",
-                max_batch_size=0,
-                input=[
-                    pb.ModelInput(name=s.name, data_type=_data_type(s), dims=s.shape)
-                    for s in signature.inputs
-                ],
-                output=[
-                    pb.ModelOutput(name=s.name, data_type=_data_type(s), dims=s.shape)
-                    for s in signature.outputs
-                ],
-            )
-        )
+        config = v2.model_config(request.name, servable, signature)
+        for tensor in (*config["input"], *config["output"]):
+            tensor["data_type"] = _DATA_TYPES.get(tensor["data_type"], pb.TYPE_INVALID)
+        return pb.ModelConfigResponse(config=pb.ModelConfig(**config))
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
         service = self._service
@@ -205,24 +164,16 @@ class V2Servicer:
             entries = list(await asyncio.to_thread(self._control.repository_index))
         else:
             entries = index_from_service(self._service)
-        models = [
-            pb.RepositoryIndexResponse.ModelIndex(
-                name=str(e.get("name", "")),
-                version=str(e.get("version", "")),
-                state=str(e.get("state", "")),
-                reason=str(e.get("reason", "")),
-            )
-            for e in entries
-        ]
-        if request.ready:
-            models = [m for m in models if m.state == "READY"]
+        models = v2.repository_index(entries, request.ready)
         return pb.RepositoryIndexResponse(models=models)
 
     async def repository_model_load(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
         control = require_control(self._control)
-        _check_repository_request(request, allowed=())
+        v2.check_repository_request(
+            "load", request.model_name, request.repository_name, request.parameters
+        )
         await asyncio.to_thread(control.load_model, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
@@ -230,7 +181,9 @@ class V2Servicer:
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
         control = require_control(self._control)
-        _check_repository_request(request, allowed=("unload_dependents",))
+        v2.check_repository_request(
+            "unload", request.model_name, request.repository_name, request.parameters
+        )
         await asyncio.to_thread(control.unload_model, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -262,183 +215,15 @@ class V2Servicer:
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
-        service = self._service
-        deadline = _timeout_deadline(request.parameters, deadline)
-        output_names = _requested_outputs(request.outputs)
-        with service.acquire(request.model_name, _version(request.model_version)) as handle:
-            signature = service.signature(handle, None)
-            inputs = _decode_inputs(request, service.options.max_tensor_elements)
-            results = await service.run(handle, signature, inputs, output_names, deadline)
-            answered = handle.id.version
-        response = pb.ModelInferResponse(
-            model_name=request.model_name, model_version=str(answered), id=request.id
-        )
-        raw = response.raw_output_contents
-        for name, array in results.items():
-            response.outputs.add(name=name, datatype=_datatype(name, array), shape=array.shape)
-            raw.append(encode_tensor(array))
-        return response
+        response = await self._service.infer(v2.request_from_proto(request, deadline))
+        return v2.response_to_proto(response)
 
 
-# --- request decoding ----------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------------
 
 
 def _version(text: str) -> int | None:
-    if not text:
-        return None
-    if not text.isdigit():
-        raise InvalidInput(f'model version must be a non-negative integer, got "{text[:40]}"')
-    return int(text)
-
-
-def _parameter_value(parameter: pb.InferParameter) -> Any:
-    kind = parameter.WhichOneof("parameter_choice")
-    return None if kind is None else getattr(parameter, kind)
-
-
-def _timeout_deadline(
-    parameters: Mapping[str, pb.InferParameter], deadline: float | None
-) -> float | None:
-    """The earlier of the client's deadline and the V2 `timeout` parameter (microseconds)."""
-    if "timeout" not in parameters:
-        return deadline
-    timeout_us = _parameter_value(parameters["timeout"])
-    if type(timeout_us) is not int or timeout_us < 0:
-        raise InvalidInput(
-            f"parameter 'timeout' must be a non-negative integer (microseconds), got {timeout_us!r}"
-        )
-    own = time.monotonic() + timeout_us / 1e6
-    return own if deadline is None else min(own, deadline)
-
-
-def _requested_outputs(outputs: Iterable[Any]) -> list[str] | None:
-    names: list[str] = []
-    for item in outputs:
-        what = f'output "{item.name}"'
-        if item.name in names:
-            raise InvalidInput(f"{what} is requested more than once")
-        if "classification" in item.parameters:
-            raise InvalidInput(f"{what}: the classification extension is not supported")
-        if "shared_memory_region" in item.parameters:
-            raise InvalidInput(f"{what}: shared memory is not supported")
-        names.append(item.name)
-    return names or None
-
-
-def _decode_inputs(request: pb.ModelInferRequest, max_elements: int) -> dict[str, np.ndarray]:
-    raw = request.raw_input_contents
-    inputs = request.inputs
-    if raw and len(raw) != len(inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(inputs)}"
-            " inputs; give one entry per input, in the order of 'inputs'"
-        )
-    arrays: dict[str, np.ndarray] = {}
-    for i, item in enumerate(inputs):
-        name = item.name
-        what = f'input "{name}"'
-        if name in arrays:
-            raise InvalidInput(f"{what} appears more than once")
-        if "shared_memory_region" in item.parameters:
-            raise InvalidInput(f"{what}: shared memory is not supported")
-        datatype = item.datatype
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidInput(f'{what}: unsupported datatype "{datatype[:40]}"')
-        shape = _shape(item.shape, what, max_elements)
-        if raw:
-            if item.HasField("contents"):
-                raise InvalidInput(
-                    f"{what}: contents field must not be specified when using raw_input_contents"
-                )
-            arrays[name] = decode_tensor(datatype, shape, memoryview(raw[i]), what)
-        else:
-            arrays[name] = _typed_contents(item, datatype, shape, what)
-    return arrays
-
-
-def _shape(dims: Iterable[int], what: str, max_elements: int) -> tuple[int, ...]:
-    shape = tuple(dims)
-    if len(shape) > _MAX_RANK:
-        raise InvalidInput(f"{what}: rank {len(shape)} exceeds the limit of {_MAX_RANK}")
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
-    # the non-zero dimensions are bounded too: numpy cannot shape (0, huge, huge)
-    if count > max_elements or math.prod(d for d in shape if d) > max_elements:
-        raise InvalidInput(
-            f"{what}: shape {list(shape)} exceeds the limit of {max_elements} elements"
-        )
-    return shape
-
-
-def _typed_contents(item: Any, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    field = _CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidInput(
-            f"{what}: {datatype} data has no typed contents field; use raw_input_contents"
-        )
-    values = getattr(item.contents, field)
-    count = math.prod(shape)
-    if len(values) != count:
-        raise InvalidInput(
-            f"{what}: shape {list(shape)} needs {count} elements, contents.{field} has"
-            f" {len(values)}"
-        )
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    dtype = V2_TO_NUMPY[datatype]
-    wide = np.array(values, dtype=np.float64 if dtype.kind == "f" else None)
-    if dtype.kind in "iu" and wide.size:
-        info = np.iinfo(dtype)
-        if wide.min() < info.min or wide.max() > info.max:
-            raise InvalidInput(f"{what}: contents.{field} has values out of range for {datatype}")
-    return wide.astype(dtype, copy=False).reshape(shape)
-
-
-def _check_repository_request(request: Any, allowed: tuple[str, ...]) -> None:
-    if not request.model_name:
-        raise InvalidInput("model_name is empty")
-    if request.repository_name:
-        raise InvalidInput(
-            f'repository "{request.repository_name[:80]}" is unknown: this server has one'
-            " repository (leave repository_name empty)"
-        )
-    for key in request.parameters:
-        if key not in allowed:
-            raise InvalidInput(
-                f'parameter "{key[:80]}" is not supported (a config or files cannot be sent'
-                " with a load; edit the model config instead)"
-            )
-
-
-# --- response encoding ---------------------------------------------------------------------------
-
-
-def _datatype(name: str, array: np.ndarray) -> str:
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    datatype = NUMPY_TO_V2.get(array.dtype)
-    if datatype is None:
-        raise ModelError(f'output "{name}" has dtype {array.dtype}, which V2 cannot represent')
-    return datatype
-
-
-def _platform(servable: Any) -> str:
-    platform = getattr(servable, "platform", "") or "python"
-    return _PLATFORMS.get(platform, platform)
-
-
-def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=spec.datatype, shape=spec.shape
-    )
-
-
-def _data_type(spec: TensorSpec) -> int:
-    name = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
-    return _DATA_TYPES.get(name, pb.TYPE_INVALID)
+    return parse_version(text) if text else None
 
 
 def _request_counts() -> dict[tuple[str, str], tuple[int, int]]:

@@ -43,6 +43,7 @@ from pyserving.api.rest import tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.logs import ACCESS_LOGGER
+from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_off_loop
 from pyserving.serving.inference import InferenceService, answered_version
 
@@ -265,7 +266,7 @@ class _RestApp:
             raise InvalidInput(f"Malformed request: {method} {path}")
         name, version_text, label, metadata, verb = match.groups()
         _request_model.set(name)
-        version = int(version_text) if version_text is not None else None
+        version = parse_version(version_text) if version_text is not None else None
         service = self._service
         if verb is None:
             if method != "GET":
@@ -315,7 +316,7 @@ class _RestApp:
             raise _HttpError(404, _NOT_FOUND)
         name, version_text, action = match.groups()
         _request_model.set(name)
-        version = int(version_text) if version_text is not None else None
+        version = parse_version(version_text) if version_text is not None else None
         if action == "/infer":
             _require(method, "POST")
             body, header_length = await self._read_body(scope, receive)
@@ -359,7 +360,7 @@ class _RestApp:
         control = require_control(self._control)
         body, _ = await self._read_body(scope, receive)
         name, action = match.groups()
-        v2.check_repository_request(body, action)
+        v2.check_repository_request(name, body, action)
         await asyncio.to_thread(
             control.load_model if action == "load" else control.unload_model, name
         )

@@ -1,0 +1,95 @@
+"""The protocol-neutral request and response every codec translates its wire format to and from.
+
+A codec (TF Serving or KServe V2, REST or gRPC, or warmup) builds one `InferRequest` and hands it
+to `InferenceService.infer`, which answers with one `InferResponse`. The request's inputs are
+either ready arrays or a `Decoder`: wire tensors are decoded only once the signature is known, so
+that every declared shape and dtype is checked against it (and against the limits) before any
+array is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pyserving.errors import InvalidInput
+from pyserving.platforms.signature import Signature
+
+__all__ = [
+    "MAX_VERSION_DIGITS",
+    "Decoder",
+    "InferRequest",
+    "InferResponse",
+    "Limits",
+    "parse_version",
+]
+
+#: the most digits a version number may have: versions are int64 (TF Serving's ModelSpec)
+MAX_VERSION_DIGITS = 19
+_MAX_VERSION = 2**63 - 1
+
+
+class Limits(Protocol):
+    """What decoding needs to know of the server's limits (`InferenceOptions` has both)."""
+
+    @property
+    def max_tensor_elements(self) -> int:
+        """The most elements one input tensor may have."""
+        ...
+
+    @property
+    def max_tensor_bytes(self) -> int:
+        """The most bytes one input tensor may take once decoded (`--max-request-bytes`)."""
+        ...
+
+
+#: (signature, limits) → the request's arrays, checked against both before any is allocated
+Decoder = Callable[[Signature, Limits], dict[str, np.ndarray]]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference request, whatever protocol and transport it came in on."""
+
+    model: str
+    #: ready arrays (warmup, in-process callers) or wire tensors to decode against the signature
+    inputs: dict[str, np.ndarray] | Decoder
+    version: int | None = None
+    label: str | None = None
+    #: None or "" = "serving_default" (or the only signature)
+    signature_name: str | None = None
+    #: requested output names, in answer order; None = all of the signature's outputs
+    outputs: Sequence[str] | None = None
+    #: a `time.monotonic()` instant covering queueing and execution; None = none
+    deadline: float | None = None
+    #: the client's request id, echoed in the answer (V2)
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The answer to one InferRequest: who answered and the requested outputs, in order."""
+
+    model: str
+    version: int
+    signature_name: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+
+
+def parse_version(text: str) -> int:
+    """A version number from a path or a V2 `model_version` field: ASCII digits only, at most
+    MAX_VERSION_DIGITS of them, within int64. Raises InvalidInput otherwise (a Unicode digit or
+    a 4,300-digit number is a bad request, not an unknown version and not a crash)."""
+    if not (0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()):
+        raise InvalidInput(
+            f"model version must be a non-negative integer of at most {MAX_VERSION_DIGITS}"
+            f' digits, got "{text[:40]}"'
+        )
+    version = int(text)
+    if version > _MAX_VERSION:
+        raise InvalidInput(f"model version {text} exceeds the largest version, 2^63 - 1")
+    return version

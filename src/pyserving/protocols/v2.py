@@ -1,0 +1,510 @@
+"""KServe V2 (Open Inference Protocol): every rule of it, for REST (a JSON document plus binary
+tensors) and gRPC (`inference.ModelInferRequest`) alike.
+
+Pure translation (reference/v2-protocol.md §1-5, §8): a request becomes an `InferRequest`, an
+`InferResponse` becomes a JSON body or a protobuf, and metadata, config and repository answers are
+built from what the caller looked up. Both transports run the same checks in the same order, so
+the same bad input gets the same message. Inputs are declared first (`_declare`: name, datatype,
+shape, where the data is) and decoded only once the signature has accepted the declaration.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pyserving.errors import InvalidInput, ModelError
+from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, Signature, TensorSpec
+from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.protocols.json_tensor import bytes_to_json, dumps, to_array
+from pyserving.protocols.request import InferRequest, InferResponse, Limits, parse_version
+from pyserving.protocols.tensors import (
+    check_declared,
+    check_names,
+    check_shape,
+    encode_raw,
+    raw_tensor,
+)
+
+__all__ = [
+    "GRPC_EXTENSIONS",
+    "REST_EXTENSIONS",
+    "check_repository_request",
+    "model_config",
+    "model_metadata",
+    "parse_version",
+    "repository_index",
+    "request_from_json",
+    "request_from_proto",
+    "response_to_json",
+    "response_to_proto",
+    "server_metadata",
+]
+
+_COMMON_EXTENSIONS = ("model_configuration", "model_repository")
+#: extensions `GET /v2` advertises
+REST_EXTENSIONS = ("binary_tensor_data", *_COMMON_EXTENSIONS)
+#: extensions ServerMetadata advertises (gRPC tensors are always raw; it has statistics)
+GRPC_EXTENSIONS = (*_COMMON_EXTENSIONS, "statistics")
+
+# Servable.platform → the V2 "<framework>_<format>" platform names the spec lists.
+_PLATFORMS = {
+    "onnx": "onnx_onnxv1",
+    "tensorflow": "tensorflow_savedmodel",
+    "torch": "pytorch_torchscript",
+}
+# datatype → the InferTensorContents field that carries it (FP16 has none: raw only)
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+#: (name, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value, or an
+#: `InferTensorContents` message
+_Declared = tuple[str, str, tuple[int, ...], Any]
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+def request_from_json(
+    model: str,
+    version: int | None,
+    document: Any,
+    binary: memoryview,
+    deadline: float | None,
+    max_json_depth: int,
+) -> tuple[InferRequest, list[bool] | None, bool]:
+    """A parsed REST infer body → (request, per requested output whether it goes binary or None
+    for all outputs, the `binary_data_output` default). `binary` is the body after the JSON."""
+    if not isinstance(document, dict):
+        raise InvalidInput("inference request must be a JSON object")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    parameters = _parameters(document.get("parameters"), "request")
+    binary_default = _bool_parameter(parameters, "binary_data_output", "request")
+    deadline = _timeout_deadline(parameters, deadline)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidInput("'inputs' must be a list of input tensors")
+    outputs = document.get("outputs")
+    names: list[str] | None = None
+    flags: list[bool] | None = None
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise InvalidInput("'outputs' must be a list of requested outputs")
+        names, flags = [], []
+        for i, item in enumerate(outputs):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidInput(f"requested output {i}: must be an object with a string 'name'")
+            name = item["name"]
+            flags.append(_requested_output(name, names, item.get("parameters"), binary_default))
+            names.append(name)
+    decode = functools.partial(_decode_json_inputs, inputs, binary, max_json_depth)
+    request = InferRequest(model, decode, version, None, None, names, deadline, request_id)
+    return request, flags, binary_default
+
+
+def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    """A gRPC ModelInferRequest → the request (`deadline`: the client's, or None)."""
+    parameters = _proto_parameters(request.parameters)
+    _bool_parameter(parameters, "binary_data_output", "request")
+    deadline = _timeout_deadline(parameters, deadline)
+    names: list[str] = []
+    for item in request.outputs:
+        _requested_output(item.name, names, _proto_parameters(item.parameters), False)
+        names.append(item.name)
+    version = parse_version(request.model_version) if request.model_version else None
+    decode = functools.partial(_decode_proto_inputs, request)
+    return InferRequest(
+        request.model_name, decode, version, None, None, names or None, deadline, request.id or None
+    )
+
+
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what}: 'parameters' must be an object")
+    return value
+
+
+def _proto_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """InferParameter values as the JSON form has them (an unset one is None)."""
+    if not parameters:
+        return {}
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        values[key] = None if kind is None else getattr(parameter, kind)
+    return values
+
+
+def _bool_parameter(parameters: Mapping[str, Any], key: str, what: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what}: parameter '{key}' must be true or false, got {_show(value)}")
+    return value
+
+
+def _timeout_deadline(parameters: Mapping[str, Any], deadline: float | None) -> float | None:
+    """The earlier of the transport's deadline and the V2 `timeout` parameter (microseconds)."""
+    timeout_us = parameters.get("timeout")
+    if timeout_us is None:
+        return deadline
+    if type(timeout_us) is not int or timeout_us < 0:
+        raise InvalidInput(
+            "parameter 'timeout' must be a non-negative integer (microseconds), got"
+            f" {_show(timeout_us)}"
+        )
+    own = time.monotonic() + timeout_us / 1e6
+    return own if deadline is None else min(own, deadline)
+
+
+def _requested_output(
+    name: str, seen: Sequence[str], parameters: Any, binary_default: bool
+) -> bool:
+    """Check one requested output; returns whether it goes out binary (REST)."""
+    what = f'output "{name[:80]}"'
+    if name in seen:
+        raise InvalidInput(f"{what} is requested more than once")
+    parameters = _parameters(parameters, what)
+    if parameters.get("classification"):
+        raise InvalidInput(f"{what}: the classification extension is not supported")
+    if parameters.get("shared_memory_region") is not None:
+        raise InvalidInput(f"{what}: shared memory is not supported")
+    binary = parameters.get("binary_data", binary_default)
+    if not isinstance(binary, bool):
+        raise InvalidInput(f"{what}: parameter 'binary_data' must be true or false")
+    return binary
+
+
+def _declare_input(
+    name: str, seen: Iterable[str], datatype: Any, parameters: Mapping[str, Any]
+) -> str:
+    """The rules every input meets before its shape is read; returns the message's subject."""
+    what = f'input "{name[:80]}"'
+    if name in seen:
+        raise InvalidInput(f"{what} appears more than once")
+    if parameters.get("shared_memory_region") is not None:
+        raise InvalidInput(f"{what}: shared memory is not supported")
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
+        raise InvalidInput(f"{what}: unsupported datatype {_show(datatype)}")
+    return what
+
+
+def _decode_json_inputs(
+    items: list[Any], binary: memoryview, max_depth: int, signature: Signature, limits: Limits
+) -> dict[str, np.ndarray]:
+    declared: dict[str, _Declared] = {}
+    offset = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"input {i}: must be an object with a string 'name'")
+        name = item["name"]
+        parameters = _parameters(item.get("parameters"), f'input "{name[:80]}"')
+        what = _declare_input(name, declared, item.get("datatype"), parameters)
+        datatype = item["datatype"]
+        dims = item.get("shape")
+        if not isinstance(dims, list) or not all(type(d) is int for d in dims):
+            raise InvalidInput(
+                f"{what}: 'shape' must be a list of non-negative integers, got {_show(dims)}"
+            )
+        shape = check_shape(dims, what, limits)
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise InvalidInput(f"{what}: binary_data_size must be a non-negative integer")
+            if "data" in item:
+                raise InvalidInput(f"{what}: has both 'data' and a binary_data_size parameter")
+            left = len(binary) - offset
+            if size > left:
+                raise InvalidInput(
+                    f"{what}: binary_data_size {size} exceeds the {left} bytes of binary data"
+                    " left (check Inference-Header-Content-Length)"
+                )
+            declared[name] = (name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            if datatype == "FP16":
+                raise InvalidInput(
+                    f"{what}: FP16 data cannot be sent as JSON; use the binary tensor data"
+                    " extension"
+                )
+            declared[name] = (name, datatype, shape, item["data"])
+        else:
+            raise InvalidInput(f"{what}: has neither 'data' nor a binary_data_size parameter")
+    if offset != len(binary):
+        raise InvalidInput(
+            f"binary data: {len(binary) - offset} bytes after the last binary input are not"
+            " described by any input's binary_data_size"
+        )
+    check_names(signature, declared)
+    arrays: dict[str, np.ndarray] = {}
+    for name, datatype, shape, data in declared.values():
+        count = check_declared(signature, name, datatype, shape, limits)
+        what = f'input "{name[:80]}"'
+        if isinstance(data, memoryview):
+            arrays[name] = raw_tensor(datatype, shape, data, what)
+        else:
+            arrays[name] = _json_data(data, datatype, shape, count, what, max_depth, limits)
+    return arrays
+
+
+def _json_data(
+    data: Any,
+    datatype: str,
+    shape: tuple[int, ...],
+    count: int,
+    what: str,
+    max_depth: int,
+    limits: Limits,
+) -> np.ndarray:
+    array = to_array(
+        data, datatype, what, max_depth=max_depth, max_elements=limits.max_tensor_elements
+    )
+    if array.ndim <= 1:  # flat (or a bare scalar)
+        if array.size != count:
+            raise InvalidInput(
+                f"{what}: shape {list(shape)} needs {count} elements, data has {array.size}"
+            )
+        return array.reshape(shape)
+    if array.shape != shape:
+        raise InvalidInput(
+            f"{what}: nested data has shape {list(array.shape)}, the declared shape is"
+            f" {list(shape)}"
+        )
+    return array
+
+
+def _decode_proto_inputs(
+    request: pb.ModelInferRequest, signature: Signature, limits: Limits
+) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    inputs = request.inputs
+    if raw and len(raw) != len(inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(inputs)}"
+            " inputs; give one entry per input, in the order of 'inputs'"
+        )
+    declared: dict[str, _Declared] = {}
+    for i, item in enumerate(inputs):
+        name = item.name
+        what = _declare_input(name, declared, item.datatype, _proto_parameters(item.parameters))
+        shape = check_shape(item.shape, what, limits)
+        if raw:
+            if item.HasField("contents"):
+                raise InvalidInput(
+                    f"{what}: contents field must not be specified when using raw_input_contents"
+                )
+            declared[name] = (name, item.datatype, shape, memoryview(raw[i]))
+        else:
+            if _CONTENTS_FIELD.get(item.datatype) is None:
+                raise InvalidInput(
+                    f"{what}: {item.datatype} data has no typed contents field; use"
+                    " raw_input_contents"
+                )
+            declared[name] = (name, item.datatype, shape, item.contents)
+    check_names(signature, declared)
+    arrays: dict[str, np.ndarray] = {}
+    for name, datatype, shape, data in declared.values():
+        count = check_declared(signature, name, datatype, shape, limits)
+        what = f'input "{name[:80]}"'
+        if isinstance(data, memoryview):
+            arrays[name] = raw_tensor(datatype, shape, data, what)
+        else:
+            arrays[name] = _typed_contents(data, datatype, shape, count, what)
+    return arrays
+
+
+def _typed_contents(
+    contents: Any, datatype: str, shape: tuple[int, ...], count: int, what: str
+) -> np.ndarray:
+    field = _CONTENTS_FIELD[datatype]
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(
+            f"{what}: shape {list(shape)} needs {count} elements, contents.{field} has"
+            f" {len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    wide = np.array(values, dtype=np.float64 if dtype.kind == "f" else None)
+    if dtype.kind in "iu" and wide.size:
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(f"{what}: contents.{field} has values out of range for {datatype}")
+    return wide.astype(dtype, copy=False).reshape(shape)
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+def response_to_json(
+    response: InferResponse, binary_flags: list[bool] | None, binary_default: bool
+) -> tuple[bytes, int | None]:
+    """(REST body, JSON header length when binary outputs follow it, else None)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    floats: list[np.ndarray] = []
+    results = response.outputs
+    flags = binary_flags if binary_flags is not None else [binary_default] * len(results)
+    for (output, array), binary in zip(results.items(), flags, strict=True):
+        datatype = _datatype(output, array)
+        entry: dict[str, Any] = {"name": output, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            blob = encode_raw(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = bytes_to_json(
+                array.reshape(-1), encoding="utf8", what=f'output "{output}"'
+            )
+        else:
+            flat = array.reshape(-1)
+            entry["data"] = flat
+            floats.append(flat)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": str(response.version),
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    document["outputs"] = outputs
+    header = dumps(document, floats)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
+    """The gRPC answer: every output's bytes in `raw_output_contents`, in order."""
+    out = pb.ModelInferResponse(
+        model_name=response.model, model_version=str(response.version), id=response.id or ""
+    )
+    raw = out.raw_output_contents
+    for name, array in response.outputs.items():
+        out.outputs.add(name=name, datatype=_datatype(name, array), shape=array.shape)
+        raw.append(encode_raw(array))
+    return out
+
+
+def _datatype(name: str, array: np.ndarray) -> str:
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    datatype = NUMPY_TO_V2.get(array.dtype)
+    if datatype is None:
+        raise ModelError(f'output "{name}" has dtype {array.dtype}, which V2 cannot represent')
+    return datatype
+
+
+# --- metadata, config, repository ---------------------------------------------------------------
+
+
+def server_metadata(server_version: str, extensions: Sequence[str]) -> dict[str, Any]:
+    """The server metadata answer: name, version, extensions."""
+    return {"name": "pyserving", "version": server_version, "extensions": list(extensions)}
+
+
+def model_metadata(
+    name: str, versions: Iterable[int], servable: Any, signature: Signature
+) -> dict[str, Any]:
+    """The model metadata answer: versions (AVAILABLE ones), platform, inputs, outputs."""
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": _platform(servable),
+        "inputs": [_tensor_metadata(spec) for spec in signature.inputs],
+        "outputs": [_tensor_metadata(spec) for spec in signature.outputs],
+    }
+
+
+def model_config(name: str, servable: Any, signature: Signature) -> dict[str, Any]:
+    """A Triton-style model configuration (data types as `TYPE_*` names)."""
+    return {
+        "name": name,
+        "platform": _platform(servable),
+        "backend": getattr(servable, "platform", "") or "python",
+        "max_batch_size": 0,
+        "input": [_tensor_config(spec) for spec in signature.inputs],
+        "output": [_tensor_config(spec) for spec in signature.outputs],
+    }
+
+
+def repository_index(
+    entries: Iterable[Mapping[str, str]], ready_only: bool
+) -> list[dict[str, str]]:
+    """The index answer: {name, version, state, reason} per entry, READY ones only if asked."""
+    items = [
+        {
+            "name": str(e.get("name", "")),
+            "version": str(e.get("version", "")),
+            "state": str(e.get("state", "")),
+            "reason": str(e.get("reason", "")),
+        }
+        for e in entries
+    ]
+    if ready_only:
+        items = [item for item in items if item["state"] == "READY"]
+    return items
+
+
+def check_repository_request(
+    action: str, model_name: str, repository_name: str, parameters: Iterable[str]
+) -> None:
+    """A load / unload request: a model name, this server's one repository, and no parameters
+    but `unload_dependents` for unload (a no-op: models have no dependents here)."""
+    if not model_name:
+        raise InvalidInput(f"repository {action} request: the model name is empty")
+    if repository_name:
+        raise InvalidInput(
+            f'repository {action} request: repository "{repository_name[:80]}" is unknown: this'
+            " server has one repository (leave the repository name empty)"
+        )
+    allowed = ("unload_dependents",) if action == "unload" else ()
+    unsupported = sorted(k[:80] for k in parameters if k not in allowed)
+    if unsupported:
+        raise InvalidInput(
+            f"repository {action} request: unsupported parameter(s) {', '.join(unsupported)};"
+            " models load from the configured repository only (edit the model config instead)"
+        )
+
+
+def _platform(servable: Any) -> str:
+    platform = getattr(servable, "platform", "") or "python"
+    return _PLATFORMS.get(platform, platform)
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
+    data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
+    return {"name": spec.name, "data_type": data_type, "dims": list(spec.shape)}
+
+
+def _show(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()[:80]
+    except TypeError:
+        return repr(value)[:80]
