@@ -1,7 +1,7 @@
 """BatchingOptions: TF Serving's BatchingParameters, from a text proto, YAML or a mapping.
 
 Field names and defaults follow `session_bundle_config.proto` as TF Serving applies it
-(reference/tfserving.md §2.2): an unset field takes the scheduler's default.
+(docs/config.md#batching): an unset field takes the scheduler's default.
 """
 
 from __future__ import annotations
