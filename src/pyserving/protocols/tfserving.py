@@ -1,6 +1,6 @@
 """TF Serving's Predict rules for REST (row / columnar JSON) and gRPC (TensorProto) alike.
 
-Pure translation (reference/tfserving.md §3-4): a request becomes an `InferRequest`, an
+Pure translation (docs/rest-api.md, grpc-api.md): a request becomes an `InferRequest`, an
 `InferResponse` becomes JSON or a PredictResponse; model specs, signature defs and version status
 are written the same way for both transports. Tensors are decoded only once the signature has
 accepted their declared dtype and shape (`protocols.tensors`), so TF's one-value fill (one
