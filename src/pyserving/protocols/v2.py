@@ -1,7 +1,7 @@
 """KServe V2 (Open Inference Protocol): every rule of it, for REST (a JSON document plus binary
 tensors) and gRPC (`inference.ModelInferRequest`) alike.
 
-Pure translation (reference/v2-protocol.md §1-5, §8): a request becomes an `InferRequest`, an
+Pure translation (docs/rest-api.md, grpc-api.md): a request becomes an `InferRequest`, an
 `InferResponse` becomes a JSON body or a protobuf, and metadata, config and repository answers are
 built from what the caller looked up. Both transports run the same checks in the same order, so
 the same bad input gets the same message. Inputs are declared first (`_declare`: name, datatype,
