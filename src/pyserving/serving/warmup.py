@@ -1,6 +1,6 @@
 """Model warmup: replay a version's warmup requests before it becomes AVAILABLE.
 
-As TF Serving (reference/tfserving.md §7), warmup runs inside `Loader.load()`: the version is not
+As TF Serving (docs/repository.md#warmup), warmup runs inside `Loader.load()`: the version is not
 in the serving map and AVAILABLE is not published until every request ran
 `num_request_iterations_for_warmup` times, and a failing request fails the load (which then
 follows the load-retry policy; the old version keeps serving meanwhile).
