@@ -1,6 +1,6 @@
 """StoragePathSource: polls model base paths (any fsspec filesystem) for numbered version dirs.
 
-Follows TF Serving's FileSystemStoragePathSource (reference/tfserving.md §1.11) with one deliberate
+Follows TF Serving's FileSystemStoragePathSource (docs/repository.md) with one deliberate
 difference: errors are per servable. A base path that is missing or unreadable sends nothing for
 that servable (so its loaded versions keep serving) while the other servables are still polled.
 
