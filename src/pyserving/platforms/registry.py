@@ -29,7 +29,7 @@ LoaderFactory = Callable[[ServableId, str, Mapping[str, Any]], Loader]
 
 ENTRY_POINT_GROUP = "pyserving.platforms"
 
-#: Files that identify a platform, in priority order (INTERFACE.md §3). `servable.py` comes first:
+#: Files that identify a platform, in priority order (docs/repository.md). `servable.py` is first:
 #: a user's own servable may wrap any of the other files.
 PLATFORM_FILES: tuple[tuple[str, str], ...] = (
     ("servable.py", "python"),
