@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import prometheus_client
 
 from pyserving import __version__, metrics
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
+from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
-from pyserving.api.rest.http_server import HttpServer
+from pyserving.api.rest.http_server import HttpOptions, HttpServer
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="a REST request body must arrive within this time, else 408; 0 = no limit",
     )
+    _add_transport_flags(serve)
     serve.add_argument(
         "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
     )
@@ -214,6 +217,103 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="write a demo model repository (made locally)")
     demo.add_argument("dir", type=Path)
     return parser
+
+
+def _add_transport_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits of the listeners (issue 14); --max-request-bytes bounds REST bodies and gRPC
+    messages alike."""
+    http, grpc_defaults = HttpOptions(), GrpcOptions()
+    serve.add_argument(
+        "--max-inflight-request-bytes",
+        type=_non_negative_int,
+        default=512 * 1024 * 1024,
+        metavar="BYTES",
+        help="request bytes held at once, REST and gRPC together; a request past it gets"
+        " 503/UNAVAILABLE (one request is always admitted); 0 = no budget",
+    )
+    serve.add_argument(
+        "--rest-max-connections",
+        type=_positive_int,
+        default=http.max_connections,
+        help="open REST connections; one more is answered 503 and closed",
+    )
+    serve.add_argument(
+        "--rest-write-timeout-seconds",
+        type=_positive_float,
+        default=http.write_timeout_s,
+        help="a REST client that reads none of its response for this long is disconnected",
+    )
+    serve.add_argument(
+        "--grpc-max-concurrent-rpcs",
+        type=_non_negative_int,
+        default=grpc_defaults.max_concurrent_rpcs,
+        help="gRPC calls served at once; more get RESOURCE_EXHAUSTED; 0 = no bound",
+    )
+    serve.add_argument(
+        "--grpc-max-concurrent-streams",
+        type=_positive_int,
+        default=grpc_defaults.max_concurrent_streams,
+        help="gRPC streams one connection may open at once",
+    )
+    serve.add_argument(
+        "--grpc-max-connection-idle-seconds",
+        type=_non_negative_float,
+        default=grpc_defaults.max_connection_idle_s,
+        help="close a gRPC connection that has had no call for this long; 0 = never",
+    )
+    serve.add_argument(
+        "--grpc-keepalive-time-seconds",
+        type=_positive_float,
+        default=grpc_defaults.keepalive_time_s,
+        help="ping a quiet gRPC connection this often to find dead peers",
+    )
+    serve.add_argument(
+        "--grpc-keepalive-timeout-seconds",
+        type=_positive_float,
+        default=grpc_defaults.keepalive_timeout_s,
+        help="close a gRPC connection whose keepalive ping is unanswered this long",
+    )
+    serve.add_argument(
+        "--grpc-stream-message-timeout-seconds",
+        type=_non_negative_float,
+        default=grpc_defaults.stream_message_timeout_s,
+        help="a gRPC client stream (ModelStreamInfer) whose next message does not arrive"
+        " within this time ends with DEADLINE_EXCEEDED; 0 = no limit",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+class _TransportLimits:
+    """The listeners' limits from the flags; the one in-flight budget REST and gRPC share."""
+
+    def __init__(self, args: argparse.Namespace, max_request_bytes: int) -> None:
+        self.budget = RequestBytesBudget(args.max_inflight_request_bytes)
+        self.http = HttpOptions(
+            max_connections=args.rest_max_connections,
+            write_timeout_s=args.rest_write_timeout_seconds,
+        )
+        self.grpc = GrpcOptions(
+            max_message_bytes=max_request_bytes,
+            max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+            max_concurrent_streams=args.grpc_max_concurrent_streams,
+            max_connection_idle_s=args.grpc_max_connection_idle_seconds,
+            keepalive_time_s=args.grpc_keepalive_time_seconds,
+            keepalive_timeout_s=args.grpc_keepalive_timeout_seconds,
+            stream_message_timeout_s=args.grpc_stream_message_timeout_seconds,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,7 +401,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
-    drain = _Drain(args.drain_timeout_seconds, args.body_read_timeout_seconds, args.access_log)
+    drain = _Drain(
+        args.drain_timeout_seconds,
+        args.body_read_timeout_seconds,
+        args.access_log,
+        _TransportLimits(args, options.max_request_bytes),
+    )
+    metrics.INFLIGHT_REQUEST_BYTES.set_function(lambda: drain.limits.budget.used_bytes)
     try:
         _run_event_loop(_serve_listeners(core, options, sock, drain))
     except OSError as exc:  # the gRPC port could not be bound
@@ -361,10 +467,17 @@ class _Drain:
     Thread-safety: signals arrive on the event loop; `is_draining` may be read from any thread.
     """
 
-    def __init__(self, timeout_s: float, body_read_timeout_s: float, access_log: bool) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        body_read_timeout_s: float,
+        access_log: bool,
+        limits: _TransportLimits,
+    ) -> None:
         self.timeout_s = timeout_s
         self.body_read_timeout_s = body_read_timeout_s
         self.access_log = access_log
+        self.limits = limits
         self.requested: asyncio.Event | None = None  # made on the serving loop
         self._draining = False
         self._started_at: float | None = None  # time.monotonic() when the drain started
@@ -426,13 +539,19 @@ async def _serve_listeners(
         if options.port:
             grpc_server = GrpcServer(
                 core.service,
-                GrpcOptions(host=options.host, port=options.port, server_version=__version__),
+                replace(
+                    drain.limits.grpc,
+                    host=options.host,
+                    port=options.port,
+                    server_version=__version__,
+                ),
                 ready_names=core.model_names,
                 model_control=core if options.enable_model_control else None,
+                request_budget=drain.limits.budget,
             )
             await grpc_server.start()  # logs "gRPC API listening on HOST:PORT"
         if sock is not None:
-            rest = HttpServer(_rest_app(core, options, drain))
+            rest = HttpServer(options=drain.limits.http, app=_rest_app(core, options, drain))
             await rest.start(sock)
             host, port = sock.getsockname()[:2]
             logger.info("REST API listening on http://%s:%d", host, port)
@@ -475,5 +594,6 @@ def _rest_app(core: ServerCore, options: ServerOptions, drain: _Drain) -> ASGIAp
             is_draining=drain.is_draining,
             access_log=drain.access_log,
             body_read_timeout_s=drain.body_read_timeout_s,
+            request_budget=drain.limits.budget,
         ),
     )

@@ -14,6 +14,7 @@ __all__ = [
     "BATCH_SIZE",
     "CONTENT_TYPE",
     "EVENT_LOOP_LAG",
+    "INFLIGHT_REQUEST_BYTES",
     "LOAD_DURATION",
     "MODEL_VERSIONS",
     "PENDING_REQUESTS",
@@ -109,6 +110,12 @@ EVENT_LOOP_LAG = Histogram(
 PENDING_REQUESTS = Gauge(
     "pyserving_pending_requests",
     "Requests queued or running in the server.",
+    registry=REGISTRY,
+)
+#: request bytes held in the server-wide in-flight budget, REST and gRPC (the server binds it)
+INFLIGHT_REQUEST_BYTES = Gauge(
+    "pyserving_inflight_request_bytes",
+    "Bytes of request bodies and messages the server holds now (--max-inflight-request-bytes).",
     registry=REGISTRY,
 )
 

@@ -3,7 +3,9 @@
 Handlers are registered with identity request deserializers, so a message that does not parse
 is answered INVALID_ARGUMENT naming the message type (grpc's own deserializer failure would be
 INTERNAL). ServingErrors map one-to-one onto gRPC codes (`errors.Code` names are gRPC's); any
-other exception is logged and answered INTERNAL with its message.
+other exception is logged and answered INTERNAL with its message. A failed call naming a model
+the server does not know is counted under the model label "" (`known_models`), so probing names
+cannot grow the metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +26,7 @@ from pyserving.errors import Code, InvalidInput, ServingError
 __all__ = [
     "deadline_of",
     "error_status",
+    "known_models",
     "observe",
     "parse",
     "status_of",
@@ -41,6 +45,12 @@ ModelOf = Callable[[Any], str | None]
 VersionOf = Callable[[Any], int | None]
 
 _MAX_MESSAGE_CHARS = 1024  # TF Serving cuts longer error messages (grpc_status_util.cc)
+
+#: name → whether the server knows that model; set per call by the server (limits.py). Unset, a
+#: failed call's model is counted as "" (no label value a client chose).
+known_models: ContextVar[Callable[[str], bool] | None] = ContextVar(
+    "pyserving_known_models", default=None
+)
 
 
 def status_of(code: Code) -> grpc.StatusCode:
@@ -140,6 +150,11 @@ def _serialize(message: Message) -> bytes:
 
 
 def observe(model: str, version: int | None, code: grpc.StatusCode, started: float) -> None:
-    """Count one answered RPC on `model` (the metric's code label is the HTTP equivalent)."""
+    """Count one answered RPC on `model` (the metric's code label is the HTTP equivalent); a
+    failed one under "" unless `known_models` says the server knows `model`."""
+    if code is not grpc.StatusCode.OK:
+        is_known = known_models.get()
+        if is_known is None or not is_known(model):
+            model = ""
     status = Code[code.name].http_status
     metrics.observe_request(model, version, "grpc", status, time.perf_counter() - started)

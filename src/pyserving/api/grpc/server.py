@@ -4,6 +4,13 @@ server = GrpcServer(core.service, GrpcOptions(host, port), ready_names=core.mode
 await server.start()          # binds; raises OSError when the port cannot be bound
 ...
 await server.stop(grace_s)    # refuse new calls, let running ones finish within grace_s
+
+Limits (GrpcOptions, each a `serve` flag): a request message over `max_message_bytes`
+(`--max-request-bytes`, as REST's body) is RESOURCE_EXHAUSTED, as is a call past
+`max_concurrent_rpcs`; a connection opens at most `max_concurrent_streams` streams; idle
+connections close after `max_connection_idle_s`; dead peers are found by keepalive pings; a client
+stream whose next message takes over `stream_message_timeout_s` ends DEADLINE_EXCEEDED; request
+bytes count in the server-wide in-flight budget shared with REST (UNAVAILABLE past it).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import grpc
 
 from pyserving.api.grpc import health, tfserving, v2
 from pyserving.api.grpc.control import ModelControl
+from pyserving.api.grpc.limits import CallLimits, limit_handlers
+from pyserving.api.limits import RequestBytesBudget
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["GrpcOptions", "GrpcServer"]
@@ -33,7 +42,19 @@ class GrpcOptions:
     host: str = "0.0.0.0"
     #: 0 picks a free port (the bound one is returned by `start`)
     port: int = 8500
-    max_message_bytes: int = MAX_MESSAGE_BYTES
+    #: `--max-request-bytes`: a larger request message is RESOURCE_EXHAUSTED
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: calls served at once, server-wide; more are RESOURCE_EXHAUSTED; 0 = no bound
+    max_concurrent_rpcs: int = 1024
+    #: streams one connection may open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    max_concurrent_streams: int = 128
+    #: a connection without calls for this long is closed (GOAWAY); 0 = never
+    max_connection_idle_s: float = 300.0
+    #: ping a quiet connection this often; close it when a ping is unanswered for the timeout
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    #: a client stream's next message must arrive within this long; 0 = no limit
+    stream_message_timeout_s: float = 60.0
     #: reported by ServerMetadata; "" = the installed package's version
     server_version: str = ""
 
@@ -52,9 +73,13 @@ class GrpcServer:
         options: GrpcOptions | None = None,
         ready_names: Callable[[], Iterable[str]] | None = None,
         model_control: ModelControl | None = None,
+        request_budget: RequestBytesBudget | None = None,
     ) -> None:
         self.options = options or GrpcOptions()
         self.port = 0
+        self._limits = CallLimits(
+            request_budget, self.options.stream_message_timeout_s, service.model_names
+        )
         names = ready_names or service.model_names
         self._health = health.HealthServicer(
             (v2.SERVICE_NAME, tfserving.PREDICTION_SERVICE, tfserving.MODEL_SERVICE),
@@ -70,15 +95,11 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
-        limit = self.options.max_message_bytes
         server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ]
+            options=_core_options(self.options),
+            maximum_concurrent_rpcs=self.options.max_concurrent_rpcs or None,
         )
-        server.add_generic_rpc_handlers(self._handlers)
+        server.add_generic_rpc_handlers(limit_handlers(self._handlers, self._limits))
         host = self.options.host
         address = f"[{host}]:{self.options.port}" if ":" in host else f"{host}:{self.options.port}"
         try:
@@ -106,3 +127,18 @@ class GrpcServer:
         """Wait until the server stops (returns at once if it is not running)."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _core_options(options: GrpcOptions) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for `options`."""
+    core = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),  # answers are ours to size
+        ("grpc.max_concurrent_streams", options.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(options.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout_s * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+    if options.max_connection_idle_s:
+        core.append(("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)))
+    return core

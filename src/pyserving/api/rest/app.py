@@ -17,9 +17,12 @@ Errors are `{"error": "..."}` with the status of the error's code (`errors.Code.
 under `/v1` a bad path or method is 400 "Malformed request: METHOD PATH" (TF Serving), elsewhere
 404 `{"error": "Not Found"}` or 405. A body over `max_request_bytes` is 413, refused as soon as its
 Content-Length or the bytes streamed so far say so; a body that takes longer than
-`body_read_timeout_s` to arrive is 408. Both close the connection. Every request that names a
-model is counted in `pyserving_requests_total` (model, version that ran it, "rest", status) and,
-with `access_log`, logged as one line. `http_server.HttpServer` runs it (any ASGI server can).
+`body_read_timeout_s` to arrive is 408. Both close the connection. A body that would pass the
+server-wide in-flight budget (`RestOptions.request_budget`) is 503. Routes match the path as sent
+(`raw_path`): a `%2F` in a model name is part of the name, never a separator. Every request that
+names a model is counted in `pyserving_requests_total` (model, version that ran it, "rest",
+status) and, with `access_log`, logged as one line. `http_server.HttpServer` runs it (any ASGI
+server can).
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
 from pyserving import metrics
 from pyserving.api.grpc.control import ModelControl, require_control
+from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest import tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
@@ -84,6 +89,8 @@ class RestOptions:
     access_log: bool = False
     #: a request body must arrive within this many seconds, else 408; 0 = no limit
     body_read_timeout_s: float = 60.0
+    #: the server-wide budget of request bytes in flight (shared with gRPC); None = none
+    request_budget: RequestBytesBudget | None = None
 
 
 def create_app(service: InferenceService, options: RestOptions | None = None) -> ASGIApp:
@@ -108,6 +115,8 @@ _METRICS_PATHS = frozenset(("/monitoring/prometheus/metrics", "/metrics"))
 _METRICS_CONTENT_TYPE = metrics.CONTENT_TYPE.encode()
 #: the status counted (and access-logged) for a client that left before its body arrived
 _CLIENT_CLOSED = 499
+#: request bytes the current request holds in the in-flight budget; released when it is answered
+_reserved_bytes: ContextVar[int] = ContextVar("pyserving_reserved_bytes", default=0)
 #: the model the current request names (None: none); set by the routes, read by `_observe`
 _request_model: ContextVar[str | None] = ContextVar("pyserving_request_model", default=None)
 _OCTET_STREAM = b"application/octet-stream"
@@ -142,6 +151,7 @@ class _RestApp:
     __slots__ = (
         "_access_log",
         "_body_timeout_s",
+        "_budget",
         "_control",
         "_depth",
         "_draining",
@@ -164,12 +174,19 @@ class _RestApp:
         self._draining = options.is_draining
         self._access_log = options.access_log
         self._body_timeout_s = options.body_read_timeout_s or None
+        self._budget = options.request_budget
         self._server_metadata = v2.server_metadata(options.server_version or _package_version())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                reserved = _reserved_bytes.get()
+                if reserved and self._budget is not None:
+                    self._budget.release(reserved)
+                    _reserved_bytes.set(0)  # a pipelined request may start in this context
         elif kind == "lifespan":
             await _lifespan(receive, send)
         elif kind == "websocket":
@@ -179,7 +196,9 @@ class _RestApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
-        path: str = scope["path"]
+        raw_path = scope.get("raw_path")
+        # Route on the path as sent: a %2F inside a name is never a separator.
+        path: str = raw_path.decode("latin-1") if raw_path is not None else scope["path"]
         # A pipelined request may start in the previous one's context: reset both.
         _request_model.set(None)
         answered_version.set(None)
@@ -265,6 +284,8 @@ class _RestApp:
                 return _ok(tfserving.list_models(self._service))
             raise InvalidInput(f"Malformed request: {method} {path}")
         name, version_text, label, metadata, verb = match.groups()
+        name = _segment(name)
+        label = _segment(label) if label is not None else None
         _request_model.set(name)
         version = parse_version(version_text) if version_text is not None else None
         service = self._service
@@ -315,6 +336,7 @@ class _RestApp:
         if match is None:
             raise _HttpError(404, _NOT_FOUND)
         name, version_text, action = match.groups()
+        name = _segment(name)
         _request_model.set(name)
         version = parse_version(version_text) if version_text is not None else None
         if action == "/infer":
@@ -360,6 +382,7 @@ class _RestApp:
         control = require_control(self._control)
         body, _ = await self._read_body(scope, receive)
         name, action = match.groups()
+        name = _segment(name)
         v2.check_repository_request(name, body, action)
         await asyncio.to_thread(
             control.load_model if action == "load" else control.unload_model, name
@@ -378,14 +401,23 @@ class _RestApp:
         """
         limit = self._limit
         encoding = header_length = None
+        declared = 0
         for key, value in scope["headers"]:
             if key == b"content-length":
-                if value.isdigit() and int(value) > limit:
+                declared = int(value) if value.isdigit() else 0
+                if declared > limit:
                     raise _too_large(limit)
             elif key == HEADER_LENGTH:
                 header_length = value
             elif key == b"content-encoding":
                 encoding = value.strip().lower()
+        budget = self._budget
+        # What the body will hold is reserved before it is read: refused at once, unread.
+        reserved = 0
+        if budget is not None and declared:
+            budget.reserve_nowait(declared)
+            reserved = declared
+            _reserved_bytes.set(reserved)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -400,6 +432,10 @@ class _RestApp:
                         size += len(chunk)
                         if size > limit:
                             raise _too_large(limit)
+                        if budget is not None and size > reserved:
+                            budget.reserve_nowait(size - reserved)
+                            reserved = size
+                            _reserved_bytes.set(reserved)
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -436,6 +472,13 @@ def _ok(body: bytes) -> Response:
 
 def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def _segment(raw: str) -> str:
+    """A path segment as sent (latin-1 of its bytes) → the text it percent-encodes (UTF-8)."""
+    if "%" not in raw and raw.isascii():
+        return raw
+    return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8", errors="replace")
 
 
 def _require(method: str, allowed: str) -> None:
