@@ -45,7 +45,9 @@ def test_requests_are_read_in_name_order(tmp_path):
     requests = read_warmup_requests(str(tmp_path))
     assert [r.source for r in requests] == ["warmup/a.json", "warmup/b.json"]
     assert requests[0].signature_name == "serving_default"
-    np.testing.assert_array_equal(requests[1].inputs["x"], np.array([[3, 4]], np.float32))
+    signature = CountingServable(ServableId("m", 1)).signatures["serving_default"]
+    arrays = requests[1].arrays(signature)
+    np.testing.assert_array_equal(arrays["x"], np.array([[3, 4]], np.float32))
     assert read_warmup_requests(str(tmp_path / "none")) == []
 
 
@@ -53,9 +55,9 @@ def test_requests_are_read_in_name_order(tmp_path):
     ("content", "message"),
     [
         ("{not json", "cannot read it"),
-        ('{"inputs": 3}', "'inputs' list"),
-        ('{"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]}', "datatype"),
-        ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}', "fit"),
+        ('{"inputs": 3}', "'inputs' must be a list"),
+        ('{"inputs": [], "parameters": {"signature_name": 3}}', "signature_name"),
+        ('{"inputs": [], "parameters": {"timeout": "soon"}}', "timeout"),
     ],
 )
 def test_malformed_requests_name_the_file(tmp_path, content, message):
@@ -63,6 +65,32 @@ def test_malformed_requests_name_the_file(tmp_path, content, message):
     (tmp_path / "warmup" / "bad.json").write_text(content)
     with pytest.raises(WarmupError, match=f"warmup/bad.json.*{message}"):
         read_warmup_requests(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"datatype": "FP99", "shape": [1], "data": [1]}, "unsupported datatype"),
+        (
+            {"datatype": "FP32", "shape": [3], "data": [1]},
+            r"expected FP32 \[-1, 2\], got FP32 \[3\]",
+        ),
+        ({"datatype": "FP32", "shape": [1, 2], "data": [1]}, "needs 2 elements, data has 1"),
+        ({"datatype": "INT64", "shape": [1, 2], "data": [1, 2]}, "got INT64"),
+        ({"datatype": "FP32", "shape": [1, -2], "data": []}, "negative dimension"),
+        ({"datatype": "FP32", "shape": [2**40, 2**40], "data": [1]}, "exceed the limit"),
+    ],
+)
+def test_files_are_checked_as_infer_requests_are_issue_14(tmp_path, tensor, message):
+    """A warmup file goes through the V2 infer parser: the same checks, the same messages."""
+    (tmp_path / "warmup").mkdir()
+    document = {"inputs": [{"name": "x", **tensor}]}
+    (tmp_path / "warmup" / "bad.json").write_text(json.dumps(document))
+    requests = read_warmup_requests(str(tmp_path))
+    servable = CountingServable(ServableId("m", 1))
+    with pytest.raises(WarmupError, match=f"warmup request warmup/bad.json: .*{message}"):
+        replay_warmup(servable, requests)
+    assert servable.calls == 0
 
 
 def test_replay_counts_iterations_and_checks_the_signature():

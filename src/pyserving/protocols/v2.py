@@ -116,7 +116,10 @@ def request_from_json(
             flags.append(_requested_output(name, names, item.get("parameters"), binary_default))
             names.append(name)
     decode = functools.partial(_decode_json_inputs, inputs, binary, max_json_depth)
-    request = InferRequest(model, decode, version, None, None, names, deadline, request_id)
+    signature_name = _signature_name(parameters)
+    request = InferRequest(
+        model, decode, version, None, signature_name, names, deadline, request_id
+    )
     return request, flags, binary_default
 
 
@@ -132,7 +135,14 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
     version = parse_version(request.model_version) if request.model_version else None
     decode = functools.partial(_decode_proto_inputs, request)
     return InferRequest(
-        request.model_name, decode, version, None, None, names or None, deadline, request.id or None
+        request.model_name,
+        decode,
+        version,
+        None,
+        _signature_name(parameters),
+        names or None,
+        deadline,
+        request.id or None,
     )
 
 
@@ -160,6 +170,14 @@ def _bool_parameter(parameters: Mapping[str, Any], key: str, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"{what}: parameter '{key}' must be true or false, got {_show(value)}")
     return value
+
+
+def _signature_name(parameters: Mapping[str, Any]) -> str | None:
+    """The `signature_name` parameter (our extension, as TF Serving's field): None = default."""
+    name = parameters.get("signature_name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidInput(f"parameter 'signature_name' must be a string, got {_show(name)}")
+    return name
 
 
 def _timeout_deadline(parameters: Mapping[str, Any], deadline: float | None) -> float | None:

@@ -7,16 +7,17 @@ follows the load-retry policy; the old version keeps serving meanwhile).
 
 Our format, for every platform: `<version dir>/warmup/*.json`, each file one KServe V2 JSON
 inference request (`{"inputs": [{"name", "datatype", "shape", "data"}], "parameters":
-{"signature_name": ...}}`), replayed in file-name order. A platform with warmup records of its own
+{"signature_name": ...}}`), replayed in file-name order. A file is read by `protocols.v2`, the
+parser of `POST /v2/.../infer`, and decoded against its signature with the same checks, so a
+request that warms up is one the server accepts. A platform with warmup records of its own
 (TF Serving's `assets.extra/tf_serving_warmup_requests`) gives its servable a
 `warmup_requests()` method returning `(signature_name, inputs)` pairs; they are replayed after the
-`warmup/` files.
+`warmup/` files, checked against the signature as InferenceService checks requests.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import posixpath
 import time
 from collections.abc import Iterable, Mapping
@@ -32,7 +33,10 @@ from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.registry import PlatformRegistry
-from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signature
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
+from pyserving.protocols import v2
+from pyserving.protocols.request import Decoder
+from pyserving.serving.inference import InferenceOptions
 
 __all__ = [
     "MAX_WARMUP_REQUESTS",
@@ -53,6 +57,11 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 WARMUP_DIR = "warmup"
 #: TF Serving's limit on warmup records per version
 MAX_WARMUP_REQUESTS = 1000
+#: the tensor limits warmup files are decoded with (the server's defaults)
+_LIMITS = InferenceOptions()
+#: JSON nesting a warmup file's tensor data may have (the REST default)
+_MAX_JSON_DEPTH = 32
+_NO_BINARY = memoryview(b"")
 
 
 class WarmupError(InvalidInput):
@@ -69,11 +78,24 @@ class WarmupOptions:
 
 @dataclass(frozen=True, slots=True)
 class WarmupRequest:
-    """One request to replay: its origin (for messages), signature ("" = default), inputs."""
+    """One request to replay: its origin (for messages), signature ("" = default), and inputs:
+    ready arrays, or a file's tensors to decode against the signature."""
 
     source: str
     signature_name: str
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray] | Decoder
+
+    def arrays(self, signature: Signature) -> dict[str, np.ndarray]:
+        """The inputs, checked against `signature`; raises WarmupError naming the request."""
+        try:
+            if isinstance(self.inputs, dict):
+                _validate(signature, self.source, self.inputs)
+                return self.inputs
+            return self.inputs(signature, _LIMITS)
+        except WarmupError:
+            raise
+        except ServingError as exc:
+            raise WarmupError(f"warmup request {self.source}: {exc.message}") from exc
 
 
 class WarmupLoader(Loader):
@@ -188,10 +210,10 @@ def replay_warmup(servable: Any, requests: Iterable[WarmupRequest], iterations: 
     signatures: Mapping[str, Signature] = servable.signatures
     for request in requests:
         signature = _signature(signatures, request)
-        _validate(signature, request)
+        inputs = request.arrays(signature)
         for _ in range(iterations):
             try:
-                servable.run(signature.name, request.inputs)
+                servable.run(signature.name, inputs)
             except Exception as exc:
                 detail = exc.message if isinstance(exc, ServingError) else str(exc)
                 raise WarmupError(
@@ -205,43 +227,11 @@ def replay_warmup(servable: Any, requests: Iterable[WarmupRequest], iterations: 
 
 
 def _parse_request(document: Any, source: str) -> WarmupRequest:
-    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
-        raise WarmupError(f"warmup request {source}: must be a V2 request with an 'inputs' list")
-    parameters = document.get("parameters") or {}
-    signature_name = parameters.get("signature_name", "") if isinstance(parameters, dict) else ""
-    if not isinstance(signature_name, str):
-        raise WarmupError(f"warmup request {source}: signature_name must be a string")
-    inputs: dict[str, np.ndarray] = {}
-    for i, item in enumerate(document["inputs"]):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise WarmupError(f"warmup request {source}: input {i} needs a string 'name'")
-        name = item["name"]
-        datatype = item.get("datatype")
-        shape = item.get("shape")
-        if datatype not in V2_TO_NUMPY:
-            raise WarmupError(f'warmup request {source}: input "{name}": unknown datatype')
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise WarmupError(f'warmup request {source}: input "{name}": bad shape {shape!r}')
-        inputs[name] = _array(item.get("data"), datatype, tuple(shape), f"{source} {name}")
-    return WarmupRequest(source, signature_name, inputs)
-
-
-def _array(data: Any, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
     try:
-        if datatype == "BYTES":
-            flat = np.asarray(data, dtype=object).reshape(-1)
-            items = [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
-            array = np.empty(len(items), dtype=object)
-            array[:] = items
-        else:
-            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype]).reshape(-1)
-        if array.size != math.prod(shape):
-            raise ValueError(f"{array.size} values for shape {list(shape)}")
-        return array.reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise WarmupError(f"warmup request {what}: data does not fit: {exc}") from exc
+        request, _, _ = v2.request_from_json("", None, document, _NO_BINARY, None, _MAX_JSON_DEPTH)
+    except ServingError as exc:
+        raise WarmupError(f"warmup request {source}: {exc.message}") from exc
+    return WarmupRequest(source, request.signature_name or "", request.inputs)
 
 
 def _signature(signatures: Mapping[str, Signature], request: WarmupRequest) -> Signature:
@@ -257,14 +247,14 @@ def _signature(signatures: Mapping[str, Signature], request: WarmupRequest) -> S
     return found
 
 
-def _validate(signature: Signature, request: WarmupRequest) -> None:
+def _validate(signature: Signature, source: str, inputs: Mapping[str, np.ndarray]) -> None:
     wanted = {spec.name: spec for spec in signature.inputs}
-    if set(request.inputs) != set(wanted):
+    if set(inputs) != set(wanted):
         raise WarmupError(
-            f"warmup request {request.source}: inputs {sorted(request.inputs)} do not match"
+            f"warmup request {source}: inputs {sorted(inputs)} do not match"
             f' signature "{signature.name}" inputs {sorted(wanted)}'
         )
-    for name, array in request.inputs.items():
+    for name, array in inputs.items():
         spec = wanted[name]
         dtype_ok = (
             array.dtype.kind == "O"
@@ -273,6 +263,6 @@ def _validate(signature: Signature, request: WarmupRequest) -> None:
         )
         if not dtype_ok or not spec.shape_matches(array.shape):
             raise WarmupError(
-                f'warmup request {request.source}: input "{name}": expected {spec.describe()},'
+                f'warmup request {source}: input "{name}": expected {spec.describe()},'
                 f" got {array.dtype} {list(array.shape)}"
             )
