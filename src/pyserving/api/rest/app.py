@@ -49,7 +49,7 @@ from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import parse_version
-from pyserving.serving.execution import run_off_loop
+from pyserving.serving.execution import run_off_loop, run_sized
 from pyserving.serving.inference import InferenceService, answered_version
 
 __all__ = ["ASGIApp", "ExtraRoute", "RestOptions", "create_app"]
@@ -448,7 +448,9 @@ class _RestApp:
                 ),
                 [(b"connection", b"close")],
             ) from None
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # Joining copies the whole body: a large one is joined on a codec thread (bytes.join
+        # also releases the GIL for large joins), a small one here (execution.run_sized's rule).
+        body = chunks[0] if len(chunks) == 1 else await run_sized(size, b"".join, chunks)
         if encoding and encoding != b"identity":
             # Its cost grows with the (decompressed) body: never on the event loop.
             body = await run_off_loop(_decompress, body, encoding, limit)
