@@ -19,11 +19,12 @@ from typing import Any
 
 import prometheus_client
 
-from pyserving import __version__, metrics
+from pyserving import __version__, metrics, tf_flags
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
 from pyserving.api.rest.http_server import HttpOptions, HttpServer
+from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -78,11 +79,21 @@ def _file_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command")
 
-    serve = commands.add_parser("serve", help="serve models over REST")
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over REST and gRPC",
+        usage="%(prog)s [FLAG ...]",
+        description="Serve models over TF Serving and KServe V2 REST and gRPC.\nEvery flag also"
+        " takes TF Serving's spelling (--rest_api_port=8501).",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    serve.add_argument("--version", action="version", version=f"pyserving {__version__}")
     defaults = ServerOptions()
     serve.add_argument(
         "--port",
@@ -90,39 +101,84 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.port,
         help="gRPC port (TF Serving and KServe V2 gRPC); 0 = off",
     )
-    serve.add_argument("--rest-api-port", type=_non_negative_int, default=defaults.rest_api_port)
-    serve.add_argument("--host", default=defaults.host)
-    serve.add_argument("--model-name", default=defaults.model_name)
-    serve.add_argument("--model-base-path")
-    serve.add_argument("--model-config-file")
+    serve.add_argument(
+        "--rest-api-port",
+        type=_non_negative_int,
+        default=defaults.rest_api_port,
+        help="REST port (TF Serving and KServe V2 REST, metrics, status page); 0 = off",
+    )
+    serve.add_argument("--host", default=defaults.host, help="address both listeners bind")
+    serve.add_argument(
+        "--model-name",
+        default=defaults.model_name,
+        help="name of the --model_base_path model (ignored with --model_config_file)",
+    )
+    serve.add_argument(
+        "--model-base-path",
+        metavar="PATH",
+        help="serve one model: its versions are the numbered directories under PATH"
+        " (a local path or s3://, gs://, ... URL)",
+    )
+    serve.add_argument(
+        "--model-config-file",
+        metavar="FILE",
+        help="serve the models in FILE: YAML (.yaml/.yml) or a TF Serving ModelServerConfig"
+        " text proto (any other name); --model_name/--model_base_path are then ignored",
+    )
     serve.add_argument(
         "--file-system-poll-wait-seconds",
         type=float,
         default=defaults.file_system_poll_wait_seconds,
+        help="look for new and removed versions this often (seconds); 0 = once at start",
     )
     serve.add_argument(
-        "--num-load-threads", type=_non_negative_int, default=defaults.num_load_threads
+        "--num-load-threads",
+        type=_non_negative_int,
+        default=defaults.num_load_threads,
+        help="threads that load model versions",
     )
     serve.add_argument(
-        "--num-unload-threads", type=_non_negative_int, default=defaults.num_unload_threads
+        "--num-unload-threads",
+        type=_non_negative_int,
+        default=defaults.num_unload_threads,
+        help="threads that unload model versions",
     )
     serve.add_argument(
-        "--max-num-load-retries", type=_non_negative_int, default=defaults.max_num_load_retries
+        "--max-num-load-retries",
+        type=_non_negative_int,
+        default=defaults.max_num_load_retries,
+        help="retries after a failed load before the version is given up; 0 = no retry",
     )
     serve.add_argument(
-        "--load-retry-interval-micros", type=int, default=defaults.load_retry_interval_micros
+        "--load-retry-interval-micros",
+        type=int,
+        default=defaults.load_retry_interval_micros,
+        help="wait before the first retry (microseconds), doubling after each",
     )
-    serve.add_argument("--total-model-memory-limit-bytes", type=_non_negative_int)
+    serve.add_argument(
+        "--total-model-memory-limit-bytes",
+        type=_non_negative_int,
+        metavar="BYTES",
+        help="RAM budget for loaded models (estimated from their files); default: unlimited",
+    )
     serve.add_argument(
         "--version-transition-policy",
         choices=("availability", "resource"),
         default=defaults.version_transition_policy,
+        help="availability: load the new version before unloading the old one;"
+        " resource: unload first (never two versions in memory)",
     )
     serve.add_argument(
-        "--rest-api-timeout-in-ms", type=_non_negative_int, default=defaults.rest_api_timeout_in_ms
+        "--rest-api-timeout-in-ms",
+        type=_non_negative_int,
+        default=defaults.rest_api_timeout_in_ms,
+        help="deadline of a REST predict/infer request (queueing and execution); 0 = none",
     )
     serve.add_argument(
-        "--max-request-bytes", type=_non_negative_int, default=defaults.max_request_bytes
+        "--max-request-bytes",
+        type=_non_negative_int,
+        default=defaults.max_request_bytes,
+        help="largest REST body (after decompression) or gRPC message; larger ones get 413",
     )
     serve.add_argument(
         "--model-cache-dir",
@@ -182,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.enable_model_control,
         help="allow load/unload/reload over the network (V2 repository API, ReloadConfig)",
     )
-    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument(
+        "--log-level", default="info", choices=LOG_LEVELS, help="least severe level logged"
+    )
     serve.add_argument(
         "--log-format",
         default="text",
@@ -213,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
     )
+
+    tf_flags.add_compat_flags(serve)
 
     demo = commands.add_parser("demo", help="write a demo model repository (made locally)")
     demo.add_argument("dir", type=Path)
@@ -320,13 +380,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = normalize_flag_spellings(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0].startswith("--") and args_in[0] not in ("--version", "--help"):
         args_in = ["serve", *args_in]  # a bare tensorflow_model_server command line
-    args = build_parser().parse_args(args_in)
+    parser = build_parser()
+    if args_in and args_in[0] == "serve":
+        raw = list(sys.argv[1:] if argv is None else argv)
+        raw = raw[1:] if raw and raw[0] == "serve" else raw
+        known = _subparser(parser, "serve")._option_string_actions
+        unknown = tf_flags.unknown_flag_message(raw, known)
+        if unknown is not None:
+            print(f"pyserving: {unknown}; see pyserving serve --help", file=sys.stderr)
+            return 2
+    args = parser.parse_args(args_in)
     if args.command == "demo":
         return _write_demo(args.dir)
     if args.command == "serve":
         return _serve(args)
     build_parser().print_help()
     return 2
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of `pyserving serve` (its flags are documented from it)."""
+    return _subparser(build_parser(), "serve")
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def _write_demo(root: Path) -> int:
@@ -351,6 +432,11 @@ def _demo_config() -> ModelServerConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format, args.access_log)
+    refused = tf_flags.check_refused(args)
+    if refused is not None:
+        print(f"pyserving: {refused}", file=sys.stderr)
+        return 2
+    tf_flags.warn_ignored(args)
     # Each `_created` sample doubles the series count and no dashboard of ours reads it.
     prometheus_client.disable_created_metrics()
     try:
@@ -396,10 +482,19 @@ def _serve(args: argparse.Namespace) -> int:
             sock = _bind(options.host, options.rest_api_port)
     except OSError as exc:
         print(
-            f"pyserving: cannot listen on {options.host}:{options.rest_api_port}: {exc}",
+            _port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
             file=sys.stderr,
         )
         return 2
+    if options.port:
+        try:
+            # Probed here: grpc reports a taken port only as a raw C-core log line.
+            _bind(options.host, options.port).close()
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            print(_port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
+            return 2
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
     drain = _Drain(
         args.drain_timeout_seconds,
@@ -440,6 +535,15 @@ def _exit_now(code: int) -> None:
     joined, and a normal exit would wait for them)."""
     logging.shutdown()
     os._exit(code)
+
+
+def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
+    """One line for stderr: which listener could not bind, why, and which flag moves it."""
+    reason = exc.strerror or str(exc)
+    return (
+        f"pyserving: cannot listen for {what} on {host}:{port}: {reason}"
+        f" (another server on that port? choose another with {flag}=N, or {flag}=0 for none)"
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -594,6 +698,7 @@ def _rest_app(core: ServerCore, options: ServerOptions, drain: _Drain) -> ASGIAp
             is_draining=drain.is_draining,
             access_log=drain.access_log,
             body_read_timeout_s=drain.body_read_timeout_s,
+            labels=lambda: {m.name: m.labels for m in core.config.models},
             request_budget=drain.limits.budget,
         ),
     )

@@ -12,6 +12,7 @@ Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF 
     POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control)
     POST /v2/models/{m}[/versions/{v}]/infer
     any  paths in RestOptions.extra_routes (e.g. /metrics)
+    GET  /, /status (status page), /status.json (what it shows), /openapi.json (OpenAPI 3.1)
 
 Errors are `{"error": "..."}` with the status of the error's code (`errors.Code.http_status`);
 under `/v1` a bad path or method is 400 "Malformed request: METHOD PATH" (TF Serving), elsewhere
@@ -44,7 +45,7 @@ import orjson
 from pyserving import metrics
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.limits import RequestBytesBudget
-from pyserving.api.rest import tfserving, v2
+from pyserving.api.rest import openapi, status_page, tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.logs import ACCESS_LOGGER
@@ -89,6 +90,8 @@ class RestOptions:
     access_log: bool = False
     #: a request body must arrive within this many seconds, else 408; 0 = no limit
     body_read_timeout_s: float = 60.0
+    #: model → label → version, shown on the status page; None = no labels shown
+    labels: status_page.LabelsProvider | None = None
     #: the server-wide budget of request bytes in flight (shared with gRPC); None = none
     request_budget: RequestBytesBudget | None = None
 
@@ -112,6 +115,7 @@ _V2_MODEL = re.compile(
 
 _JSON = b"application/json"
 _METRICS_PATHS = frozenset(("/monitoring/prometheus/metrics", "/metrics"))
+_PAGE_PATHS = frozenset(("/", "/status", "/status.json", "/openapi.json"))
 _METRICS_CONTENT_TYPE = metrics.CONTENT_TYPE.encode()
 #: the status counted (and access-logged) for a client that left before its body arrived
 _CLIENT_CLOSED = 499
@@ -156,11 +160,13 @@ class _RestApp:
         "_depth",
         "_draining",
         "_extra",
+        "_labels",
         "_limit",
         "_ready_names",
         "_server_metadata",
         "_service",
         "_timeout_s",
+        "_version",
     )
 
     def __init__(self, service: InferenceService, options: RestOptions) -> None:
@@ -175,7 +181,9 @@ class _RestApp:
         self._access_log = options.access_log
         self._body_timeout_s = options.body_read_timeout_s or None
         self._budget = options.request_budget
-        self._server_metadata = v2.server_metadata(options.server_version or _package_version())
+        self._version = options.server_version or _package_version()
+        self._server_metadata = v2.server_metadata(self._version)
+        self._labels = options.labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -269,11 +277,26 @@ class _RestApp:
         if extra is not None:
             status, content_type, body = await extra(method, scope.get("query_string", b""))
             return status, body, [(b"content-type", content_type.encode())]
+        if path in _PAGE_PATHS:
+            _require(method, "GET")
+            return await self._page(path)
         if path.startswith("/v2"):
             return await self._v2(method, path, scope, receive)
         if path[:4].lower() == "/v1/":
             return await self._v1(method, path, scope, receive)
         raise _HttpError(404, _NOT_FOUND)
+
+    async def _page(self, path: str) -> Response:
+        """The status page (`/`, `/status`), the JSON it polls, the OpenAPI document."""
+        if path == "/openapi.json":
+            return _ok(openapi.openapi_json(self._version))
+        if path == "/status.json":
+            # Off the event loop: it walks the metrics registry.
+            body = await asyncio.to_thread(
+                status_page.status_json, self._service, self._labels, self._version
+            )
+            return 200, body, [(b"content-type", _JSON), (b"cache-control", b"no-store")]
+        return 200, status_page.HTML, list(status_page.HTML_HEADERS)
 
     # --- TF Serving ----------------------------------------------------------------------------
 
