@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
+import ssl
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Sequence
@@ -20,10 +21,12 @@ from typing import Any
 import prometheus_client
 
 from pyserving import __version__, metrics, tf_flags
+from pyserving.api.control_auth import ControlAuth, ControlTokenError, load_control_token
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
 from pyserving.api.rest.http_server import HttpOptions, HttpServer
+from pyserving.api.tls import TlsConfig, TlsConfigError, load_tls_config
 from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -70,6 +73,10 @@ def _bool(text: str) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _file_name(text: str) -> str:
@@ -182,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--model-cache-dir",
-        help="local copies of remote (s3://, gs://, ...) versions; default: under the temp dir",
+        help="local copies of remote (s3://, gs://, ...) versions; must be private to this user"
+        " (0700); default: $XDG_CACHE_HOME/pyserving/model-cache or ~/.cache/pyserving/model-cache",
     )
     serve.add_argument(
         "--version-ready-marker",
@@ -239,6 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow load/unload/reload over the network (V2 repository API, ReloadConfig)",
     )
     serve.add_argument(
+        "--model-control-roots",
+        type=_comma_list,
+        default=defaults.model_control_roots,
+        metavar="PREFIX[,PREFIX...]",
+        help="comma-separated paths or URL prefixes that a ReloadConfig base path may lie under,"
+        " besides the base paths the server started with (default: none)",
+    )
+    serve.add_argument(
+        "--control-token-file",
+        metavar="FILE",
+        help="model-control calls must send 'Authorization: Bearer <the token in FILE>'"
+        " (read once at start; default: no token needed)",
+    )
+    serve.add_argument(
+        "--allow-python-servables",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.allow_python_servables,
+        help="let the --model_base_path model load a servable.py, which runs code as this user"
+        " (config-file models: `allow_python: true` per model; default: false)",
+    )
+    serve.add_argument(
+        "--ssl-config-file",
+        metavar="FILE",
+        help="TLS for gRPC and REST: a TF Serving SSLConfig text proto (server_key, server_cert,"
+        " custom_ca, client_verify for mutual TLS); default: plain text",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, help="least severe level logged"
     )
     serve.add_argument(
@@ -269,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_transport_flags(serve)
     serve.add_argument(
-        "--demo", action="store_true", help="write the demo repository to a temp dir and serve it"
+        "--demo",
+        action="store_true",
+        help="write the demo repository to a new private temp dir, serve it, remove it at exit",
     )
 
     tf_flags.add_compat_flags(serve)
@@ -418,10 +457,7 @@ def _write_demo(root: Path) -> int:
     return 0
 
 
-def _demo_config() -> ModelServerConfig:
-    from pyserving.demo import write_demo_repository
-
-    root = write_demo_repository(Path(tempfile.gettempdir()) / "pyserving-demo")
+def _demo_config(root: Path) -> ModelServerConfig:
     return ModelServerConfig(
         (
             ModelConfig("mlp", str(root / "mlp"), version_policy=VersionPolicy.latest(2)),
@@ -440,6 +476,31 @@ def _serve(args: argparse.Namespace) -> int:
     # Each `_created` sample doubles the series count and no dashboard of ours reads it.
     prometheus_client.disable_created_metrics()
     try:
+        tls = load_tls_config(args.ssl_config_file) if args.ssl_config_file else None
+        auth = load_control_token(args.control_token_file) if args.control_token_file else None
+    except (TlsConfigError, ControlTokenError) as exc:
+        print(f"pyserving: {exc}", file=sys.stderr)
+        return 2
+    demo_root: Path | None = None
+    if args.demo:
+        from pyserving.demo import write_private_demo_repository
+
+        demo_root = write_private_demo_repository()
+        logger.info("demo repository written to %s (removed at exit)", demo_root)
+    try:
+        return _serve_models(args, tls, auth, demo_root)
+    finally:
+        if demo_root is not None:
+            shutil.rmtree(demo_root, ignore_errors=True)
+
+
+def _serve_models(
+    args: argparse.Namespace,
+    tls: TlsConfig | None,
+    auth: ControlAuth | None,
+    demo_root: Path | None,
+) -> int:
+    try:
         options = ServerOptions(
             port=args.port,
             rest_api_port=args.rest_api_port,
@@ -447,7 +508,7 @@ def _serve(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             model_base_path=args.model_base_path,
             model_config_file=args.model_config_file,
-            model_config=_demo_config() if args.demo else None,
+            model_config=_demo_config(demo_root) if demo_root is not None else None,
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             num_load_threads=args.num_load_threads,
             num_unload_threads=args.num_unload_threads,
@@ -468,6 +529,8 @@ def _serve(args: argparse.Namespace) -> int:
                 args.allow_version_labels_for_unavailable_models
             ),
             enable_model_control=args.enable_model_control,
+            model_control_roots=args.model_control_roots,
+            allow_python_servables=args.allow_python_servables,
         )
         core = ServerCore(options)
     except ServingError as exc:
@@ -503,8 +566,10 @@ def _serve(args: argparse.Namespace) -> int:
         _TransportLimits(args, options.max_request_bytes),
     )
     metrics.INFLIGHT_REQUEST_BYTES.set_function(lambda: drain.limits.budget.used_bytes)
+    if auth is not None and not options.enable_model_control:
+        logger.warning("--control-token-file has no effect without --enable-model-control")
     try:
-        _run_event_loop(_serve_listeners(core, options, sock, drain))
+        _run_event_loop(_serve_listeners(core, options, sock, drain, tls, auth))
     except OSError as exc:  # the gRPC port could not be bound
         print(f"pyserving: {exc}", file=sys.stderr)
         return 2
@@ -628,11 +693,17 @@ class _Drain:
 
 
 async def _serve_listeners(
-    core: ServerCore, options: ServerOptions, sock: socket.socket | None, drain: _Drain
+    core: ServerCore,
+    options: ServerOptions,
+    sock: socket.socket | None,
+    drain: _Drain,
+    tls: TlsConfig | None = None,
+    auth: ControlAuth | None = None,
 ) -> None:
     """Serve REST (on `sock`) and gRPC until SIGTERM/SIGINT, then drain: readiness goes false,
     both listeners stop accepting, in-flight requests finish (bounded by `drain.timeout_s`;
-    later ones are cancelled). Models are unloaded by the caller afterwards."""
+    later ones are cancelled). Models are unloaded by the caller afterwards. With `tls`, both
+    listeners speak only TLS; with `auth`, model-control calls need its token."""
     drain.install()
     assert drain.requested is not None
     grpc_server: GrpcServer | None = None
@@ -648,17 +719,21 @@ async def _serve_listeners(
                     host=options.host,
                     port=options.port,
                     server_version=__version__,
+                    tls=tls,
                 ),
                 ready_names=core.model_names,
                 model_control=core if options.enable_model_control else None,
                 request_budget=drain.limits.budget,
+                control_auth=auth,
             )
             await grpc_server.start()  # logs "gRPC API listening on HOST:PORT"
         if sock is not None:
-            rest = HttpServer(options=drain.limits.http, app=_rest_app(core, options, drain))
-            await rest.start(sock)
+            rest = HttpServer(options=drain.limits.http, app=_rest_app(core, options, drain, auth))
+            ssl_context: ssl.SSLContext | None = tls.ssl_context() if tls is not None else None
+            await rest.start(sock, ssl=ssl_context)
             host, port = sock.getsockname()[:2]
-            logger.info("REST API listening on http://%s:%d", host, port)
+            scheme = "https" if ssl_context is not None else "http"
+            logger.info("REST API listening on %s://%s:%d", scheme, host, port)
         # Initial loads run off the event loop, so health/live answers while models load; a
         # daemon thread, so a SIGTERM during a long first load does not wait for it.
         threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
@@ -686,7 +761,9 @@ async def _serve_listeners(
         drain.uninstall()
 
 
-def _rest_app(core: ServerCore, options: ServerOptions, drain: _Drain) -> ASGIApp:
+def _rest_app(
+    core: ServerCore, options: ServerOptions, drain: _Drain, auth: ControlAuth | None = None
+) -> ASGIApp:
     return create_app(
         core.service,
         RestOptions(
@@ -695,6 +772,7 @@ def _rest_app(core: ServerCore, options: ServerOptions, drain: _Drain) -> ASGIAp
             server_version=__version__,
             ready_names=core.model_names,
             model_control=core if options.enable_model_control else None,
+            control_auth=auth,
             is_draining=drain.is_draining,
             access_log=drain.access_log,
             body_read_timeout_s=drain.body_read_timeout_s,

@@ -6,11 +6,14 @@ Layout written by `write_demo_repository(root)`:
     root/mlp/2/model.onnx    the same shapes, other weights (its outputs differ from version 1's)
     root/twoio/1/model.onnx  FP32 "a", "b" [batch, 4] → "sum" (a + b), "max_index" (argmax a * b)
 
-Weights come from fixed seeds, so the same call always writes the same bytes.
+Weights come from fixed seeds, so the same call always writes the same bytes. `serve --demo`
+writes them to a fresh private directory (`write_private_demo_repository`), never to a shared,
+predictable path another user could plant a model in.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +32,12 @@ def write_demo_repository(root: Path) -> Path:
     make_mlp(root / "mlp" / "2" / "model.onnx", seed=1)
     make_two_io(root / "twoio" / "1" / "model.onnx")
     return root
+
+
+def write_private_demo_repository() -> Path:
+    """Write the demo models into a new directory only this user can read or write (0700, a
+    fresh unpredictable name under the temp dir) and return it; the caller removes it."""
+    return write_demo_repository(Path(tempfile.mkdtemp(prefix="pyserving-demo-")))
 
 
 def make_mlp(path: Path, seed: int, dims: Sequence[int] = (64, 256, 256, 10)) -> Path:

@@ -92,6 +92,12 @@ class PermissionDenied(ServingError):
     code = Code.PERMISSION_DENIED
 
 
+class Unauthenticated(ServingError):
+    """A control call without the right token (`--control-token-file`)."""
+
+    code = Code.UNAUTHENTICATED
+
+
 class Unavailable(ServingError):
     """Queue full, or the server is shutting down."""
 

@@ -25,6 +25,8 @@ CASES: dict[str, Callable[[Path, int], Case]] = {
     "sklearn-regressor": models.make_sklearn_regressor,
 }
 PLATFORM_OF = {"torchscript": "torch", "sklearn-regressor": "sklearn"}
+#: the opt-in every servable.py needs (INTERFACE.md §15)
+ALLOW_PYTHON = {"allow_python": True}
 
 
 def check_outputs(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -42,7 +44,8 @@ def check_platform_contract(platform: str, build: Callable[[Path, int], Case], r
     version_dir = root / "m" / "1"
     inputs, expected = build(version_dir, 0)
     assert detect_platform(str(version_dir)) == platform
-    loader = make_loader(platform, ServableId("m", 1), str(version_dir), {})
+    config = ALLOW_PYTHON if platform == "python" else {}
+    loader = make_loader(platform, ServableId("m", 1), str(version_dir), config)
     assert loader.estimate_resources() > 0
     servable = loader.load()
     try:
@@ -208,8 +211,8 @@ def test_malformed_pyserving_yaml_fails_the_load_naming_the_problem(
 def test_two_versions_of_a_python_servable_keep_their_own_module(tmp_path: Path) -> None:
     inputs, expected_1 = models.make_python(tmp_path / "1", seed=1)
     _, expected_2 = models.make_python(tmp_path / "2", seed=2)
-    loader_1 = make_loader("python", ServableId("m", 1), str(tmp_path / "1"), {})
-    loader_2 = make_loader("python", ServableId("m", 2), str(tmp_path / "2"), {})
+    loader_1 = make_loader("python", ServableId("m", 1), str(tmp_path / "1"), ALLOW_PYTHON)
+    loader_2 = make_loader("python", ServableId("m", 2), str(tmp_path / "2"), ALLOW_PYTHON)
     first, second = loader_1.load(), loader_2.load()
     assert first.module_name != second.module_name
     assert first.module_name in sys.modules
@@ -225,10 +228,12 @@ def test_python_servable_with_two_classes_needs_the_class_config(tmp_path: Path)
     models.make_python(tmp_path)
     source = (tmp_path / "servable.py").read_text()
     (tmp_path / "servable.py").write_text(source + "\n\nclass Other(Scaler):\n    pass\n")
-    loader = make_loader("python", ServableId("m", 1), str(tmp_path), {})
+    loader = make_loader("python", ServableId("m", 1), str(tmp_path), ALLOW_PYTHON)
     with pytest.raises(FailedPrecondition, match=r"found: Other, Scaler"):
         loader.load()
-    chosen = make_loader("python", ServableId("m", 1), str(tmp_path), {"class": "Other"})
+    chosen = make_loader(
+        "python", ServableId("m", 1), str(tmp_path), {**ALLOW_PYTHON, "class": "Other"}
+    )
     assert chosen.load().instance.__class__.__name__ == "Other"
     chosen.unload()
 
@@ -237,7 +242,7 @@ def test_python_servable_whose_load_raises_fails_and_leaves_no_module(tmp_path: 
     models.make_python(tmp_path)
     (tmp_path / "factor.txt").unlink()
     before = set(sys.modules)
-    loader = make_loader("python", ServableId("m", 1), str(tmp_path), {})
+    loader = make_loader("python", ServableId("m", 1), str(tmp_path), ALLOW_PYTHON)
     with pytest.raises(FileNotFoundError):
         loader.load()
     assert {m for m in sys.modules if m.startswith("pyserving_servable_")} <= before
@@ -259,3 +264,22 @@ def test_sklearn_classifier_without_predict_proba_serves_labels_only(tmp_path: P
     np.testing.assert_array_equal(outputs["predictions"], model.predict(x))
     assert set(outputs) == {"predictions"}
     loader.unload()
+
+
+def test_servable_py_without_allow_python_is_refused_before_it_runs_issue_15(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    models.make_python(tmp_path / "1")
+    source = (tmp_path / "1" / "servable.py").read_text()
+    planted = f"open({str(marker)!r}, 'w').close()\n"
+    (tmp_path / "1" / "servable.py").write_text(planted + source)
+    for config in ({}, {"allow_python": "yes"}, {"allow_python": False}):
+        loader = make_loader("python", ServableId("m", 1), str(tmp_path / "1"), config)
+        with pytest.raises(FailedPrecondition, match=r"allow_python: true.*allow-python-servables"):
+            loader.load()
+    assert not marker.exists()
+    allowed = make_loader("python", ServableId("m", 1), str(tmp_path / "1"), ALLOW_PYTHON)
+    allowed.load()
+    assert marker.exists()
+    allowed.unload()

@@ -167,3 +167,21 @@ def write_named(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def test_allow_python_is_a_per_model_boolean_issue_15(tmp_path):
+    config = parse_config(
+        {
+            "models": [
+                {"name": "p", "base_path": "/m", "allow_python": True},
+                {"name": "q", "base_path": "/n"},
+            ]
+        },
+        tmp_path,
+    )
+    assert config.get("p").options["allow_python"] is True
+    assert "allow_python" not in config.get("q").options
+    with pytest.raises(ConfigError, match='model "p": allow_python must be true or false'):
+        parse_config(
+            {"models": [{"name": "p", "base_path": "/m", "allow_python": "yes"}]}, tmp_path
+        )

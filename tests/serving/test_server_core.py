@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyserving.errors import FailedPrecondition, NotFound, ServingError
+from pyserving.errors import FailedPrecondition, NotFound, PermissionDenied, ServingError
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving.config import ConfigError, ModelConfig, ModelServerConfig
 from pyserving.serving.server_core import ServerCore, ServerOptions
@@ -272,7 +272,13 @@ def test_reload_config_takes_tf_serving_message_with_relative_paths(tmp_path, ga
     config_file = tmp_path / "models.config"
     config_file.write_text("model_config_list {}")
     core = start(
-        started, make_core(ModelServerConfig(()), gate, model_config_file=str(config_file))
+        started,
+        make_core(
+            ModelServerConfig(()),
+            gate,
+            model_config_file=str(config_file),
+            model_control_roots=(str(tmp_path / "models"),),
+        ),
     )
     message = config_pb2.ModelServerConfig()
     entry = message.model_config_list.config.add()
@@ -281,6 +287,21 @@ def test_reload_config_takes_tf_serving_message_with_relative_paths(tmp_path, ga
     assert version_of(core, "m") == 3
     core.reload_config(config_pb2.ModelServerConfig())  # nothing set: a no-op, as in TF Serving
     assert core.model_names() == ["m"]
+
+
+def test_reload_config_outside_the_started_base_paths_changes_nothing_issue_15(
+    tmp_path, gate, started
+):
+    a, elsewhere = make_versions(tmp_path / "a", 1), make_versions(tmp_path / "elsewhere", 1)
+    config = ModelServerConfig((ModelConfig("a", str(a), platform="counting"),))
+    core = start(started, make_core(config, gate))
+    message = config_pb2.ModelServerConfig()
+    for name, base_path in (("a", str(a / "1")), ("b", str(elsewhere))):
+        entry = message.model_config_list.config.add()
+        entry.name, entry.base_path, entry.model_platform = name, base_path, "counting"
+    with pytest.raises(PermissionDenied, match=r'model "b": base path .*elsewhere is not allowed'):
+        core.reload_config(message)
+    assert core.config is config and core.model_names() == ["a"]
 
 
 def test_config_file_poll_applies_edits_and_rejects_malformed_ones(tmp_path, gate, started, caplog):
@@ -304,3 +325,10 @@ def test_config_file_poll_applies_edits_and_rejects_malformed_ones(tmp_path, gat
     wait_until(lambda: "rejected" in caplog.text, what="the rejection logged")
     assert "not valid YAML" in caplog.text
     assert core.model_names() == ["b"] and version_of(core, "b") == 1
+
+
+def test_allow_python_servables_opts_in_only_the_command_line_model_issue_15(tmp_path):
+    opted = ServerOptions(model_base_path=str(tmp_path), allow_python_servables=True)
+    assert opted.resolve_model_config().models[0].options == {"allow_python": True}
+    plain = ServerOptions(model_base_path=str(tmp_path))
+    assert "allow_python" not in plain.resolve_model_config().models[0].options

@@ -8,6 +8,10 @@
         def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
         def unload(self) -> None: ...                    # optional
 
+A `servable.py` runs as the server's user, so it loads only where the operator said so: the
+model config's `allow_python: true` (`--allow-python-servables` sets it for the `--model_base_path`
+model); without it the version fails to load, naming that key (INTERFACE.md §15).
+
 Each version's file is imported as its own module (`pyserving_servable_<model>_<version>_<n>`),
 so two versions of one model never share module state. The class is instantiated with no
 arguments, then `load(path)` runs on a Manager thread. `run` may be called from several threads
@@ -43,10 +47,21 @@ _counter = itertools.count(1)  # next() on itertools.count is atomic under the G
 class PythonLoader(FileLoader):
     """Imports `servable.py` under a unique module name and loads its class.
 
-    Config key `class`: the class to use when the file defines several. Thread-safety: as Loader.
+    Config keys: `allow_python` (must be true, else the load is refused before anything is
+    read), `class` (the class to use when the file defines several). Thread-safety: as Loader.
     """
 
     resource_factor = 1.0
+
+    def load(self) -> Servable:
+        if self.config.get("allow_python") is not True:
+            raise FailedPrecondition(
+                f'model "{self.servable_id.name}" version {self.servable_id.version}:'
+                f" {SERVABLE_FILE} runs code as the server's user and this model is not allowed"
+                " to: set 'allow_python: true' in its model config, or start the server with"
+                " --allow-python-servables for the --model_base_path model"
+            )
+        return super().load()
 
     def load_local(self, directory: str, override: Mapping[str, Signature] | None) -> Servable:
         file = os.path.join(directory, SERVABLE_FILE)

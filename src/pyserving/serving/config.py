@@ -77,8 +77,13 @@ class ModelServerConfig:
         return None
 
 
-def single_model_config(name: str, base_path: str) -> ModelServerConfig:
-    return ModelServerConfig((ModelConfig(name, _absolute(base_path, Path.cwd())),))
+def single_model_config(
+    name: str, base_path: str, options: Mapping[str, Any] | None = None
+) -> ModelServerConfig:
+    """The one model of `--model_name` / `--model_base_path` (with `options`, e.g. allow_python)."""
+    return ModelServerConfig(
+        (ModelConfig(name, _absolute(base_path, Path.cwd()), options=dict(options or {})),)
+    )
 
 
 def load_config_file(path: str | os.PathLike[str]) -> ModelServerConfig:
@@ -204,6 +209,9 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
         isinstance(k, str) and k and _is_version(v) for k, v in labels.items()
     ):
         raise ConfigError(f'model "{name}": labels must map label names to version numbers')
+    allow_python = entry.get("allow_python", False)
+    if not isinstance(allow_python, bool):
+        raise ConfigError(f'model "{name}": allow_python must be true or false')
     instances = entry.get("instances")
     if instances is not None and (
         not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 256

@@ -29,6 +29,7 @@ from pyserving.serving.config import (
     parse_config_text,
     single_model_config,
 )
+from pyserving.serving.control_roots import ControlRoots
 from pyserving.serving.inference import InferenceOptions, InferenceService
 from pyserving.serving.labels import LabelMap, check_label_changes
 from pyserving.serving.monitoring import LifecycleMetrics
@@ -67,7 +68,7 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30_000
     max_request_bytes: int = 64 * 1024 * 1024
     initial_load_timeout_s: float = 300.0
-    model_cache_dir: str | None = None  # None: default_cache_dir(), under the system temp dir
+    model_cache_dir: str | None = None  # None: default_cache_dir(), private to this user
     version_ready_marker: str = ""  # e.g. "_READY": a version counts once this file exists
     enable_batching: bool = False
     batching_parameters_file: str | None = None  # TF text proto, or YAML (.yaml/.yml)
@@ -76,6 +77,10 @@ class ServerOptions:
     num_request_iterations_for_warmup: int = 1
     allow_version_labels_for_unavailable_models: bool = False
     enable_model_control: bool = False
+    #: base paths model control may add besides those of the started config (prefixes)
+    model_control_roots: tuple[str, ...] = ()
+    #: the `--model_base_path` model may load a servable.py (YAML models: `allow_python: true`)
+    allow_python_servables: bool = False
 
     def resolve_model_config(self) -> ModelServerConfig:
         """The model config these options describe; raises ConfigError when there is none."""
@@ -84,7 +89,11 @@ class ServerOptions:
         if self.model_config_file:
             return load_config_file(self.model_config_file)
         if self.model_base_path:
-            return single_model_config(self.model_name, self.model_base_path)
+            return single_model_config(
+                self.model_name,
+                self.model_base_path,
+                {"allow_python": True} if self.allow_python_servables else None,
+            )
         raise ConfigError("nothing to serve: give --model_base_path or --model_config_file")
 
 
@@ -112,6 +121,10 @@ class ServerCore:
         else:
             self.config = options.resolve_model_config()
         check_platforms(self.config, self._registry.known_platforms())
+        # Model control may only point at what the operator configured (INTERFACE.md §15).
+        self._control_roots = ControlRoots(
+            (m.base_path for m in self.config.models), options.model_control_roots
+        )
         self.manager = Manager(
             ManagerOptions(
                 num_load_threads=options.num_load_threads,
@@ -279,8 +292,9 @@ class ServerCore:
         """ModelControl: apply a `ModelServerConfig` message (gRPC HandleReloadConfigRequest).
 
         Relative base paths resolve against the config file's directory (the working directory
-        without one). A message with no config set is a no-op, as in TF Serving. Raises as
-        `apply_config` (with `wait`).
+        without one). A message with no config set is a no-op, as in TF Serving. Raises
+        PermissionDenied, before anything changes, for a base path outside the started config's
+        base paths and `model_control_roots`; otherwise raises as `apply_config` (with `wait`).
         """
         if config.WhichOneof("config") is None:
             return
@@ -289,7 +303,10 @@ class ServerCore:
             if self.options.model_config_file
             else Path.cwd()
         )
-        self.apply_config(config_from_proto(config, root))
+        parsed = config_from_proto(config, root)
+        for model in parsed.models:
+            self._control_roots.check(model.name, model.base_path)
+        self.apply_config(parsed)
 
     def load_model(self, name: str) -> None:
         """ModelControl: (re)load configured model `name`, undoing an explicit unload; returns

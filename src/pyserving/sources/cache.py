@@ -18,7 +18,6 @@ import logging
 import os
 import posixpath
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ import fsspec
 from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import NotFound, Unavailable
+from pyserving.sources.private_dir import ensure_private_dir, user_cache_dir
 from pyserving.sources.storage_path import FileEntry, fingerprint, list_files, redact_url
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ _MANIFEST_FORMAT = 1
 
 
 def default_cache_dir() -> str:
-    """`<system temp dir>/pyserving-model-cache`, the default of `--model-cache-dir`."""
-    return os.path.join(tempfile.gettempdir(), "pyserving-model-cache")
+    """`$XDG_CACHE_HOME/pyserving/model-cache` (else `~/.cache/...`), the default of
+    `--model-cache-dir`: per user, never a shared temp path another user could plant copies in."""
+    return str(user_cache_dir() / "model-cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +86,11 @@ class ModelCache:
         Reuses a copy made from the same remote listing; otherwise downloads one. The caller owns
         one reference: it must call `release` with the returned path once done with it.
         Raises NotFound when the remote directory is empty or gone, Unavailable when the store
-        cannot be read or a file changed while it was copied (the load is retried).
+        cannot be read or a file changed while it was copied (the load is retried),
+        FailedPrecondition when the cache directory is not private to this user.
         """
+        # Copies are reused across restarts, so nobody else may be able to write them.
+        ensure_private_dir(self._root, "model cache directory (--model-cache-dir)")
         self._sweep_once()
         fs, root = fsspec.core.url_to_fs(remote_path)
         where = redact_url(remote_path)

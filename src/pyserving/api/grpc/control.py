@@ -1,7 +1,9 @@
 """ModelControl: what the model-control RPCs need of the server (load, unload, reload, index).
 
 `ServerCore` implements it (issue 7); the servicers take one, or None when the server runs
-without `--enable-model-control`, in which case those RPCs answer PERMISSION_DENIED.
+without `--enable-model-control`, in which case those RPCs answer PERMISSION_DENIED. With
+`--control-token-file` they also take a ControlAuth: a call without the token's `authorization`
+metadata answers UNAUTHENTICATED (`authorize_call`).
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
+import grpc
+
+from pyserving.api.control_auth import ControlAuth
 from pyserving.errors import PermissionDenied
 from pyserving.proto.model_server_config_pb2 import ModelServerConfig
 
-__all__ = ["ModelControl", "require_control"]
+__all__ = ["ModelControl", "authorize_call", "require_control"]
 
 
 @runtime_checkable
@@ -52,3 +57,10 @@ def require_control(control: ModelControl | None) -> ModelControl:
             " (--enable_model_control) to load, unload or reload models over the network"
         )
     return control
+
+
+def authorize_call(auth: ControlAuth | None, context: grpc.aio.ServicerContext) -> None:
+    """Return when `auth` is None or the call's `authorization` metadata carries its token;
+    raise Unauthenticated otherwise."""
+    if auth is not None:
+        auth.check_metadata(context.invocation_metadata())

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc import health, tfserving, v2
 from pyserving.api.grpc.control import ModelControl
 from pyserving.api.grpc.limits import CallLimits, limit_handlers
 from pyserving.api.limits import RequestBytesBudget
+from pyserving.api.tls import TlsConfig
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["GrpcOptions", "GrpcServer"]
@@ -57,6 +59,8 @@ class GrpcOptions:
     stream_message_timeout_s: float = 60.0
     #: reported by ServerMetadata; "" = the installed package's version
     server_version: str = ""
+    #: `--ssl_config_file`: serve TLS (mutual with client_verify); None = plain text
+    tls: TlsConfig | None = None
 
 
 class GrpcServer:
@@ -64,7 +68,8 @@ class GrpcServer:
 
     Thread-safety: `start` and `stop` are awaited on the event loop that serves, once each.
     Blocking: `stop` waits up to its grace period for running calls, then cancels them.
-    Ownership: `model_control` (None = model control disabled) and the service stay the caller's.
+    Ownership: `model_control` (None = model control disabled) and the service stay the caller's;
+    `control_auth` (None = no token needed) guards the model-control RPCs.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class GrpcServer:
         ready_names: Callable[[], Iterable[str]] | None = None,
         model_control: ModelControl | None = None,
         request_budget: RequestBytesBudget | None = None,
+        control_auth: ControlAuth | None = None,
     ) -> None:
         self.options = options or GrpcOptions()
         self.port = 0
@@ -86,9 +92,11 @@ class GrpcServer:
             lambda: service.is_ready(names()),
         )
         self._handlers = (
-            v2.V2Servicer(service, names, model_control, self.options.server_version).handler(),
+            v2.V2Servicer(
+                service, names, model_control, self.options.server_version, control_auth
+            ).handler(),
             tfserving.PredictionServicer(service).handler(),
-            tfserving.ModelServicer(service, model_control).handler(),
+            tfserving.ModelServicer(service, model_control, control_auth).handler(),
             self._health.handler(),
         )
         self._server: grpc.aio.Server | None = None
@@ -102,8 +110,12 @@ class GrpcServer:
         server.add_generic_rpc_handlers(limit_handlers(self._handlers, self._limits))
         host = self.options.host
         address = f"[{host}]:{self.options.port}" if ":" in host else f"{host}:{self.options.port}"
+        tls = self.options.tls
         try:
-            port = server.add_insecure_port(address)
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, tls.grpc_credentials())
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from exc
         if port == 0:
@@ -111,7 +123,12 @@ class GrpcServer:
         await server.start()
         self._server = server
         self.port = port
-        logger.info("gRPC API listening on %s:%d", host, port)
+        logger.info(
+            "gRPC API listening on %s:%d%s",
+            host,
+            port,
+            "" if tls is None else (" (mutual TLS)" if tls.client_verify else " (TLS)"),
+        )
         return port
 
     async def stop(self, grace_s: float | None = 30.0) -> None:

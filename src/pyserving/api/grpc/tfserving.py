@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 
-from pyserving.api.grpc.control import ModelControl, require_control
+from pyserving.api.control_auth import ControlAuth
+from pyserving.api.grpc.control import ModelControl, authorize_call, require_control
 from pyserving.api.grpc.rpc import Context, deadline_of, unary_handler
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import Signature
@@ -149,16 +150,21 @@ class PredictionServicer:
 
 
 class ModelServicer:
-    """`tensorflow.serving.ModelService`: version status and config reload.
+    """`tensorflow.serving.ModelService`: version status and config reload (the reload needs
+    `control_auth`'s token when one is set).
 
     Thread-safety: stateless per call. Blocking: a reload runs on a worker thread.
     """
 
     def __init__(
-        self, service: InferenceService, model_control: ModelControl | None = None
+        self,
+        service: InferenceService,
+        model_control: ModelControl | None = None,
+        control_auth: ControlAuth | None = None,
     ) -> None:
         self._service = service
         self._control = model_control
+        self._auth = control_auth
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a grpc.aio server."""
@@ -183,6 +189,7 @@ class ModelServicer:
         self, request: apis.ReloadConfigRequest, context: Context
     ) -> Any:
         control = require_control(self._control)
+        authorize_call(self._auth, context)
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidInput(
                 "ServerCore::HandleReloadConfigRequest only supports reloading model_config_list"

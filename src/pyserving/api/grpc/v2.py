@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 
 from pyserving import metrics
-from pyserving.api.grpc.control import ModelControl, require_control
+from pyserving.api.control_auth import ControlAuth
+from pyserving.api.grpc.control import ModelControl, authorize_call, require_control
 from pyserving.api.grpc.rpc import (
     Context,
     deadline_of,
@@ -54,10 +55,12 @@ class V2Servicer:
         ready_names: Callable[[], Iterable[str]] | None = None,
         model_control: ModelControl | None = None,
         server_version: str = "",
+        control_auth: ControlAuth | None = None,
     ) -> None:
         self._service = service
         self._ready_names = ready_names or service.model_names
         self._control = model_control
+        self._auth = control_auth  # None: repository load/unload need no token
         self._server_version = server_version or _package_version()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -171,6 +174,7 @@ class V2Servicer:
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
         control = require_control(self._control)
+        authorize_call(self._auth, context)
         v2.check_repository_request(
             "load", request.model_name, request.repository_name, request.parameters
         )
@@ -181,6 +185,7 @@ class V2Servicer:
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
         control = require_control(self._control)
+        authorize_call(self._auth, context)
         v2.check_repository_request(
             "unload", request.model_name, request.repository_name, request.parameters
         )

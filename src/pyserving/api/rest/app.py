@@ -9,7 +9,8 @@ Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF 
     GET  /v2, /v2/health/live, /v2/health/ready
     GET  /monitoring/prometheus/metrics, /metrics                   Prometheus text format
     GET  /v2/models/{m}[/versions/{v}][/ready|/config]
-    POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control)
+    POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control;
+         with RestOptions.control_auth they need `Authorization: Bearer <token>`, else 401)
     POST /v2/models/{m}[/versions/{v}]/infer
     any  paths in RestOptions.extra_routes (e.g. /metrics)
     GET  /, /status (status page), /status.json (what it shows), /openapi.json (OpenAPI 3.1)
@@ -43,11 +44,12 @@ from urllib.parse import unquote_to_bytes
 import orjson
 
 from pyserving import metrics
+from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest import openapi, status_page, tfserving, v2
 from pyserving.api.rest.binary import HEADER_LENGTH
-from pyserving.errors import InvalidInput, ServingError
+from pyserving.errors import InvalidInput, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_off_loop, run_sized
@@ -84,6 +86,8 @@ class RestOptions:
     extra_routes: Mapping[str, ExtraRoute] | None = None
     #: load/unload for the V2 repository API; None = model control disabled (403)
     model_control: ModelControl | None = None
+    #: the bearer token load/unload need (401 without it); None = no token needed
+    control_auth: ControlAuth | None = None
     #: True once the server is draining: `/v2/health/ready` answers 503 from then on
     is_draining: Callable[[], bool] | None = None
     #: log one line per request to the "pyserving.access" logger
@@ -154,6 +158,7 @@ class _RestApp:
 
     __slots__ = (
         "_access_log",
+        "_auth",
         "_body_timeout_s",
         "_budget",
         "_control",
@@ -177,6 +182,7 @@ class _RestApp:
         self._ready_names = options.ready_names or service.model_names
         self._extra = dict(options.extra_routes or {})
         self._control = options.model_control
+        self._auth = options.control_auth
         self._draining = options.is_draining
         self._access_log = options.access_log
         self._body_timeout_s = options.body_read_timeout_s or None
@@ -403,6 +409,13 @@ class _RestApp:
             raise _HttpError(404, _NOT_FOUND)
         _require(method, "POST")
         control = require_control(self._control)
+        if self._auth is not None:
+            try:
+                self._auth.check(_header(scope, b"authorization"))
+            except Unauthenticated as exc:
+                raise _HttpError(
+                    401, _error(exc.message), [(b"www-authenticate", b"Bearer")]
+                ) from None
         body, _ = await self._read_body(scope, receive)
         name, action = match.groups()
         name = _segment(name)
@@ -504,6 +517,14 @@ def _segment(raw: str) -> str:
     if "%" not in raw and raw.isascii():
         return raw
     return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8", errors="replace")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), or None."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _require(method: str, allowed: str) -> None:

@@ -1,0 +1,56 @@
+"""Per-user private directories for the model cache (0700, ownership and mode checked)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pyserving.errors import FailedPrecondition
+from pyserving.sources.cache import default_cache_dir
+from pyserving.sources.private_dir import ensure_private_dir
+
+
+def test_a_missing_dir_is_created_0700_issue_15(tmp_path: Path) -> None:
+    created = ensure_private_dir(tmp_path / "a" / "cache", "model cache directory")
+    assert created.is_dir()
+    assert stat.S_IMODE(created.stat().st_mode) == 0o700
+
+
+def test_a_group_or_world_writable_dir_is_refused_issue_15(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for mode in (0o777, 0o770, 0o1777):
+        shared.chmod(mode)
+        with pytest.raises(FailedPrecondition, match=r"writable by other users .*chmod 700"):
+            ensure_private_dir(shared, "model cache directory")
+
+
+def test_a_dir_of_another_user_is_refused_issue_15(tmp_path: Path) -> None:
+    if os.getuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+    else:
+        theirs = Path("/")  # owned by root
+    with pytest.raises(FailedPrecondition, match=r"belongs to user id \d+, not to this user"):
+        ensure_private_dir(theirs, "model cache directory")
+
+
+def test_a_symlink_is_refused_issue_15(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(FailedPrecondition, match="is not a directory"):
+        ensure_private_dir(tmp_path / "link", "model cache directory")
+
+
+def test_the_default_cache_dir_is_per_user_not_in_the_temp_dir_issue_15(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == str(tmp_path / "xdg" / "pyserving" / "model-cache")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == str(Path.home() / ".cache" / "pyserving" / "model-cache")
