@@ -124,8 +124,12 @@ class PlatformRegistry:
         """A Loader for one version at `path` (cheap: nothing is loaded yet).
 
         Raises NotFound for an unknown platform and FailedPrecondition for a known one whose
-        framework is not installed (the message names the pip extra).
+        framework is not installed (the message names the pip extra), or whose files are not in
+        `path` while another platform's are (a platform forced by the model config).
         """
+        mismatch = platform_mismatch(platform, servable_id, path)
+        if mismatch is not None:
+            raise FailedPrecondition(mismatch)
         return self._factory(platform)(servable_id, path, config)
 
     def display_name(self, platform: str) -> str:
@@ -164,6 +168,43 @@ def detect_platform(path: str) -> str | None:
     fs, root = fsspec.core.url_to_fs(path)
     names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
     return next((platform for file, platform in PLATFORM_FILES if file in names), None)
+
+
+def platform_mismatch(platform: str, servable_id: ServableId, path: str) -> str | None:
+    """Why `platform` cannot load the version at `path`: none of its files are there but another
+    platform's are (the model config set the platform); None when nothing says so (also when
+    `path` cannot be listed: the loader reports that)."""
+    own = [file for file, name in PLATFORM_FILES if name == platform]
+    if not own:
+        return None  # a third-party platform: its files are its own business
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
+    except Exception:  # unreadable here: the loader reports the real error
+        return None
+    if set(own) & set(names):
+        return None
+    found = [(file, name) for file, name in PLATFORM_FILES if file in names]
+    if not found:
+        return None
+    file, detected = found[0]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (
+        f"model {servable_id.name} version {servable_id.version}: the model config sets platform"
+        f' "{platform}", which needs {" or ".join(own)},'
+        f" but {_without_credentials(path)} holds {shown};"
+        f' {file} is platform "{detected}". Set model_platform: "{detected}" (YAML: platform:'
+        f" {detected}) for this model, or leave it out to detect the platform from the files"
+    )
+
+
+def _without_credentials(path: str) -> str:
+    """`path` with any user:password@ of a URL left out (messages reach clients and logs)."""
+    scheme, sep, rest = path.partition("://")
+    if not sep:
+        return path
+    host, slash, tail = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{tail}"
 
 
 #: The registry `make_loader` and the other module functions use.
