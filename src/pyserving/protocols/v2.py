@@ -125,6 +125,8 @@ def request_from_json(
 
 def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
     """A gRPC ModelInferRequest → the request (`deadline`: the client's, or None)."""
+    # The order of REST's checks: the path's version first, then the body's.
+    version = parse_version(request.model_version) if request.model_version else None
     parameters = _proto_parameters(request.parameters)
     _bool_parameter(parameters, "binary_data_output", "request")
     deadline = _timeout_deadline(parameters, deadline)
@@ -132,7 +134,6 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
     for item in request.outputs:
         _requested_output(item.name, names, _proto_parameters(item.parameters), False)
         names.append(item.name)
-    version = parse_version(request.model_version) if request.model_version else None
     decode = functools.partial(_decode_proto_inputs, request)
     return InferRequest(
         request.model_name,
@@ -357,8 +358,7 @@ def _typed_contents(
     values = getattr(contents, field)
     if len(values) != count:
         raise InvalidInput(
-            f"{what}: shape {list(shape)} needs {count} elements, contents.{field} has"
-            f" {len(values)}"
+            f"{what}: shape {list(shape)} needs {count} elements, data has {len(values)}"
         )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
