@@ -98,10 +98,10 @@ LOAD_DURATION = Histogram(
     registry=REGISTRY,
 )
 
-#: how long a callback made ready from another thread waited for the event loop (sampled)
+#: how late the event loop resumed a task that slept (sampled every 0.1 s by the server)
 EVENT_LOOP_LAG = Histogram(
     "pyserving_event_loop_lag_seconds",
-    "Delay before the event loop ran a callback made ready from another thread (sampled).",
+    "How late the event loop resumed a sleeping task (sampled): what any request waits for.",
     buckets=_LAG_BUCKETS,
     registry=REGISTRY,
 )

@@ -108,11 +108,20 @@ _mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
 )
 
 
+#: the last loop's mailbox (a server has one loop: this skips the weak-dict lookup); a tuple,
+#: replaced whole, so a reader on another loop's thread never sees a torn pair
+_last: tuple[asyncio.AbstractEventLoop | None, _Mailbox | None] = (None, None)
+
+
 def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    global _last
+    last_loop, mailbox = _last
+    if last_loop is loop and mailbox is not None:
+        return mailbox
     mailbox = _mailboxes.get(loop)
     if mailbox is None:
-        # setdefault: two threads' loops never race for one key, but keep it one entry anyway
         mailbox = _mailboxes.setdefault(loop, _Mailbox(loop))
+    _last = (loop, mailbox)
     return mailbox
 
 
