@@ -153,6 +153,21 @@ def test_a_bad_value_of_an_ignored_flag_still_fails_issue_16(capsys):
     assert "invalid int value: 'many'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rest_api_port=abc"], "argument --rest_api_port: invalid value: 'abc'"),
+        (["serve", "--model_name"], "argument --model_name: expected one argument"),
+        (["serve", "--num-load-threads=-1"], "argument --num-load-threads: must be >= 0, got -1"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_flag_as_typed_issue_16(argv, expected, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"pyserving: {expected}; see pyserving serve --help\n"
+
+
 def test_alts_true_refuses_to_start_issue_16(capsys):
     assert main(["--use_alts_credentials=true", "--model_base_path=/nowhere"]) == 2
     assert "ALTS is not supported; use --ssl_config_file" in capsys.readouterr().err

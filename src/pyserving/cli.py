@@ -27,7 +27,7 @@ from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
 from pyserving.api.rest.http_server import HttpOptions, HttpServer
 from pyserving.api.tls import TlsConfig, TlsConfigError, load_tls_config
-from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter
+from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter, Parser
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -86,7 +86,7 @@ def _file_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyserving", description=__doc__, allow_abbrev=False)
+    parser = Parser(prog="pyserving", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"pyserving {__version__}")
     commands = parser.add_subparsers(dest="command")
 
@@ -423,11 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in and args_in[0] == "serve":
         raw = list(sys.argv[1:] if argv is None else argv)
         raw = raw[1:] if raw and raw[0] == "serve" else raw
-        known = _subparser(parser, "serve")._option_string_actions
-        unknown = tf_flags.unknown_flag_message(raw, known)
+        serve = _subparser(parser, "serve")
+        unknown = tf_flags.unknown_flag_message(raw, serve._option_string_actions)
         if unknown is not None:
             print(f"pyserving: {unknown}; see pyserving serve --help", file=sys.stderr)
             return 2
+        if isinstance(serve, Parser):
+            flags = (arg.partition("=")[0] for arg in raw if arg.startswith("--"))
+            serve.typed = {normalize_flag_spellings([f])[0]: f for f in flags}
     args = parser.parse_args(args_in)
     if args.command == "demo":
         return _write_demo(args.dir)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Mapping
+from typing import NoReturn
 
-__all__ = ["SERVE_EXAMPLES", "HelpFormatter"]
+__all__ = ["SERVE_EXAMPLES", "HelpFormatter", "Parser"]
 
 SERVE_EXAMPLES = """\
 examples:
@@ -49,3 +52,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         elif default == "":
             default = '""'
         return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line that names each flag as the user typed it
+    (`--rest_api_port`, though the parser knows it as `--rest-api-port`)."""
+
+    #: a flag as the parser spells it → as the command line spelled it
+    typed: Mapping[str, str] = {}
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"invalid _\w+ value", "invalid value", message)  # our private types
+        for ours, typed in self.typed.items():
+            message = re.sub(rf"{re.escape(ours)}(?![\w-])", typed, message)
+        self.exit(2, f"pyserving: {message}; see {self.prog} --help\n")
