@@ -352,3 +352,32 @@ async def wait_until(predicate, timeout_s: float = 5.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.005)
+
+
+def test_queued_connections_are_all_accepted_in_a_few_loop_turns_on_uvloop_issue_14() -> None:
+    """300 clients connect while the loop is busy (here: blocked), as a liveness probe does
+    behind 1,000 busy keep-alive connections. uvloop's own server took one connection per loop
+    turn, so the last waited 300 turns (seconds under load); every one must be served within a
+    few turns, counted here without any clock."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> int:
+        server = HttpServer(EchoApp(), HttpOptions(keep_alive_timeout_s=30))
+        sock = listening_socket()
+        await server.start(sock)
+        clients = []
+        try:
+            for _ in range(300):  # the loop cannot run meanwhile: all 300 wait in the queue
+                clients.append(socket.create_connection(sock.getsockname()))
+            turns = 0
+            while len(server.connections) < 300 and turns < 200:
+                await asyncio.sleep(0)
+                turns += 1
+            return turns
+        finally:
+            for client in clients:
+                client.close()
+            await server.shutdown(1.0)
+
+    turns = uvloop.run(scenario())
+    assert turns <= 10, f"300 queued connections took {turns} loop turns to be accepted"
