@@ -342,3 +342,39 @@ def test_idle_queues_are_forgotten():
         )
     finally:
         scheduler.close(wait=True, timeout_s=30)
+
+
+def test_a_hung_model_holds_at_most_its_concurrency_of_the_shared_threads_issue_14():
+    scheduler = BatchScheduler(
+        num_batch_threads=2, concurrency=lambda model: 1 if model == "hung" else 2
+    )
+    hung = RecordingServable(hold_first=True)
+    other = RecordingServable()
+    options = BatchingOptions(max_batch_size=1)
+    try:
+        first = scheduler.schedule_nowait(
+            ("hung", options),
+            "hung",
+            options,
+            BatchTask(hung, "serving_default", {"x": rows(1, 1)}),
+        )
+        assert hung.first_started.wait(10)
+        second = scheduler.schedule_nowait(
+            ("hung", options),
+            "hung",
+            options,
+            BatchTask(hung, "serving_default", {"x": rows(2, 1)}),
+        )
+        # The hung model's second batch waits for its one slot; the other model keeps the other
+        # thread and answers every call meanwhile.
+        for i in range(5):
+            task = BatchTask(other, "serving_default", {"x": rows(10 * i, 1)})
+            done = scheduler.schedule_nowait(("other", options), "other", options, task)
+            np.testing.assert_array_equal(done.result(10)["y"], rows(10 * i, 1) * 2)
+        assert not second.done() and hung.batch_sizes == [1]
+        hung.release()
+        np.testing.assert_array_equal(first.result(10)["y"], rows(1, 1) * 2)
+        np.testing.assert_array_equal(second.result(10)["y"], rows(2, 1) * 2)
+    finally:
+        hung.release()
+        scheduler.close(wait=True, timeout_s=30)

@@ -1,10 +1,12 @@
 """BatchScheduler: one pool of batch threads shared by all batch queues (TF SharedBatchScheduler).
 
 Each thread visits the queues round-robin and takes at most one batch per visit, so a busy model
-cannot starve another. A batch never mixes queues: one queue per loaded version and signature (and
-batching options). A queue left empty for `idle_queue_s` is forgotten; the next task for it makes
-a new one. A version unloads only after its requests released their handles, and a request holds
-its handle until its task's result is back, so a version's queue is drained before it unloads.
+cannot starve another; with `concurrency`, a model runs at most that many batches at once (its
+`instances:`), so a slow or hung model holds at most that many of the shared threads. A batch
+never mixes queues: one queue per loaded version and signature (and batching options). A queue
+left empty for `idle_queue_s` is forgotten; the next task for it makes a new one. A version
+unloads only after its requests released their handles, and a request holds its handle until its
+task's result is back, so a version's queue is drained before it unloads.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +64,11 @@ class BatchScheduler:
         num_batch_threads: int,
         thread_pool_name: str = "batch_threads",
         idle_queue_s: float = 60.0,
+        concurrency: Callable[[str], int] | None = None,
     ) -> None:
         self.num_batch_threads = max(1, num_batch_threads)
+        # model name → the most batches of it that may run at once (None: no bound of its own)
+        self._concurrency = concurrency
         self.thread_pool_name = thread_pool_name
         self._idle_queue_s = idle_queue_s
         # guards every field below and every queue's batches
@@ -76,6 +81,7 @@ class BatchScheduler:
         self._batches_run = 0
         self._tasks_dropped = 0
         self._next_eviction = 0.0
+        self._running: dict[str, int] = {}  # model → batches of it running now
 
     def schedule_nowait(
         self, queue_key: Hashable, model: str, options: BatchingOptions, task: BatchTask
@@ -154,6 +160,14 @@ class BatchScheduler:
                 error = ModelError("internal error in the batch scheduler")
                 for task, _, _ in batch.slices:
                     task.fail(error)
+            finally:
+                with self._cond:
+                    running = self._running[queue.model] - 1
+                    if running:
+                        self._running[queue.model] = running
+                    else:
+                        del self._running[queue.model]
+                    self._cond.notify()  # its next batch may run now
 
     def _next_batch_locked(self, now: float) -> tuple[BatchQueue, Batch] | None:
         order = self._order
@@ -161,15 +175,27 @@ class BatchScheduler:
         for i in range(n):
             index = (self._cursor + i) % n
             queue = self._queues[order[index]]
+            if self._at_bound_locked(queue.model):
+                continue
             batch = queue.take_ready_locked(now, flush=self._closing)
             if batch is not None:
                 self._cursor = index + 1
                 self._batches_run += 1
+                self._running[queue.model] = self._running.get(queue.model, 0) + 1
                 return queue, batch
         return None
 
+    def _at_bound_locked(self, model: str) -> bool:
+        """`model` runs as many batches as it may; the end of one of them notifies."""
+        bound = self._concurrency
+        return bound is not None and self._running.get(model, 0) >= bound(model)
+
     def _wakeup_at_locked(self) -> float | None:
-        times = [t for q in self._queues.values() if (t := q.wakeup_at_locked()) is not None]
+        times = [
+            t
+            for q in self._queues.values()
+            if not self._at_bound_locked(q.model) and (t := q.wakeup_at_locked()) is not None
+        ]
         return min(times) if times else None
 
     def _evict_idle_locked(self, now: float) -> None:

@@ -414,7 +414,12 @@ class Executor:
             lane.set_instances(self._instances.get(lane.name, self.default_instances))
 
     def instances(self, model: str) -> int:
+        """`model`'s execution thread count."""
         return self._instances.get(model, self.default_instances)
+
+    def configured(self, model: str) -> int | None:
+        """`model`'s own `instances:` setting, or None when it has none."""
+        return self._instances.get(model)
 
     def stuck_reason(self, model: str) -> str | None:
         """Why `model` cannot run a call now (every thread busy with an abandoned call)."""

@@ -405,8 +405,13 @@ class InferenceService:
                 if self._scheduler is None:
                     # One pool for every model: the server-wide thread settings (TF Serving).
                     server = self._batching.server
+                    # A model with its own `instances:` runs at most that many batches at
+                    # once, so a slow or hung one leaves the other threads to the other models.
+                    threads = server.num_batch_threads
                     self._scheduler = BatchScheduler(
-                        server.num_batch_threads, server.thread_pool_name
+                        threads,
+                        server.thread_pool_name,
+                        concurrency=lambda model: self.executor.configured(model) or threads,
                     )
                 scheduler = self._scheduler
         # id(servable) keeps a reloaded version (same id, new servable) off the old queue; the
