@@ -86,7 +86,27 @@ def _op(
         # the repository calls accept an empty body
         required = not body.startswith("V2Repository")
         op["requestBody"] = {"required": required, "content": _json(body)}
+        op["parameters"] = [_CONTENT_ENCODING]
+        if body == "V2InferRequest":
+            op["parameters"].append(_HEADER_LENGTH)
     return op
+
+
+_CONTENT_ENCODING = {
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
+    "description": "a gzip or deflate body is decompressed (its size counts after that)",
+    "schema": {"enum": ["identity", "gzip", "deflate"]},
+}
+_HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "binary tensor extension: the body's JSON part is this many bytes, the"
+    " tensors' raw bytes follow it",
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def _v1_paths() -> dict[str, Any]:
