@@ -250,7 +250,11 @@ def test_a_server_starts_with_every_tf_serving_flag_issue_16(tmp_path):
             assert warned == (0 if tf_flags.implemented(parser, flag) else 1), (flag.name, log)
 
 
-def test_a_taken_grpc_port_is_one_clear_line_issue_16(tmp_path):
+@pytest.mark.parametrize(
+    ("what", "flag", "other"),
+    [("gRPC", "--port", "--rest_api_port=0"), ("REST", "--rest_api_port", "--port=0")],
+)
+def test_a_taken_port_is_one_clear_line_issue_16(what, flag, other, tmp_path):
     repo = write_demo_repository(tmp_path / "repo")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -263,8 +267,8 @@ def test_a_taken_grpc_port_is_one_clear_line_issue_16(tmp_path):
                 "pyserving",
                 "serve",
                 "--host=127.0.0.1",
-                f"--port={port}",
-                "--rest_api_port=0",
+                f"{flag}={port}",
+                other,
                 f"--model_base_path={repo / 'mlp'}",
             ],
             capture_output=True,
@@ -273,6 +277,6 @@ def test_a_taken_grpc_port_is_one_clear_line_issue_16(tmp_path):
         )
     assert result.returncode == 2
     assert result.stderr == (
-        f"pyserving: cannot listen for gRPC on 127.0.0.1:{port}: Address already in use"
-        " (another server on that port? choose another with --port=N, or --port=0 for none)\n"
+        f"pyserving: cannot listen for {what} on 127.0.0.1:{port}: Address already in use"
+        f" (another server on that port? choose another with {flag}=N, or {flag}=0 for none)\n"
     )
