@@ -239,7 +239,12 @@ class _Lane:
         if wake is not None:
             wake.release()
         elif spawn:
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: the call waits for a running one
+                with self._lock:
+                    self._threads.remove(thread)
+                logger.exception('execution: cannot start a thread for model "%s"', self.name)
 
     def abandon(self, call: Call[Any]) -> bool:
         with self._lock:
