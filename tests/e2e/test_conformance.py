@@ -411,7 +411,7 @@ def test_tf_one_value_fill_is_refused_before_allocating_issue_14(server, clients
     ("path", "body"),
     [
         ("/v1/models/twoio:classify", {"examples": [{"x": {"b64": "@@@"}}]}),
-        ("/v1/models/twoio:classify", {"examples": [{"x": {"b64": "YWJj="}}]}),
+        ("/v1/models/twoio:classify", {"examples": [{"x": {"b64": "YWJ"}}]}),
         ("/v1/models/twoio:regress", {"examples": [{"x": 2**63}]}),
         ("/v1/models/twoio:predict", {"inputs": {"a": [[{"b64": "@@@"}] * 4], "b": [[1] * 4]}}),
         (f"/v1/models/twoio/versions/{'1' * 4300}:predict", {"inputs": {"a": [], "b": []}}),

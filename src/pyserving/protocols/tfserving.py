@@ -132,8 +132,10 @@ def predict_to_proto(response: InferResponse) -> apis.PredictResponse:
 def _decode_protos(
     tensors: Mapping[str, tf_types_pb2.TensorProto], signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
-    declared: list[tuple[str, str, tuple[int, ...], tf_types_pb2.TensorProto]] = []
-    for name, tensor in tensors.items():
+    # A protobuf map has no order: names are checked sorted, then in the signature's order.
+    declared: dict[str, tuple[str, tuple[int, ...], tf_types_pb2.TensorProto]] = {}
+    for name in sorted(tensors):
+        tensor = tensors[name]
         what = f'input "{name[:80]}"'
         if tensor.tensor_shape.unknown_rank:
             raise InvalidInput(f"{what}: the tensor shape has unknown rank")
@@ -142,10 +144,11 @@ def _decode_protos(
         if datatype is None:
             label = _DT.Name(tensor.dtype) if tensor.dtype in _DT.values() else str(tensor.dtype)
             raise InvalidInput(f"{what}: unsupported dtype {label}")
-        declared.append((name, datatype, shape, tensor))
-    check_names(signature, tensors)
+        declared[name] = (datatype, shape, tensor)
+    check_names(signature, declared)
     arrays: dict[str, np.ndarray] = {}
-    for name, datatype, shape, tensor in declared:
+    for name in signature.input_names:
+        datatype, shape, tensor = declared[name]
         count = check_declared(signature, name, datatype, shape, limits)
         arrays[name] = _tensor_values(tensor, datatype, shape, count, f'input "{name[:80]}"')
     return arrays

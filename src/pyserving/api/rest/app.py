@@ -48,7 +48,7 @@ from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest import openapi, status_page, tfserving, v2
-from pyserving.api.rest.binary import HEADER_LENGTH
+from pyserving.api.rest.v2 import HEADER_LENGTH
 from pyserving.errors import InvalidInput, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import parse_version

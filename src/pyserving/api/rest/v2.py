@@ -1,8 +1,10 @@
 """KServe V2 REST codec: the JSON (+ binary tensor data) body ⇄ protocols.v2, nothing more.
 
 The protocol's rules live in `pyserving.protocols.v2`, shared with the gRPC API; this module reads
-the REST framing (`Inference-Header-Content-Length`), calls the service and writes JSON. Every
-function returns the body of a 200 answer or raises a ServingError.
+the REST framing, calls the service and writes JSON. With the binary tensor data extension a body
+is a JSON header of `Inference-Header-Content-Length` bytes followed by the raw tensors of the
+binary inputs (outputs) in the order they are listed (`protocols.tensors` reads and writes them).
+Every function returns the body of a 200 answer or raises a ServingError.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from collections.abc import Iterable, Mapping
 
 import orjson
 
-from pyserving.api.rest.binary import split_body
 from pyserving.errors import InvalidInput, NotFound
 from pyserving.protocols import v2
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving.inference import InferenceService
 
 __all__ = [
+    "HEADER_LENGTH",
     "check_repository_request",
     "index_from_service",
     "infer",
@@ -26,7 +28,11 @@ __all__ = [
     "repository_index",
     "repository_index_request",
     "server_metadata",
+    "split_body",
 ]
+
+#: the header naming the JSON part's length (lower case, as ASGI delivers header names)
+HEADER_LENGTH = b"inference-header-content-length"
 
 
 def server_metadata(server_version: str) -> bytes:
@@ -70,6 +76,34 @@ async def infer(
     )
     response = await service.infer(request)
     return v2.response_to_json(response, binary_flags, binary_default)
+
+
+def split_body(body: bytes, header_length: bytes | None) -> tuple[memoryview, memoryview]:
+    """Split a body into (JSON header, binary section) by the Inference-Header-Content-Length value.
+
+    Without the header the whole body is JSON. Raises InvalidInput for a value that is not a
+    number, is negative or exceeds the body, or is 0 (raw binary requests are not supported).
+    """
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[len(view) :]
+    text = header_length.strip()
+    if not (text.isdigit() and len(text) <= 19):
+        shown = repr(text.decode("latin-1")[:40])
+        raise InvalidInput(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {shown}"
+        )
+    length = int(text)
+    if length > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {length} exceeds the body length {len(body)}"
+        )
+    if length == 0:
+        raise InvalidInput(
+            "Inference-Header-Content-Length 0 (a raw binary request) is not supported: send a"
+            " JSON header describing the inputs"
+        )
+    return view[:length], view[length:]
 
 
 # --- model repository ----------------------------------------------------------------------------

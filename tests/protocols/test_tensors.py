@@ -1,13 +1,19 @@
-"""The V2 binary tensor codec against tritonclient's own serialisers, and its error messages."""
+"""Raw tensors (V2 binary data, gRPC raw contents, TF tensor_content) against tritonclient's own
+serialisers, their error messages, and the REST body split."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from pyserving.api.rest.binary import split_body
+from pyserving.api.rest.v2 import split_body
 from pyserving.errors import InvalidInput
+from pyserving.platforms.signature import Signature, TensorSpec
+from pyserving.protocols.request import parse_version
+from pyserving.protocols.tensors import check_declared, check_shape
 from pyserving.protocols.tensors import encode_raw as encode_tensor
 from pyserving.protocols.tensors import raw_tensor as decode_tensor
 
@@ -107,3 +113,73 @@ def test_bad_inference_header_content_length_is_invalid_input(value, fragment):
     with pytest.raises(InvalidInput, match="Inference-Header-Content-Length") as info:
         split_body(b'{"inputs": []}' + b"\x01\x02", value)
     assert fragment in info.value.message
+
+
+# --- checks before allocating (issue 14) ---------------------------------------------------------
+
+
+class _Limits:
+    max_tensor_elements = 1 << 20
+    max_tensor_bytes = 1 << 16
+
+
+SIGNATURE = Signature(
+    "serving_default",
+    (TensorSpec("a", "FP32", (-1, 4)), TensorSpec("s", "BYTES", (-1,))),
+    (TensorSpec("y", "FP32", (-1,)),),
+)
+
+
+@pytest.mark.parametrize(
+    ("dims", "fragment"),
+    [
+        ([1] * 33, "rank 33 exceeds the limit of 32"),
+        ([2, -1], "shape [2, -1] has a negative dimension"),
+        ([1 << 21], "would exceed the limit of 1048576 elements"),
+        ([0, 2**40, 2**40], "would exceed the limit"),
+        ([0, 2**63 - 1], "would exceed the limit"),
+    ],
+)
+def test_check_shape_refuses_before_numpy_sees_it_issue_14(dims, fragment):
+    with pytest.raises(InvalidInput, match=re.escape(fragment)):
+        check_shape(dims, 'input "a"', _Limits())
+
+
+def test_check_shape_accepts_zero_sized_and_returns_a_tuple():
+    assert check_shape([0, 4], "x", _Limits()) == (0, 4)
+    assert check_shape([], "x", _Limits()) == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "datatype", "shape", "fragment"),
+    [
+        ("a", "INT64", (2, 4), 'input "a": expected FP32 [-1, 4], got INT64 [2, 4]'),
+        ("a", "FP32", (2, 3), 'input "a": expected FP32 [-1, 4], got FP32 [2, 3]'),
+        ("a", "FP32", (8,), "got FP32 [8]"),
+        ("z", "FP32", (2, 4), "Sent extra: {z}"),
+        ("a", "FP32", (1 << 13, 4), "takes 131072 bytes, over the limit of 65536 bytes"),
+        ("s", "BYTES", (1 << 14,), "BYTES [16384] takes 131072 bytes"),
+    ],
+)
+def test_check_declared_holds_a_declaration_against_the_signature_issue_14(
+    name, datatype, shape, fragment
+):
+    with pytest.raises(InvalidInput, match=re.escape(fragment)):
+        check_declared(SIGNATURE, name, datatype, shape, _Limits())
+
+
+def test_check_declared_returns_the_element_count():
+    assert check_declared(SIGNATURE, "a", "FP32", (3, 4), _Limits()) == 12
+
+
+@pytest.mark.parametrize("text", ["0", "1", "42", "9" * 18, str(2**63 - 1)])
+def test_parse_version_accepts_ascii_int64(text):
+    assert parse_version(text) == int(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-1", "1.0", "\u0661", "\u00b2", "1" * 20, "1" * 4300, str(2**63)]
+)
+def test_parse_version_refuses_everything_else_issue_14(text):
+    with pytest.raises(InvalidInput, match="version"):
+        parse_version(text)
