@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.model_control_roots,
         metavar="PREFIX[,PREFIX...]",
         help="comma-separated paths or URL prefixes that a ReloadConfig base path may lie under,"
-        " besides the base paths the server started with (default: none)",
+        " besides the base paths the server started with",
     )
     serve.add_argument(
         "--control-token-file",
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=defaults.allow_python_servables,
         help="let the --model_base_path model load a servable.py, which runs code as this user"
-        " (config-file models: `allow_python: true` per model; default: false)",
+        " (config-file models: `allow_python: true` per model)",
     )
     serve.add_argument(
         "--ssl-config-file",
