@@ -50,6 +50,8 @@ def test_paths_under_a_started_base_path_or_an_extra_root_are_allowed_issue_15(t
         ("s3://bucket/m/../x", r"'\.' or '\.\.' segment"),
         ("s3://bucket/m/%2e%2e/x", r"'\.' or '\.\.' segment"),
         ("s3://bucket/m//x", r"'\.' or '\.\.' segment"),
+        ("simplecache::s3://bucket/m", r"chained fsspec URLs \('::'\)"),
+        ("{mlp}/x::ftp://attacker.example/m", r"chained fsspec URLs \('::'\)"),
     ],
 )
 def test_paths_outside_every_root_are_permission_denied_saying_why_issue_15(

@@ -4,7 +4,7 @@ A base path that arrives over the network (gRPC HandleReloadConfigRequest) decid
 the server imports and runs, so it must lie under a base path of the configuration the server
 started with, or under a prefix of `--model-control-roots`. Local paths are compared as resolved
 real paths (so `..` and symlinks cannot leave a root); a URL must have a root's scheme and host
-and lie under its path, and may hold no `.`/`..` segment.
+and lie under its path, and may hold no `.`/`..` segment; fsspec chains (`a::b`) are refused.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class ControlRoots:
 
     def check(self, model: str, base_path: str) -> None:
         """Return when `base_path` lies under a root; raise PermissionDenied saying why not."""
+        if "::" in base_path:
+            # fsspec reads "a::b" as a chain of filesystems; what it opens is not what we compare
+            raise self._denied(model, base_path, "chained fsspec URLs ('::') are not allowed")
         url = _as_url(base_path)
         if url is None:
             resolved = os.path.realpath(_local_path(base_path))
