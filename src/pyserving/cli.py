@@ -571,6 +571,11 @@ def _serve_models(
     metrics.INFLIGHT_REQUEST_BYTES.set_function(lambda: drain.limits.budget.used_bytes)
     if auth is not None and not options.enable_model_control:
         logger.warning("--control-token-file has no effect without --enable-model-control")
+    if options.allow_python_servables and options.model_config_file:
+        logger.warning(
+            "--allow-python-servables applies to the --model_base_path model only; with"
+            " --model_config_file set `allow_python: true` on each model that needs it"
+        )
     try:
         _run_event_loop(_serve_listeners(core, options, sock, drain, tls, auth))
     except OSError as exc:  # the gRPC port could not be bound
