@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 
+from pyserving.core.ids import ServableId
 from pyserving.errors import FailedPrecondition
-from pyserving.sources.cache import default_cache_dir
+from pyserving.sources.cache import ModelCache, ModelCacheOptions, default_cache_dir
 from pyserving.sources.private_dir import ensure_private_dir
 
 
@@ -54,3 +57,28 @@ def test_the_default_cache_dir_is_per_user_not_in_the_temp_dir_issue_15(
     assert default_cache_dir() == str(tmp_path / "xdg" / "pyserving" / "model-cache")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == str(Path.home() / ".cache" / "pyserving" / "model-cache")
+
+
+def test_the_model_cache_refuses_a_cache_dir_others_can_write_before_copying_issue_15(
+    tmp_path: Path,
+) -> None:
+    remote = f"memory://private-dir-{uuid.uuid4().hex}"
+    with fsspec.open(f"{remote}/1/model.onnx", "wb") as stream:
+        stream.write(b"model")
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    try:
+        with pytest.raises(FailedPrecondition, match=r"model cache directory .* writable by other"):
+            ModelCache(ModelCacheOptions(cache_dir=str(shared))).fetch(
+                ServableId("m", 1), f"{remote}/1"
+            )
+        assert list(shared.iterdir()) == []
+        fresh = tmp_path / "fresh" / "cache"
+        copy = ModelCache(ModelCacheOptions(cache_dir=str(fresh))).fetch(
+            ServableId("m", 1), f"{remote}/1"
+        )
+        assert Path(copy, "model.onnx").read_bytes() == b"model"
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    finally:
+        fsspec.filesystem("memory").rm(remote, recursive=True)
