@@ -381,3 +381,45 @@ def test_queued_connections_are_all_accepted_in_a_few_loop_turns_on_uvloop_issue
 
     turns = uvloop.run(scenario())
     assert turns <= 10, f"300 queued connections took {turns} loop turns to be accepted"
+
+
+class LivenessApp(EchoApp):
+    """EchoApp that declares /live as an instant answer; counts the requests it is called for."""
+
+    instant_answers = {b"/live": (b"application/json", b'{"live":true}')}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.calls += 1
+        await super().__call__(scope, receive, send)
+
+
+@pytest.mark.asyncio
+async def test_instant_answers_need_no_app_call_and_keep_framing_issue_14() -> None:
+    app = LivenessApp()
+    server = HttpServer(app, HttpOptions(keep_alive_timeout_s=5))
+    sock = listening_socket()
+    await server.start(sock)
+    port = sock.getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):  # keep-alive: one connection
+                response = await client.get("/live?probe=1")
+                assert response.status_code == 200 and response.json() == {"live": True}
+                assert response.headers["date"]
+        assert app.calls == 0
+        # pipelined behind a request the app runs: answered by the app, in order
+        answer = await exchange(
+            port,
+            b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"
+            b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert answer.index(b"POST /one ? a") < answer.index(b"GET /live ? ")
+        answer = await exchange(port, b"GET /live HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer
+        assert answer.endswith(b'{"live":true}')
+    finally:
+        await server.shutdown(1.0)

@@ -174,6 +174,10 @@ class _RestApp:
         "_version",
     )
 
+    #: GETs whose answer never changes, which a listener may give without calling the app
+    #: (http_server.HttpServer does: liveness stays one loop turn away under any load)
+    instant_answers = {b"/v2/health/live": (_JSON, _LIVE)}
+
     def __init__(self, service: InferenceService, options: RestOptions) -> None:
         self._service = service
         self._limit = options.max_request_bytes

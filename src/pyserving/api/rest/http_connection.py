@@ -136,6 +136,8 @@ class Connection(asyncio.Protocol):
         if problem is not None:
             self._rejection = (400, problem)
             raise ValueError(problem)  # httptools stops parsing; data_received answers
+        if self._running is None and self._answer_instantly():
+            return
         request = _Request(self, self._scope(), self._parser.should_keep_alive())
         self._parsing = request
         if self._running is None:
@@ -154,6 +156,34 @@ class Connection(asyncio.Protocol):
             self._parsing = None
 
     # --- requests ------------------------------------------------------------------------------
+
+    def _answer_instantly(self) -> bool:
+        """Answer a GET the server knows by heart (`HttpServer.instant_answers`) right here,
+        without a task; False when this request is not one."""
+        answers = self.server.instant_answers
+        if not answers or self._parser.get_method() != b"GET":
+            return False
+        known = answers.get(self._url.partition(b"?")[0])
+        if known is None:
+            return False
+        content_type, body = known
+        keep_alive = self._parser.should_keep_alive() and not self.server.shutting_down
+        if not keep_alive:
+            connection = b"connection: close\r\n"
+        elif self._parser.get_http_version() == "1.0":
+            connection = b"connection: keep-alive\r\n"
+        else:
+            connection = b""
+        self.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s"
+            % (content_type, len(body), _date_header(), connection, body)
+        )
+        if keep_alive:
+            self._arm(self._options.keep_alive_timeout_s)
+        else:
+            self._broken = True  # whatever follows is not read
+            self.close()
+        return True
 
     def _scope(self) -> Scope:
         raw_path, _, query = self._url.partition(b"?")

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +72,10 @@ class HttpServer:
     taken from the accept queue at once. uvloop's server accepts one connection per event-loop
     turn, and a turn under load (1,000 busy keep-alive connections) takes tens of milliseconds:
     the queue drained at ~40 connections/s and a new connection (a liveness probe) waited
-    seconds behind it (benchmarks/accept_latency.py). Past `max_connections`, a new connection
-    is answered 503 and closed right there, before any transport exists.
+    seconds behind it (benchmarks/accept_latency.py). A connection's transport is made at once,
+    and a liveness probe is answered in the turn its bytes arrive (`instant_answers`), so a new
+    connection's first answer waits two loop turns, not five. Past `max_connections`, a new
+    connection is answered 503 and closed right there, before any transport exists.
 
     Thread-safety: every method runs on the event loop it was started on.
     """
@@ -81,10 +85,17 @@ class HttpServer:
         self.options = options or HttpOptions()
         self.connections: set[Connection] = set()
         self.shutting_down = False
+        #: raw GET target → (content type, body) of a 200 the listener gives itself, with no
+        #: task and no loop turn, when nothing else runs on the connection (the app's
+        #: `instant_answers`; pyserving's REST app names liveness)
+        self.instant_answers: Mapping[bytes, tuple[bytes, bytes]] = (
+            getattr(app, "instant_answers", None) or {}
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._ssl: Any = None
-        self._opening: set[asyncio.Task[None]] = set()  # accepted, transport not made yet
+        #: accepted sockets whose transport is being made (`connect_accepted_socket` runs)
+        self._opening: set[Coroutine[Any, Any, Any]] = set()
 
     async def start(self, sock: socket.socket, ssl: Any = None) -> None:
         """Accept connections on `sock` (bound, not yet listening; the server closes it at
@@ -101,7 +112,8 @@ class HttpServer:
         self.shutting_down = True
         self._stop_accepting()
         for opening in list(self._opening):
-            opening.cancel()
+            opening.close()  # its transport (if any) closes
+        self._opening.clear()
         for connection in list(self.connections):
             connection.close_when_idle()
         running = [c.task for c in self.connections if c.task is not None]
@@ -146,24 +158,35 @@ class HttpServer:
                 client.send(_OVER_CAPACITY)
             client.close()
             return
-        assert self._loop is not None
-        task = self._loop.create_task(self._connect(client))
-        self._opening.add(task)
-        task.add_done_callback(self._opening.discard)
-
-    async def _connect(self, client: socket.socket) -> None:
         loop = self._loop
         assert loop is not None
+        opening = loop.connect_accepted_socket(
+            lambda: Connection(self, loop), client, ssl=self._ssl
+        )
+        self._opening.add(opening)
+        self._advance(opening, client)
+
+    def _advance(self, opening: Coroutine[Any, Any, Any], client: socket.socket, *_: Any) -> None:
+        """Run `connect_accepted_socket` up to its next wait now, as an eager task would: the
+        transport exists before the next poll, not a loop turn later (on Python 3.11 a task
+        would start only then). Resumed when the future it waits for (connection_made, or the
+        TLS handshake) is done."""
         try:
-            await loop.connect_accepted_socket(
-                lambda: Connection(self, loop), client, ssl=self._ssl
-            )
-        except asyncio.CancelledError:
+            awaited = opening.send(None)
+        except StopIteration:
+            self._opening.discard(opening)
+        except (OSError, asyncio.CancelledError) as exc:  # TLS handshake failed, client gone
+            self._opening.discard(opening)
+            logger.debug("connection not opened: %r", exc)
             client.close()
-            raise
-        except OSError as exc:  # a failed TLS handshake or a client gone already
-            logger.debug("connection not opened: %s", exc)
-            client.close()
+        else:
+            resume = functools.partial(self._advance, opening, client)
+            if isinstance(awaited, asyncio.Future):
+                awaited._asyncio_future_blocking = False  # as Task does: we wait for it
+                awaited.add_done_callback(resume)
+            else:  # a bare yield (sleep(0)): go on next turn
+                assert self._loop is not None
+                self._loop.call_soon(resume)
 
     def _pause_accepting(self) -> None:
         assert self._loop is not None and self._sock is not None
