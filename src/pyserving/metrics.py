@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the server, defined once (INTERFACE.md §5); others import the objects.
+"""Every Prometheus metric of the server, defined once (docs/metrics.md); others import the objects.
 
 The metrics live in their own registry, not prometheus-client's global one, so embedding the
 server (or running several in one test process) never collides with the host's metrics.
