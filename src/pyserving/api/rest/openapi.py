@@ -1,4 +1,4 @@
-"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole REST API (INTERFACE.md §14).
+"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole REST API (docs/rest-api.md).
 
 Built once from the tables below: TF Serving's `/v1` routes in their three model-spec forms
 (latest, `/versions/{v}`, `/labels/{l}`), KServe V2 (server, health, models, infer, config, stats,
