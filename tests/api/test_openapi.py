@@ -1,4 +1,4 @@
-"""`GET /openapi.json` (INTERFACE.md §14): a valid OpenAPI 3.1 document of every REST route, and a
+"""`GET /openapi.json` (docs/rest-api.md): a valid OpenAPI 3.1 document of every REST route, and a
 live server fuzzed against it with schemathesis: no 5xx, every response as documented (issue 16)."""
 
 from __future__ import annotations
