@@ -1,4 +1,4 @@
-"""The status page (INTERFACE.md §14) in a real headless Chromium against a real server: models
+"""The status page (docs/rest-api.md) in a real headless Chromium against a real server: models
 render, a new version directory on disk shows up without a reload, nothing is fetched from
 anywhere but this server; a screenshot is saved (issue 16).
 
