@@ -1,4 +1,4 @@
-"""Trust end to end (INTERFACE.md §15, issue 15) against real `pyserving serve` processes:
+"""Trust end to end (docs/operations.md, issue 15) against real `pyserving serve` processes:
 TLS and mutual TLS on gRPC and REST with certificates made at test time (grpc secure channels,
 httpx, tritonclient with SSL), the control token, control-plane base paths limited to the
 configured roots, `allow_python` / `--allow-python-servables`, startup refusals for a bad SSL
