@@ -45,7 +45,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cases["pickled"] = models.make_sklearn_regressor(root / "pickled" / "1", pickle="model.pkl")
     models.make_sklearn_regressor(root / "unpickled" / "1", pickle="model.joblib")
     entries = [f"  - {{name: {name}, base_path: {root / name}}}" for name in [*PLATFORMS, "named"]]
-    # a servable.py runs code: the operator opts in per model (INTERFACE.md §15)
+    # a servable.py runs code: the operator opts in per model (docs/operations.md)
     entries[PLATFORMS.index("python")] = (
         f"  - {{name: python, base_path: {root / 'python'}, allow_python: true}}"
     )
