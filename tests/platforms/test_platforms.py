@@ -25,7 +25,7 @@ CASES: dict[str, Callable[[Path, int], Case]] = {
     "sklearn-regressor": models.make_sklearn_regressor,
 }
 PLATFORM_OF = {"torchscript": "torch", "sklearn-regressor": "sklearn"}
-#: the opt-in every servable.py needs (INTERFACE.md §15)
+#: the opt-in every servable.py needs (docs/operations.md)
 ALLOW_PYTHON = {"allow_python": True}
 
 
