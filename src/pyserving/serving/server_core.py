@@ -49,7 +49,7 @@ lifecycle_logger = logging.getLogger("pyserving.lifecycle")
 
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
-    """Everything `pyserving serve` can be told; fields match the CLI flags (INTERFACE.md §2)."""
+    """Everything `pyserving serve` can be told; fields match the CLI flags (docs/cli.md)."""
 
     port: int = 8500
     rest_api_port: int = 8501
