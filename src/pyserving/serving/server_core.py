@@ -121,7 +121,7 @@ class ServerCore:
         else:
             self.config = options.resolve_model_config()
         check_platforms(self.config, self._registry.known_platforms())
-        # Model control may only point at what the operator configured (INTERFACE.md §15).
+        # Model control may only point at what the operator configured (docs/operations.md).
         self._control_roots = ControlRoots(
             (m.base_path for m in self.config.models), options.model_control_roots
         )
