@@ -1,6 +1,6 @@
 """The model config: which models to serve, where from, with which version policy and labels.
 
-One dataclass tree whatever the source: a YAML file (INTERFACE.md §4), TF Serving's text-proto
+One dataclass tree whatever the source: a YAML file (docs/config.md), TF Serving's text-proto
 `ModelServerConfig` (any other file name, so an existing `models.config` works unchanged), the
 same message from a gRPC `HandleReloadConfigRequest`, or the single model of `--model_name` /
 `--model_base_path`. Validation follows TF Serving (reference/tfserving.md §1.12): unique names,
