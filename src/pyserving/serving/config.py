@@ -3,7 +3,7 @@
 One dataclass tree whatever the source: a YAML file (docs/config.md), TF Serving's text-proto
 `ModelServerConfig` (any other file name, so an existing `models.config` works unchanged), the
 same message from a gRPC `HandleReloadConfigRequest`, or the single model of `--model_name` /
-`--model_base_path`. Validation follows TF Serving (reference/tfserving.md §1.12): unique names,
+`--model_base_path`. Validation follows TF Serving (docs/config.md): unique names,
 a model's platform never changes across reloads, relative base paths resolve against the config
 file's directory; every message names the model.
 """
