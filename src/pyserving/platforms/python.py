@@ -1,4 +1,4 @@
-"""The python platform: a user's `servable.py` (INTERFACE.md §8).
+"""The python platform: a user's `servable.py` (docs/repository.md).
 
 `servable.py` defines one class (or names it in the model config's `class`) with:
 
