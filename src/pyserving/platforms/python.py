@@ -10,7 +10,7 @@
 
 A `servable.py` runs as the server's user, so it loads only where the operator said so: the
 model config's `allow_python: true` (`--allow-python-servables` sets it for the `--model_base_path`
-model); without it the version fails to load, naming that key (INTERFACE.md §15).
+model); without it the version fails to load, naming that key (docs/operations.md).
 
 Each version's file is imported as its own module (`pyserving_servable_<model>_<version>_<n>`),
 so two versions of one model never share module state. The class is instantiated with no
