@@ -2,7 +2,7 @@
 
 Every client-visible failure is a ServingError. Each subclass carries a Code named after gRPC's
 canonical codes; `Code.http_status` follows TF Serving's `ToHTTPStatusCode` table and
-INTERFACE.md §7.
+docs/errors.md.
 This module imports nothing from the package (and not grpc): the gRPC layer maps `Code.name` to
 `grpc.StatusCode` at its own edge.
 """
