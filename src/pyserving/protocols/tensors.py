@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -39,6 +39,11 @@ MAX_RANK = 32
 BYTES_ELEMENT_SIZE = 8
 
 _LENGTH = struct.Struct("<I")
+# Bytes per element of each datatype when bounding a declaration.
+_ITEM_SIZE: dict[str, int] = {
+    name: BYTES_ELEMENT_SIZE if name == "BYTES" else dtype.itemsize
+    for name, dtype in V2_TO_NUMPY.items()
+}
 # Little-endian dtypes for every fixed-size V2 datatype (BOOL is decoded through uint8).
 _WIRE_DTYPES: dict[str, np.dtype] = {
     name: dtype.newbyteorder("<") for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"
@@ -52,24 +57,29 @@ def check_shape(dims: Sequence[int], what: str, limits: Limits) -> tuple[int, ..
     if len(dims) > MAX_RANK:
         raise InvalidInput(f"{what}: rank {len(dims)} exceeds the limit of {MAX_RANK}")
     shape = tuple(dims)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidInput(
             f"{what}: shape {list(shape)} has a negative dimension; dimensions are non-negative"
         )
     limit = limits.max_tensor_elements
-    if math.prod(d for d in shape if d) > limit:
+    count = math.prod(shape)
+    if count > limit or (not count and math.prod(d for d in shape if d) > limit):
         raise InvalidInput(
             f"{what}: shape {list(shape)} would exceed the limit of {limit} elements"
         )
     return shape
 
 
-def check_names(signature: Signature, names: Iterable[str]) -> None:
-    """Refuse a set of input names that is not the signature's (TF Serving's wording)."""
-    sent = list(names)
-    wanted = signature.input_names
-    if len(sent) != len(wanted) or any(signature.input(name) is None for name in sent):
-        raise InvalidInput(mismatch_message(sent, wanted))
+def check_names(signature: Signature, names: Collection[str]) -> None:
+    """Refuse a set of distinct input names that is not the signature's (TF Serving's wording)."""
+    if len(names) == len(signature.inputs):
+        lookup = signature.input
+        for name in names:
+            if lookup(name) is None:
+                break
+        else:
+            return
+    raise InvalidInput(mismatch_message(names, signature.input_names))
 
 
 def mismatch_message(sent: Iterable[str], wanted: Iterable[str]) -> str:
@@ -96,13 +106,19 @@ def check_declared(
     spec = signature.input(name)
     if spec is None:
         raise InvalidInput(mismatch_message([name], signature.input_names))
-    if datatype != spec.datatype or not spec.shape_matches(shape):
+    wanted = spec.shape
+    matches = datatype == spec.datatype and len(shape) == len(wanted)
+    if matches:
+        for want, got in zip(wanted, shape, strict=True):
+            if want != got and want != -1:
+                matches = False
+                break
+    if not matches:
         raise InvalidInput(
             f'input "{name}": expected {spec.describe()}, got {datatype} {list(shape)}'
         )
     count = math.prod(shape)
-    dtype = V2_TO_NUMPY[datatype]
-    size = count * (BYTES_ELEMENT_SIZE if datatype == "BYTES" else dtype.itemsize)
+    size = count * _ITEM_SIZE[datatype]
     if size > limits.max_tensor_bytes:
         raise InvalidInput(
             f'input "{name}": {datatype} {list(shape)} takes {size} bytes, over the limit of'

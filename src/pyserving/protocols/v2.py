@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,9 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-#: (name, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value, or an
-#: `InferTensorContents` message
+_NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
+#: (message subject, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value,
+#: or an `InferTensorContents` message
 _Declared = tuple[str, str, tuple[int, ...], Any]
 
 
@@ -214,17 +216,15 @@ def _requested_output(
 
 
 def _declare_input(
-    name: str, seen: Iterable[str], datatype: Any, parameters: Mapping[str, Any]
-) -> str:
-    """The rules every input meets before its shape is read; returns the message's subject."""
-    what = f'input "{name[:80]}"'
+    what: str, name: str, seen: Container[str], datatype: Any, parameters: Mapping[str, Any]
+) -> None:
+    """The rules every input meets before its shape is read (`what` names it in messages)."""
     if name in seen:
         raise InvalidInput(f"{what} appears more than once")
     if parameters.get("shared_memory_region") is not None:
         raise InvalidInput(f"{what}: shared memory is not supported")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"{what}: unsupported datatype {_show(datatype)}")
-    return what
 
 
 def _decode_json_inputs(
@@ -236,11 +236,13 @@ def _decode_json_inputs(
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"input {i}: must be an object with a string 'name'")
         name = item["name"]
-        parameters = _parameters(item.get("parameters"), f'input "{name[:80]}"')
-        what = _declare_input(name, declared, item.get("datatype"), parameters)
-        datatype = item["datatype"]
+        what = f'input "{name[:80]}"'
+        parameters = item.get("parameters")
+        parameters = _NO_PARAMETERS if parameters is None else _parameters(parameters, what)
+        datatype = item.get("datatype")
+        _declare_input(what, name, declared, datatype, parameters)
         dims = item.get("shape")
-        if not isinstance(dims, list) or not all(type(d) is int for d in dims):
+        if type(dims) is not list or any(type(d) is not int for d in dims):
             raise InvalidInput(
                 f"{what}: 'shape' must be a list of non-negative integers, got {_show(dims)}"
             )
@@ -257,7 +259,7 @@ def _decode_json_inputs(
                     f"{what}: binary_data_size {size} exceeds the {left} bytes of binary data"
                     " left (check Inference-Header-Content-Length)"
                 )
-            declared[name] = (name, datatype, shape, binary[offset : offset + size])
+            declared[name] = (what, datatype, shape, binary[offset : offset + size])
             offset += size
         elif "data" in item:
             if datatype == "FP16":
@@ -265,7 +267,7 @@ def _decode_json_inputs(
                     f"{what}: FP16 data cannot be sent as JSON; use the binary tensor data"
                     " extension"
                 )
-            declared[name] = (name, datatype, shape, item["data"])
+            declared[name] = (what, datatype, shape, item["data"])
         else:
             raise InvalidInput(f"{what}: has neither 'data' nor a binary_data_size parameter")
     if offset != len(binary):
@@ -275,9 +277,8 @@ def _decode_json_inputs(
         )
     check_names(signature, declared)
     arrays: dict[str, np.ndarray] = {}
-    for name, datatype, shape, data in declared.values():
+    for name, (what, datatype, shape, data) in declared.items():
         count = check_declared(signature, name, datatype, shape, limits)
-        what = f'input "{name[:80]}"'
         if isinstance(data, memoryview):
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
@@ -324,26 +325,26 @@ def _decode_proto_inputs(
     declared: dict[str, _Declared] = {}
     for i, item in enumerate(inputs):
         name = item.name
-        what = _declare_input(name, declared, item.datatype, _proto_parameters(item.parameters))
+        what = f'input "{name[:80]}"'
+        _declare_input(what, name, declared, item.datatype, _proto_parameters(item.parameters))
         shape = check_shape(item.shape, what, limits)
         if raw:
             if item.HasField("contents"):
                 raise InvalidInput(
                     f"{what}: contents field must not be specified when using raw_input_contents"
                 )
-            declared[name] = (name, item.datatype, shape, memoryview(raw[i]))
+            declared[name] = (what, item.datatype, shape, memoryview(raw[i]))
         else:
             if _CONTENTS_FIELD.get(item.datatype) is None:
                 raise InvalidInput(
                     f"{what}: {item.datatype} data has no typed contents field; use"
                     " raw_input_contents"
                 )
-            declared[name] = (name, item.datatype, shape, item.contents)
+            declared[name] = (what, item.datatype, shape, item.contents)
     check_names(signature, declared)
     arrays: dict[str, np.ndarray] = {}
-    for name, datatype, shape, data in declared.values():
+    for name, (what, datatype, shape, data) in declared.items():
         count = check_declared(signature, name, datatype, shape, limits)
-        what = f'input "{name[:80]}"'
         if isinstance(data, memoryview):
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
