@@ -1,4 +1,4 @@
-"""Test doubles shared by the suites: FakeLoader, FakeServable, RecordingWait, wait_until."""
+"""Test doubles shared by the suites: FakeLoader, FakeServable, ManualClock, wait_until."""
 
 from __future__ import annotations
 
@@ -92,12 +92,14 @@ def item(name: str, version: int, loader: Loader | None = None, revision: str = 
     return ServableData(servable_id, loader or FakeLoader(servable_id), revision=revision)
 
 
-class RecordingWait:
-    """Injectable backoff wait: records each requested delay and returns at once (not cancelled)."""
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
 
     def __init__(self) -> None:
-        self.delays: list[float] = []
+        self.now = 0.0
 
-    def __call__(self, event: threading.Event, timeout_s: float) -> bool:
-        self.delays.append(timeout_s)
-        return event.is_set()
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,29 +1,46 @@
-"""LoaderHarness: legal transitions, refused ones, retries with backoff, cancellation."""
+"""LoaderHarness: legal transitions, refused ones, retry decisions with backoff, cancellation."""
 
+import json
 import threading
+import zipfile
 
 import pytest
+from google.protobuf.message import DecodeError
 
-from pyserving.core.harness import HarnessOptions, HarnessState, LoaderHarness
+from pyserving.core.harness import HarnessOptions, HarnessState, LoaderHarness, is_permanent
 from pyserving.core.ids import ServableId
-from pyserving.errors import Code, FailedPrecondition
-from tests.fakes import FakeLoader, RecordingWait
+from pyserving.core.loader import PermanentLoadError
+from pyserving.errors import Code, FailedPrecondition, NotFound, Unavailable
+from tests.fakes import FakeLoader
 
 SID = ServableId("m", 1)
 
 
-def make(loader: FakeLoader, retries: int = 0, interval_micros: int = 1000, wait=None):
+def make(loader: FakeLoader, retries: int = 0, interval_micros: int = 1000):
     options = HarnessOptions(
         max_num_load_retries=retries, load_retry_interval_micros=interval_micros
     )
-    kwargs = {"wait": wait} if wait else {}
-    return LoaderHarness(SID, loader, options, **kwargs)
+    return LoaderHarness(SID, loader, options)
 
 
-def load_through(harness: LoaderHarness) -> bool:
+def load_through(harness: LoaderHarness, delays: list[float] | None = None) -> bool:
+    """Drive the attempts as the Manager does, recording each backoff instead of waiting it."""
     harness.request_load()
     harness.approve_load()
-    return harness.load()
+    harness.start_loading()
+    while True:
+        try:
+            servable = harness.attempt_load()
+        except Exception as exc:
+            delay = harness.next_retry_delay(exc)
+            if delay is None:
+                harness.fail(harness.error or "", harness.error_code)
+                return False
+            if delays is not None:
+                delays.append(delay)
+            continue
+        harness.loaded(servable)
+        return True
 
 
 def test_full_lifecycle_walks_every_state():
@@ -35,7 +52,10 @@ def test_full_lifecycle_walks_every_state():
     harness.request_unload()
     harness.start_quiescing()
     harness.done_quiescing()
-    harness.unload()
+    harness.start_unloading()
+    harness.run_unload()
+    assert harness.state is HarnessState.UNLOADING
+    harness.finish_unload()
     assert harness.state is HarnessState.DISABLED
     assert loader.unload_calls == 1 and harness.servable is None
 
@@ -91,20 +111,40 @@ def test_load_error_goes_to_error_with_message():
 
 
 def test_retries_finally_succeed_with_exponential_backoff():
-    wait = RecordingWait()
+    delays: list[float] = []
     loader = FakeLoader(SID, fail_times=3)
-    harness = make(loader, retries=5, interval_micros=1000, wait=wait)
-    assert load_through(harness)
+    harness = make(loader, retries=5, interval_micros=1000)
+    assert load_through(harness, delays)
     assert loader.load_calls == 4
-    assert wait.delays == pytest.approx([0.001, 0.002, 0.004])
+    assert delays == pytest.approx([0.001, 0.002, 0.004])
+    assert harness.error is None and harness.error_code is Code.OK
 
 
 def test_retries_finally_fail_after_max_attempts():
-    wait = RecordingWait()
+    delays: list[float] = []
     loader = FakeLoader(SID, always_fail=True)
-    harness = make(loader, retries=2, wait=wait)
-    assert not load_through(harness)
-    assert loader.load_calls == 3 and len(wait.delays) == 2
+    harness = make(loader, retries=2)
+    assert not load_through(harness, delays)
+    assert loader.load_calls == 3 and len(delays) == 2
+
+
+def test_backoff_is_capped():
+    harness = make(FakeLoader(SID, always_fail=True), retries=20, interval_micros=10_000_000)
+    delays: list[float] = []
+    load_through(harness, delays)
+    assert max(delays) == harness.options.max_retry_interval_s
+
+
+def test_error_of_a_failed_attempt_shows_while_still_loading_issue_15():
+    harness = make(FakeLoader(SID, always_fail=True, error="disk hiccup"), retries=3)
+    harness.request_load()
+    harness.approve_load()
+    harness.start_loading()
+    with pytest.raises(RuntimeError) as caught:
+        harness.attempt_load()
+    assert harness.next_retry_delay(caught.value) is not None
+    assert harness.state is HarnessState.LOADING
+    assert harness.error == "disk hiccup" and harness.attempts == 1
 
 
 def test_cancelled_retries_make_no_more_attempts():
@@ -116,18 +156,6 @@ def test_cancelled_retries_make_no_more_attempts():
     assert harness.state is HarnessState.ERROR
 
 
-def test_cancel_wakes_a_load_sleeping_in_backoff():
-    loader = FakeLoader(SID, always_fail=True)
-    harness = make(loader, retries=5, interval_micros=60_000_000)
-    result: list[bool] = []
-    thread = threading.Thread(target=lambda: result.append(load_through(harness)))
-    thread.start()
-    loader.load_started.wait(5)
-    harness.cancel_load_retries()
-    thread.join(5)
-    assert not thread.is_alive() and result == [False]
-
-
 def test_non_retriable_error_is_not_retried():
     class Refusing(FakeLoader):
         def load(self):
@@ -135,14 +163,59 @@ def test_non_retriable_error_is_not_retried():
             raise FailedPrecondition('platform "torch" is not installed')
 
     loader = Refusing(SID)
-    harness = make(loader, retries=5, wait=RecordingWait())
+    harness = make(loader, retries=5)
     assert not load_through(harness)
     assert loader.load_calls == 1
     assert harness.error_code is Code.FAILED_PRECONDITION
 
 
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermanentLoadError("truncated model"),
+        FileNotFoundError("model.onnx"),
+        DecodeError("Error parsing message"),
+        json.JSONDecodeError("bad", "{", 0),
+        zipfile.BadZipFile("not a zip"),
+        NotFound("no such file"),
+        FailedPrecondition("bad pyserving.yaml"),
+    ],
+    ids=type,
+)
+def test_errors_that_retrying_cannot_fix_are_permanent_issue_15(exc):
+    assert is_permanent(exc)
+
+
+def test_a_wrapped_parse_error_is_permanent_issue_15():
+    try:
+        try:
+            raise DecodeError("Error parsing message")
+        except DecodeError as inner:
+            raise RuntimeError("could not load saved_model.pb") from inner
+    except RuntimeError as outer:
+        assert is_permanent(outer)
+
+
+@pytest.mark.parametrize(
+    "exc", [RuntimeError("flaky"), OSError("I/O error"), MemoryError(), Unavailable("s3 503")]
+)
+def test_errors_that_may_heal_are_retried(exc):
+    assert not is_permanent(exc)
+
+
+def test_discard_unloads_what_a_failed_attempt_loaded_issue_15():
+    loader = FakeLoader(SID)
+    harness = make(loader)
+    harness.request_load()
+    harness.approve_load()
+    harness.start_loading()
+    harness.attempt_load()
+    harness.discard()
+    assert loader.unload_calls == 1 and loader.servable.unloaded
+
+
 def test_illegal_transition_changes_nothing():
     harness = make(FakeLoader(SID))
     with pytest.raises(FailedPrecondition):
-        harness.load()
+        harness.attempt_load()
     assert harness.state is HarnessState.NEW

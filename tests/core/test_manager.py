@@ -9,7 +9,7 @@ import pytest
 from pyserving.core.ids import ServableData, ServableId, ServableRequest, ServableState
 from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.errors import NotFound
-from tests.fakes import FakeLoader, RecordingWait, item, wait_until
+from tests.fakes import FakeLoader, item, wait_until
 
 POOLS = [(0, 0), (1, 1), (2, 0), (0, 2), (4, 4)]
 
@@ -28,7 +28,7 @@ def make_manager(pools, **options) -> Manager:
         load_retry_interval_micros=options.pop("interval", 0),
         **options,
     )
-    return Manager(opts, wait=RecordingWait())
+    return Manager(opts)
 
 
 @pytest.fixture

@@ -84,3 +84,12 @@ class TestResourcePreserving:
 
     def test_loads_if_unaspired_is_in_error(self):
         assert resource_preserving([snap(1, S.ERROR, False), snap(2, S.NEW, True)]) == load(2)
+
+    def test_keeps_serving_when_every_aspired_version_failed_issue_15(self):
+        # e.g. the new version was refused: it cannot fit the budget even after the unload
+        assert resource_preserving([snap(1, S.READY, False), snap(2, S.ERROR, True)]) is None
+
+    def test_unloads_when_nothing_is_aspired_or_an_aspired_one_serves(self):
+        assert resource_preserving([snap(1, S.READY, False)]) == unload(1)
+        got = resource_preserving([snap(1, S.READY, False), snap(2, S.READY, True)])
+        assert got == unload(1)

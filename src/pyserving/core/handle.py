@@ -56,7 +56,8 @@ class VersionRefCount:
 class ServableHandle:
     """Keeps one loaded version alive for the length of one request.
 
-    Thread-safety: usable from any thread; release() is idempotent.
+    Thread-safety: usable from any thread; `release()` is atomic and idempotent — of any number
+    of concurrent calls exactly one releases the reference.
     Ownership: the caller releases it (use `with`); holding it delays this version's unload,
     no other.
     Blocking: acquiring and releasing never wait.
@@ -65,14 +66,18 @@ class ServableHandle:
     __slots__ = ("_ref", "id", "servable")
 
     def __init__(self, ref: VersionRefCount) -> None:
-        self._ref: VersionRefCount | None = ref
+        # A one-item list: list.pop() takes the item out in one step, so two releasing threads
+        # can never both get it (a read then a write of an attribute could interleave).
+        self._ref: list[VersionRefCount] = [ref]
         self.id: ServableId = ref.id
         self.servable: Any = ref.servable
 
     def release(self) -> None:
-        ref, self._ref = self._ref, None
-        if ref is not None:
-            ref.release()
+        try:
+            ref = self._ref.pop()
+        except IndexError:
+            return  # already released
+        ref.release()
 
     def __enter__(self) -> ServableHandle:
         return self

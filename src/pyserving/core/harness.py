@@ -1,16 +1,15 @@
-"""LoaderHarness: the state machine of one version, with load retries and exponential backoff."""
+"""LoaderHarness: the state machine of one version, its load attempts and retry backoff."""
 
 from __future__ import annotations
 
 import enum
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pyserving.core.ids import ServableId
-from pyserving.core.loader import Loader
+from pyserving.core.loader import Loader, PermanentLoadError
 from pyserving.errors import Code, FailedPrecondition, ServingError
 
 logger = logging.getLogger("pyserving.lifecycle")
@@ -47,11 +46,52 @@ _LEGAL: dict[HarnessState, frozenset[HarnessState]] = {
     S.ERROR: frozenset(),
 }
 
-WaitFn = Callable[[threading.Event, float], bool]
+#: ServingError codes that retrying the same files cannot fix
+_PERMANENT_CODES = frozenset(
+    {Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED, Code.NOT_FOUND}
+)
+#: OSErrors that say the version's files are not what a loader needs
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+#: parse errors of the model formats, by qualified class name (no optional import needed)
+_PARSE_ERRORS = frozenset(
+    {
+        "google.protobuf.message.DecodeError",
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf",
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph",
+        "onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile",
+        "_pickle.UnpicklingError",
+        "pickle.UnpicklingError",
+        "zipfile.BadZipFile",
+        "json.decoder.JSONDecodeError",
+        "orjson.JSONDecodeError",
+        "yaml.error.YAMLError",
+        "builtins.UnicodeDecodeError",
+    }
+)
 
 
-def _wait_on_event(event: threading.Event, timeout_s: float) -> bool:
-    return event.wait(timeout_s)
+def is_permanent(exc: BaseException) -> bool:
+    """True when retrying the load of the same files cannot succeed.
+
+    The rule: a `PermanentLoadError`; a ServingError whose code is FAILED_PRECONDITION,
+    INVALID_ARGUMENT, UNIMPLEMENTED or NOT_FOUND; a missing file or directory; or a parse error
+    of a model format (protobuf, ONNX, pickle, zip, JSON, YAML, text encoding) — checked along the
+    `raise ... from` chain. Anything else (I/O, memory, a flaky store) is worth retrying. A
+    permanent failure is tried again when the version's files change or it is re-aspired.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (PermanentLoadError, *_PERMANENT_OS_ERRORS)):
+            return True
+        if isinstance(current, ServingError) and current.code in _PERMANENT_CODES:
+            return True
+        for cls in type(current).__mro__:
+            if f"{cls.__module__}.{cls.__qualname__}" in _PARSE_ERRORS:
+                return True
+        current = current.__cause__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +109,14 @@ class LoaderHarness:
     Legal transitions (anything else raises FailedPrecondition and changes nothing):
         NEW → LOAD_REQUESTED → LOAD_APPROVED → LOADING → READY → UNLOAD_REQUESTED → QUIESCING
         → QUIESCED → UNLOADING → DISABLED; and any non-final state → ERROR.
+    A version stays LOADING across its attempts; between two it holds no thread: the harness only
+    says how long to wait (`next_retry_delay`) and its owner schedules the next `attempt_load`.
     Thread-safety: every method may be called from any thread; `request_load` and `request_unload`
-    are atomic test-and-set, so exactly one of several concurrent callers wins.
-    Blocking: `load()` runs the Loader with retries and sleeps between attempts (backoff); call it
-    on a load thread. `cancel_load_retries()` wakes it and stops further attempts.
+    are atomic test-and-set, so exactly one of several concurrent callers wins. The Manager makes
+    every state change under its own lock, so states change in the order it decides.
+    Blocking: `attempt_load` and `run_unload` run Loader code; call them on a lifecycle thread.
+    Ownership: a loaded servable is held only from `loaded()` until `run_unload()`; `discard`
+    unloads one that never reached `loaded()`, so no failure path leaks a loaded model.
     """
 
     def __init__(
@@ -81,23 +125,28 @@ class LoaderHarness:
         loader: Loader | None,
         options: HarnessOptions,
         revision: str = "",
-        wait: WaitFn = _wait_on_event,
     ) -> None:
         self.id = servable_id
         self.loader = loader
         self.revision = revision
         self.options = options
-        self._wait = wait
         self._lock = threading.Lock()  # guards _state, _error, _error_code, servable
         self._state = HarnessState.NEW
         self._error: str | None = None
         self._error_code = Code.OK
         self._cancelled = threading.Event()
+        self._attempts = 0
         self.servable: Any = None
         #: whether the source still wants this version; owned by the Manager (under its lock)
         self.is_aspired = True
         #: the request refcount once serving; owned by the Manager (under its lock)
         self.ref: Any = None
+        #: the estimated RAM in bytes once asked; owned by the Manager (under its lock)
+        self.estimate: int | None = None
+        #: the scheduled next attempt while waiting out a backoff; owned by the Manager
+        self.retry: Any = None
+        #: when LOADING began (perf_counter), for the load duration; owned by the Manager
+        self.load_started_s = 0.0
 
     @property
     def state(self) -> HarnessState:
@@ -105,11 +154,17 @@ class LoaderHarness:
 
     @property
     def error(self) -> str | None:
+        """The reason of ERROR, or while retrying the last attempt's error."""
         return self._error
 
     @property
     def error_code(self) -> Code:
         return self._error_code
+
+    @property
+    def attempts(self) -> int:
+        """Load attempts made so far."""
+        return self._attempts
 
     def _transition(self, expected: HarnessState, target: HarnessState, refusal: str) -> None:
         with self._lock:
@@ -127,6 +182,65 @@ class LoaderHarness:
     def approve_load(self) -> None:
         self._transition(S.LOAD_REQUESTED, S.LOAD_APPROVED, "Load not requested")
 
+    def start_loading(self) -> None:
+        """LOAD_APPROVED → LOADING: attempts may run from now on."""
+        self._transition(S.LOAD_APPROVED, S.LOADING, "Load not approved")
+
+    def attempt_load(self) -> Any:
+        """Run the Loader once and return what it loaded (the state does not change: the owner
+        calls `loaded()` or `discard()`); raises what the Loader raises.
+
+        Blocking: runs `Loader.load()`.
+        """
+        with self._lock:
+            if self._state is not S.LOADING:
+                raise FailedPrecondition(f"Not loading: servable {self.id} is {self._state.value}")
+            self._attempts += 1
+        assert self.loader is not None
+        return self.loader.load()
+
+    def loaded(self, servable: Any) -> None:
+        """LOADING → READY with the servable an attempt returned; clears the retry error."""
+        with self._lock:
+            if self._state is not S.LOADING:
+                raise FailedPrecondition(f"Not loading: servable {self.id} is {self._state.value}")
+            self.servable = servable
+            self._state = S.READY
+            self._error = None
+            self._error_code = Code.OK
+
+    def discard(self) -> None:
+        """Unload what a failed attempt loaded (it never served); a Loader that raises is logged.
+
+        Blocking: runs `Loader.unload()`.
+        """
+        try:
+            if self.loader is not None:
+                self.loader.unload()
+        except Exception:
+            logger.exception("unloading %s after its failed load raised", self.id)
+
+    def next_retry_delay(self, exc: BaseException) -> float | None:
+        """Record a failed attempt; the seconds to wait before the next, or None to give up.
+
+        Gives up on a permanent error (`is_permanent`), once the retries are spent, or when
+        retries were cancelled. Until then the state stays LOADING and `error` says why.
+        """
+        message = str(exc) or type(exc).__name__
+        code = exc.code if isinstance(exc, ServingError) else Code.UNKNOWN
+        with self._lock:
+            self._error = message
+            self._error_code = code
+            attempts = self._attempts
+        if (
+            self._cancelled.is_set()
+            or attempts > self.options.max_num_load_retries
+            or is_permanent(exc)
+        ):
+            return None
+        interval_s = max(0.0, self.options.load_retry_interval_micros / 1e6)
+        return min(interval_s * 2 ** (attempts - 1), self.options.max_retry_interval_s)
+
     def request_unload(self) -> None:
         """READY → UNLOAD_REQUESTED; refuses when not loaded or an unload is already under way."""
         self._transition(
@@ -141,6 +255,29 @@ class LoaderHarness:
     def done_quiescing(self) -> None:
         self._transition(S.QUIESCING, S.QUIESCED, "Not quiescing")
 
+    def start_unloading(self) -> None:
+        self._transition(S.QUIESCED, S.UNLOADING, "Not quiesced")
+
+    def run_unload(self) -> None:
+        """Release the servable (state stays UNLOADING until `finish_unload`); a Loader that
+        raises is logged and the version is dropped anyway.
+
+        Blocking: runs `Loader.unload()`.
+        """
+        if self._state is not S.UNLOADING:
+            raise FailedPrecondition(f"Not unloading: servable {self.id} is {self._state.value}")
+        try:
+            if self.loader is not None:
+                self.loader.unload()
+        except Exception:
+            logger.exception("unloading %s raised; the version is dropped anyway", self.id)
+        with self._lock:
+            self.servable = None
+
+    def finish_unload(self) -> None:
+        """UNLOADING → DISABLED."""
+        self._transition(S.UNLOADING, S.DISABLED, "Not unloading")
+
     def fail(self, error: str, code: Code = Code.UNKNOWN) -> None:
         """Move to ERROR with a reason (no-op when already final)."""
         with self._lock:
@@ -150,66 +287,14 @@ class LoaderHarness:
             self._error = error
             self._error_code = code
 
+    @property
+    def retries_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
     def cancel_load_retries(self) -> None:
-        """Stop retrying (the version is no longer aspired); wakes a load waiting on backoff."""
+        """Stop retrying (the version is no longer aspired): a failing attempt is the last."""
         self._cancelled.set()
 
     def resume_load_retries(self) -> None:
-        """The version is aspired again: let a load still in progress keep retrying."""
+        """The version is aspired again: a load still in progress may keep retrying."""
         self._cancelled.clear()
-
-    def load(self) -> bool:
-        """LOAD_APPROVED → LOADING → READY, retrying failures with backoff; False means ERROR.
-
-        Blocking: runs the Loader and sleeps between attempts.
-        """
-        self._transition(S.LOAD_APPROVED, S.LOADING, "Load not approved")
-        assert self.loader is not None
-        attempts = self.options.max_num_load_retries + 1
-        interval_s = max(0.0, self.options.load_retry_interval_micros / 1e6)
-        error: BaseException | None = None
-        for attempt in range(attempts):
-            if attempt > 0:
-                if self._cancelled.is_set() or self._wait(self._cancelled, interval_s):
-                    break
-                interval_s = min(interval_s * 2, self.options.max_retry_interval_s)
-            try:
-                servable = self.loader.load()
-            except Exception as exc:
-                error = exc
-                logger.warning(
-                    "loading %s failed (attempt %d of %d): %s", self.id, attempt + 1, attempts, exc
-                )
-                if not _is_retriable(exc):
-                    break
-                continue
-            with self._lock:
-                self.servable = servable
-                self._state = S.READY
-            return True
-        if error is None:
-            self.fail("Loading of servable cancelled", Code.CANCELLED)
-        else:
-            code = error.code if isinstance(error, ServingError) else Code.UNKNOWN
-            self.fail(str(error) or type(error).__name__, code)
-        return False
-
-    def unload(self) -> None:
-        """QUIESCED → UNLOADING → DISABLED; a Loader that raises while unloading is logged."""
-        self._transition(S.QUIESCED, S.UNLOADING, "Not quiesced")
-        try:
-            if self.loader is not None:
-                self.loader.unload()
-        except Exception:
-            logger.exception("unloading %s raised; the version is dropped anyway", self.id)
-        with self._lock:
-            self.servable = None
-            self._state = S.DISABLED
-
-
-def _is_retriable(exc: BaseException) -> bool:
-    # A missing platform or a refused request does not fix itself by trying again.
-    return not (
-        isinstance(exc, ServingError)
-        and exc.code in (Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT, Code.UNIMPLEMENTED)
-    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from pyserving.core.handle import ServableHandle, VersionRefCount
-from pyserving.core.harness import HarnessOptions, HarnessState, LoaderHarness, WaitFn
+from pyserving.core.harness import HarnessOptions, HarnessState, LoaderHarness, is_permanent
 from pyserving.core.ids import (
     ServableData,
     ServableId,
@@ -23,6 +24,7 @@ from pyserving.core.loader import Loader
 from pyserving.core.monitor import EventBus, StateMonitor
 from pyserving.core.policy import POLICIES, Action, ActionKind, VersionSnapshot
 from pyserving.core.resources import ResourceTracker
+from pyserving.core.scheduler import RetryScheduler
 from pyserving.errors import Code, NotFound
 
 logger = logging.getLogger("pyserving.lifecycle")
@@ -92,18 +94,26 @@ class Manager:
     """Owns every version's lifecycle and the serving map requests read handles from.
 
     Thread-safety: every public method may be called from any thread.
+    Ordering: every state change of a version is decided under the Manager's lock, and its event
+    is queued there, in that order; events reach the bus in queue order, one delivering thread
+    at a time. So the state monitor, metrics and logs see each version's states in the order the
+    Manager decided them — never the order threads happen to finish in — and a call that
+    changed states returns once their events were delivered. Bus subscribers must not call back
+    into the Manager's mutating methods.
     Blocking: `aspire_versions` never waits for a load (work goes to the load/unload pools, or
     runs inline when a pool size is 0); `get_handle` is a dict lookup and a counter increment,
-    never a wait; `stop` waits for every version to unload.
+    never a wait; `stop` waits for every version to unload. A failed load attempt holds no
+    thread while it waits to retry: the next attempt is a timer on the RetryScheduler.
     Event-driven: a new aspired list, or a load/unload that finishes, re-runs that stream's policy
-    at once; streams are independent, so different streams load in parallel on the load pool.
+    at once; streams are independent, so different streams load in parallel on the load pool,
+    and a version waiting out its backoff never delays another version's load.
     """
 
     def __init__(
         self,
         options: ManagerOptions | None = None,
         bus: EventBus | None = None,
-        wait: WaitFn | None = None,
+        scheduler: RetryScheduler | None = None,
     ) -> None:
         self.options = options or ManagerOptions()
         if self.options.version_transition_policy not in POLICIES:
@@ -116,14 +126,19 @@ class Manager:
             max_num_load_retries=self.options.max_num_load_retries,
             load_retry_interval_micros=self.options.load_retry_interval_micros,
         )
-        self._wait = wait
         self.bus = bus or EventBus()
         self.monitor = StateMonitor(self.bus)
         self.resources = ResourceTracker(self.options.total_model_memory_limit_bytes)
+        # Resource-preserving swaps unload first: check a new version fits before that happens.
+        self._check_fit_first = (
+            self.options.version_transition_policy == "resource"
+            and self.resources.total_bytes is not None
+        )
+        self._scheduler = scheduler if scheduler is not None else RetryScheduler()
         self._load_pool = _make_executor(self.options.num_load_threads, "pyserving-load")
         self._unload_pool = _make_executor(self.options.num_unload_threads, "pyserving-unload")
-        # guards _streams, harness.is_aspired/.ref, _running, _dirty, _executing, _resource_waiters,
-        # _stopped
+        # guards _streams, every harness's state changes and Manager-owned fields, _running,
+        # _dirty, _executing, _resource_waiters, _stopped, _serving_map; appends to _events
         self._lock = threading.Lock()
         # signalled whenever a load or unload finishes: resource waits and stop() wait on it
         self._op_done = threading.Condition(self._lock)
@@ -133,6 +148,9 @@ class Manager:
         self._executing = 0
         self._resource_waiters = 0
         self._stopped = False
+        # Events in the order decided (appended under _lock), delivered under _deliver_lock.
+        self._events: deque[ServableStateEvent] = deque()
+        self._deliver_lock = threading.Lock()
         # The serving map is replaced whole, never mutated, so readers take no lock.
         self._serving_map: MappingProxyType[str, _StreamEntry] = MappingProxyType({})
 
@@ -153,7 +171,10 @@ class Manager:
         with self._lock:
             if self._stopped:
                 return
-            self._streams.setdefault(name, _Stream(name)).aspired = wanted
+            stream = self._streams.setdefault(name, _Stream(name))
+            stream.aspired = wanted
+            self._apply_aspired_locked(stream)
+        self._deliver()
         self._reconcile(name)
 
     def get_handle(self, request: ServableRequest) -> ServableHandle:
@@ -192,16 +213,21 @@ class Manager:
             return sorted(self._streams)
 
     def stop(self, timeout_s: float | None = None) -> bool:
-        """Unload every version (after in-flight requests) and shut the pools; True if clean."""
+        """Unload every version (after in-flight requests), cancel pending retries and shut the
+        pools; True if everything unloaded in time."""
         with self._lock:
             names = list(self._streams)
             for stream in self._streams.values():
                 stream.aspired = {}
+                self._apply_aspired_locked(stream)
+        self._deliver()
         for name in names:
             self._reconcile(name)
         with self._lock:
             self._stopped = True
             drained = self._op_done.wait_for(self._all_settled_locked, timeout_s)
+        self._deliver()
+        self._scheduler.close()
         self._load_pool.shutdown(wait=drained)
         self._unload_pool.shutdown(wait=drained)
         return drained
@@ -242,43 +268,53 @@ class Manager:
             raise
 
     def _reconcile_once(self, name: str) -> None:
-        with self._lock:
-            stream = self._streams.get(name)
-            if stream is None:
-                return
-            events = self._apply_aspired_locked(stream)
-        for event in events:
-            self.bus.publish(event)
+        if self._check_fit_first:
+            self._refuse_versions_that_cannot_fit(name)
         while True:
             with self._lock:
-                action = self._policy(
-                    [
-                        VersionSnapshot(h.id, h.state, h.is_aspired)
-                        for h in stream.harnesses.values()
-                    ]
-                )
-                if action is None:
-                    return
-                harness = stream.harnesses[action.id.version]
-                if action.kind is ActionKind.LOAD:
-                    harness.request_load()
-                else:
-                    harness.request_unload()
+                stream = self._streams.get(name)
+                action = None
+                if stream is not None:
+                    self._apply_aspired_locked(stream)
+                    action = self._policy(
+                        [
+                            VersionSnapshot(h.id, h.state, h.is_aspired)
+                            for h in stream.harnesses.values()
+                        ]
+                    )
+                if action is not None:
+                    harness = stream.harnesses[action.id.version]
+                    if action.kind is ActionKind.LOAD:
+                        harness.request_load()
+                    else:
+                        harness.request_unload()
+            self._deliver()
+            if action is None:
+                return
             self._submit(action, harness)
 
-    def _apply_aspired_locked(self, stream: _Stream) -> list[ServableStateEvent]:
-        """Bring the harnesses in line with the aspired list; returns the events to publish."""
-        events: list[ServableStateEvent] = []
+    def _apply_aspired_locked(self, stream: _Stream) -> None:
+        """Bring the harnesses in line with the aspired list, queueing the events."""
         for version, harness in list(stream.harnesses.items()):
             if version in stream.aspired:
                 continue
             if harness.is_aspired:
                 harness.is_aspired = False
                 harness.cancel_load_retries()
+                if harness.retry is not None:
+                    # Waiting out a backoff: no attempt runs, so it ends here and now.
+                    harness.retry.cancel()
+                    harness.retry = None
+                    self._fail_locked(
+                        harness,
+                        f"Loading of servable cancelled: no longer aspired (last error: "
+                        f"{harness.error})",
+                        Code.CANCELLED,
+                    )
             if harness.state is HarnessState.NEW:
                 # Never started: forget it, and tell status it is gone.
                 del stream.harnesses[version]
-                events.append(self._event(harness.id, ServableState.END))
+                self._emit_locked(harness.id, ServableState.END)
             elif harness.state in _FINAL:
                 del stream.harnesses[version]
         for version, item in stream.aspired.items():
@@ -286,12 +322,14 @@ class Manager:
             if harness is None or self._should_replace(harness, item):
                 harness = self._new_harness(item)
                 stream.harnesses[version] = harness
-                events.append(self._start_event(harness))
+                if harness.state is HarnessState.ERROR:
+                    self._emit_locked(harness.id, ServableState.END, harness)
+                else:
+                    self._emit_locked(harness.id, ServableState.START)
             elif not harness.is_aspired and harness.state not in _UNLOADING:
                 # Re-aspired before it went away: keep it (a READY version keeps serving).
                 harness.is_aspired = True
                 harness.resume_load_retries()
-        return events
 
     @staticmethod
     def _should_replace(harness: LoaderHarness, item: ServableData[Loader]) -> bool:
@@ -305,29 +343,39 @@ class Manager:
         return False
 
     def _new_harness(self, item: ServableData[Loader]) -> LoaderHarness:
-        kwargs = {"wait": self._wait} if self._wait is not None else {}
-        harness = LoaderHarness(
-            item.id, item.data, self._harness_options, revision=item.revision, **kwargs
-        )
+        harness = LoaderHarness(item.id, item.data, self._harness_options, revision=item.revision)
         if item.error is not None or item.data is None:
             harness.fail(item.error or "no loader for this version", Code.UNKNOWN)
         return harness
 
-    def _start_event(self, harness: LoaderHarness) -> ServableStateEvent:
-        if harness.state is HarnessState.ERROR:
-            return self._event(harness.id, ServableState.END, harness)
-        return self._event(harness.id, ServableState.START)
+    # ------------------------------------------------------------------------------- events
 
-    @staticmethod
-    def _event(
+    def _emit_locked(
+        self,
         servable_id: ServableId,
         state: ServableState,
         harness: LoaderHarness | None = None,
         duration_s: float | None = None,
-    ) -> ServableStateEvent:
+    ) -> None:
+        """Queue one event; called under the lock right where the state change is decided."""
         error = harness.error if harness is not None else None
         code = harness.error_code.name if harness is not None else "OK"
-        return ServableStateEvent(servable_id, state, error, code, time.time(), duration_s)
+        self._events.append(
+            ServableStateEvent(servable_id, state, error, code, time.time(), duration_s)
+        )
+
+    def _deliver(self) -> None:
+        """Deliver the queued events in order; returns once every event queued before the call
+        has been delivered (by this thread or by the one delivering when it was called)."""
+        with self._deliver_lock:
+            while self._events:
+                self.bus.publish(self._events.popleft())
+
+    def _fail_locked(self, harness: LoaderHarness, error: str, code: Code) -> None:
+        """ERROR with `error`: release its memory and queue END with the reason."""
+        harness.fail(error, code)
+        self.resources.release(harness.id)
+        self._emit_locked(harness.id, ServableState.END, harness)
 
     # -------------------------------------------------------------------------- load / unload
 
@@ -338,116 +386,240 @@ class Manager:
             self._unload_pool.submit(self._run_job, self._execute_unload, harness)
 
     def _run_job(self, job: Callable[[LoaderHarness], None], harness: LoaderHarness) -> None:
+        with self._lock:
+            self._executing += 1
         try:
             job(harness)
         except Exception:
             logger.exception("lifecycle job for %s failed", harness.id)
-            harness.fail("internal error in the manager; see the server log", Code.INTERNAL)
-            self.resources.release(harness.id)
-            self.bus.publish(self._event(harness.id, ServableState.END, harness))
-        finally:
-            self._reconcile(harness.id.name)
-
-    def _execute_load(self, harness: LoaderHarness) -> None:
-        started = time.perf_counter()
-        with self._lock:
-            self._executing += 1
-        try:
-            if not self._reserve_resources(harness):
-                self.bus.publish(self._event(harness.id, ServableState.END, harness))
-                return
-            harness.approve_load()
-            self.bus.publish(self._event(harness.id, ServableState.LOADING))
-            if not harness.load():
-                self.resources.release(harness.id)
-                self.bus.publish(
-                    self._event(
-                        harness.id, ServableState.END, harness, time.perf_counter() - started
-                    )
+            with self._lock:
+                held = harness.servable
+                self._fail_locked(
+                    harness, "internal error in the manager; see the server log", Code.INTERNAL
                 )
-                return
-            self._refine_resources(harness)
-            self._publish_serving_map()
-            self.bus.publish(
-                self._event(
-                    harness.id, ServableState.AVAILABLE, duration_s=time.perf_counter() - started
-                )
-            )
+                self._publish_serving_map_locked()
+            self._deliver()
+            if held is not None:  # never leave a loaded model behind
+                if harness.ref is not None:
+                    harness.ref.close_and_wait()
+                harness.discard()
         finally:
             with self._lock:
                 self._executing -= 1
                 self._op_done.notify_all()
+            self._reconcile(harness.id.name)
+
+    def _execute_load(self, harness: LoaderHarness) -> None:
+        if not self._reserve_resources(harness):
+            return
+        with self._lock:
+            harness.approve_load()
+            harness.start_loading()
+            harness.load_started_s = time.perf_counter()
+            self._emit_locked(harness.id, ServableState.LOADING)
+        self._deliver()
+        self._attempt_load(harness)
+
+    def _attempt_load(self, harness: LoaderHarness) -> None:
+        """One load attempt; on failure either schedules the next or ends the version."""
+        try:
+            servable = harness.attempt_load()
+        except Exception as exc:
+            self._attempt_failed(harness, exc)
+            return
+        try:
+            measured = self._measure(harness, servable)
+        except Exception as exc:
+            # Loaded but unusable: unload it now, so a failed version never holds a model.
+            harness.discard()
+            self._attempt_failed(harness, exc, "loaded, then measuring its memory failed: ")
+            return
+        with self._lock:
+            if measured is not None:
+                self.resources.update(harness.id, measured)
+            harness.loaded(servable)
+            self._publish_serving_map_locked()
+            self._emit_locked(
+                harness.id,
+                ServableState.AVAILABLE,
+                duration_s=time.perf_counter() - harness.load_started_s,
+            )
+        self._deliver()
+
+    @staticmethod
+    def _measure(harness: LoaderHarness, servable: object) -> int | None:
+        assert harness.loader is not None
+        measured = harness.loader.resources_after_load()
+        if measured is None and hasattr(servable, "memory_bytes"):
+            measured = servable.memory_bytes()
+        return measured
+
+    def _attempt_failed(self, harness: LoaderHarness, exc: Exception, prefix: str = "") -> None:
+        delay = harness.next_retry_delay(exc)
+        error = f"{prefix}{harness.error}"
+        attempts = harness.attempts
+        with self._lock:
+            if delay is None:
+                self._fail_locked(harness, error, harness.error_code)
+            else:
+                self._emit_locked(harness.id, ServableState.LOADING, harness)
+                harness.retry = self._scheduler.call_later(delay, lambda: self._retry_due(harness))
+        if delay is not None:
+            logger.warning(
+                "loading %s failed (attempt %d of %d): %s; next attempt in %gs",
+                harness.id,
+                attempts,
+                self.options.max_num_load_retries + 1,
+                error,
+                delay,
+            )
+        elif harness.retries_cancelled:
+            logger.info("loading %s stopped: no longer aspired (last error: %s)", harness.id, error)
+        else:
+            logger.error(
+                "loading %s failed for good after %d attempt(s)%s: %s",
+                harness.id,
+                attempts,
+                "; not retried until its files change (the error is permanent)"
+                if is_permanent(exc)
+                else "",
+                error,
+            )
+        self._deliver()
+
+    def _retry_due(self, harness: LoaderHarness) -> None:
+        """On the timer thread: hand the next attempt to the load pool (never load here)."""
+        with self._lock:
+            if harness.retry is None or harness.state is not HarnessState.LOADING:
+                return  # cancelled while the timer fired
+            harness.retry = None
+        self._load_pool.submit(self._run_job, self._attempt_load, harness)
+
+    def _estimate(self, harness: LoaderHarness) -> bool:
+        """Ask the loader for its estimate once (outside the lock); False when that failed."""
+        assert harness.loader is not None
+        try:
+            needed = max(0, int(harness.loader.estimate_resources()))
+        except Exception as exc:
+            with self._lock:
+                self._fail_locked(harness, f"estimating resources failed: {exc}", Code.UNKNOWN)
+            self._deliver()
+            return False
+        with self._lock:
+            harness.estimate = needed
+        return True
+
+    def _refuse_versions_that_cannot_fit(self, name: str) -> None:
+        """Resource-preserving: end every aspired new version whose estimate exceeds the budget
+        even after every version on its way out is gone, before the policy unloads anything for
+        it. The serving versions then stay (the policy keeps them while nothing can replace
+        them), and the refused version's status says why."""
+        with self._lock:
+            stream = self._streams.get(name)
+            unknown = [
+                h
+                for h in (stream.harnesses.values() if stream else ())
+                if h.is_aspired and h.state is HarnessState.NEW and h.estimate is None
+            ]
+        for harness in unknown:
+            self._estimate(harness)
+        total = self.resources.total_bytes
+        assert total is not None
+        with self._lock:
+            stream = self._streams.get(name)
+            if stream is None:
+                return
+            leaving = [
+                h
+                for s in self._streams.values()
+                for h in s.harnesses.values()
+                if not h.is_aspired and h.state not in _FINAL
+            ]
+            room = (
+                total
+                - self.resources.used_bytes
+                + sum(self.resources.reserved(h.id) for h in leaving)
+            )
+            serving = sorted(
+                v
+                for v, h in stream.harnesses.items()
+                if not h.is_aspired and h.state is HarnessState.READY
+            )
+            for harness in list(stream.harnesses.values()):
+                needed = harness.estimate
+                if harness.state is not HarnessState.NEW or needed is None or needed <= room:
+                    continue
+                kept = f"; version(s) {serving} keep serving" if serving else ""
+                self._fail_locked(
+                    harness,
+                    f"Insufficient resources to load servable {harness.id}: needs {needed} bytes,"
+                    f" at most {room} of {total} bytes can be freed for it{kept}",
+                    Code.RESOURCE_EXHAUSTED,
+                )
+        self._deliver()
 
     def _reserve_resources(self, harness: LoaderHarness) -> bool:
         """Reserve the version's RAM; waits while other loads/unloads run, then gives up.
 
         Blocking: waits on running lifecycle work (never on requests).
         """
-        assert harness.loader is not None
-        try:
-            needed = max(0, int(harness.loader.estimate_resources()))
-        except Exception as exc:
-            harness.fail(f"estimating resources failed: {exc}", Code.UNKNOWN)
+        if harness.estimate is None and not self._estimate(harness):
             return False
+        needed = harness.estimate
+        assert needed is not None
         with self._lock:
             while not self.resources.try_reserve(harness.id, needed):
                 # Wait only while some other lifecycle job can still free memory; loads that are
                 # themselves waiting here free nothing.
                 if self._executing - self._resource_waiters <= 1:
-                    harness.fail(
+                    self._fail_locked(
+                        harness,
                         f"Insufficient resources to load servable {harness.id}: needs {needed} "
                         f"bytes, {self.resources.describe()}",
                         Code.RESOURCE_EXHAUSTED,
                     )
-                    return False
+                    break
                 self._resource_waiters += 1
                 try:
                     self._op_done.wait()
                 finally:
                     self._resource_waiters -= 1
-        return True
-
-    def _refine_resources(self, harness: LoaderHarness) -> None:
-        assert harness.loader is not None
-        measured = harness.loader.resources_after_load()
-        if measured is None and hasattr(harness.servable, "memory_bytes"):
-            measured = harness.servable.memory_bytes()
-        if measured is not None:
-            self.resources.update(harness.id, measured)
+            else:
+                return True
+        self._deliver()
+        return False
 
     def _execute_unload(self, harness: LoaderHarness) -> None:
         started = time.perf_counter()
         with self._lock:
-            self._executing += 1
-        try:
             harness.start_quiescing()
-            self.bus.publish(self._event(harness.id, ServableState.UNLOADING))
-            self._publish_serving_map()
-            # Requests already holding a handle on this version finish first; no new ones start.
-            if harness.ref is not None:
-                harness.ref.close_and_wait()
-            harness.done_quiescing()
-            harness.unload()
-            self.resources.release(harness.id)
-            self.bus.publish(
-                self._event(harness.id, ServableState.END, duration_s=time.perf_counter() - started)
-            )
-        finally:
-            with self._lock:
-                self._executing -= 1
-                self._op_done.notify_all()
-
-    def _publish_serving_map(self) -> None:
-        """Replace the serving map with one built from the READY versions of every stream."""
+            self._publish_serving_map_locked()
+            self._emit_locked(harness.id, ServableState.UNLOADING)
+        self._deliver()
+        # Requests already holding a handle on this version finish first; no new ones start.
+        if harness.ref is not None:
+            harness.ref.close_and_wait()
+        harness.done_quiescing()
+        harness.start_unloading()
+        harness.run_unload()
         with self._lock:
-            new: dict[str, _StreamEntry] = {}
-            for name, stream in self._streams.items():
-                versions: dict[int, VersionRefCount] = {}
-                for version, harness in stream.harnesses.items():
-                    if harness.state is HarnessState.READY:
-                        if harness.ref is None:
-                            harness.ref = VersionRefCount(harness.id, harness.servable)
-                        versions[version] = harness.ref
-                if versions:
-                    new[name] = _StreamEntry(versions)
-            self._serving_map = MappingProxyType(new)
+            harness.finish_unload()
+            self.resources.release(harness.id)
+            self._emit_locked(
+                harness.id, ServableState.END, duration_s=time.perf_counter() - started
+            )
+        self._deliver()
+
+    def _publish_serving_map_locked(self) -> None:
+        """Replace the serving map with one built from the READY versions of every stream."""
+        new: dict[str, _StreamEntry] = {}
+        for name, stream in self._streams.items():
+            versions: dict[int, VersionRefCount] = {}
+            for version, harness in stream.harnesses.items():
+                if harness.state is HarnessState.READY:
+                    if harness.ref is None:
+                        harness.ref = VersionRefCount(harness.id, harness.servable)
+                    versions[version] = harness.ref
+            if versions:
+                new[name] = _StreamEntry(versions)
+        self._serving_map = MappingProxyType(new)

@@ -18,7 +18,10 @@ class EventBus:
     """Delivers each published event to every subscriber, in order, on the publisher's thread.
 
     Thread-safety: publish and subscribe from any thread. A subscriber must be cheap and must not
-    publish (it runs under the publisher's control); one that raises is logged and skipped.
+    publish or call the Manager's mutating methods (it runs under the publisher's control, and
+    the Manager delivers one event at a time); one that raises is logged and skipped.
+    Ordering: the Manager publishes from one thread at a time, in the order it decided the state
+    changes, so every subscriber sees each version's states in that order.
     """
 
     def __init__(self) -> None:
@@ -46,7 +49,8 @@ class EventBus:
 
 @dataclass(frozen=True, slots=True)
 class VersionStatus:
-    """The last known state of one version, with the error that ended it, if any."""
+    """The last known state of one version, with its error: the one that ended it (END), or the
+    last failed attempt's while it waits to retry (LOADING)."""
 
     id: ServableId
     state: ServableState
@@ -73,6 +77,17 @@ class StateMonitor:
         status = VersionStatus(event.id, event.state, event.error, event.error_code)
         with self._cond:
             versions = self._streams.setdefault(event.id.name, {})
+            current = versions.get(event.id.version)
+            if current is not None and _goes_back(current.state, event.state):
+                # The Manager delivers in decision order, so this means a publisher outside it
+                # raced; a state never moves back, except a new life (START) after END.
+                logger.warning(
+                    "ignoring %s for %s: it is already %s",
+                    event.state.name,
+                    event.id,
+                    current.state.name,
+                )
+                return
             versions[event.id.version] = status
             self._forget_old_ended_locked(versions)
             self._cond.notify_all()
@@ -116,11 +131,24 @@ class StateMonitor:
         return self.wait_until(available, timeout_s)
 
     def wait_until_settled(self, name: str, timeout_s: float | None = None) -> bool:
-        """Wait until no version of `name` is starting or loading; a stream with none is settled."""
-        busy = (ServableState.START, ServableState.LOADING)
+        """Wait until no version of `name` is starting or loading; a stream with none is settled.
+
+        A version waiting out a retry backoff (LOADING with the last attempt's error) counts as
+        settled: no attempt is under way, and a start-up wait must not last its whole backoff.
+        """
 
         def settled() -> bool:
             versions = self._streams.get(name, {})
-            return all(s.state not in busy for s in versions.values())
+            return all(
+                s.state is not ServableState.START
+                and (s.state is not ServableState.LOADING or s.error is not None)
+                for s in versions.values()
+            )
 
         return self.wait_until(settled, timeout_s)
+
+
+def _goes_back(current: ServableState, new: ServableState) -> bool:
+    if new is ServableState.START and current is ServableState.END:
+        return False
+    return new < current

@@ -67,10 +67,20 @@ def resource_preserving(snapshots: Sequence[VersionSnapshot]) -> Action | None:
     """Unload first, load after: never two versions in memory at once, at the cost of a gap.
 
     As TF Serving: unload an un-aspired READY version; while any un-aspired version is still on
-    its way out (not DISABLED or ERROR), wait; then load the highest aspired NEW version.
+    its way out (not DISABLED or ERROR), wait; then load the highest aspired NEW version. Unlike
+    TF Serving, a serving version is unloaded only for a reason: nothing is aspired any more, an
+    aspired version already serves, or an aspired NEW version waits for its room. When every
+    aspired version has failed (e.g. refused because it cannot fit the memory budget, which the
+    Manager checks before this runs), the serving version stays.
     """
+    aspired = [s for s in snapshots if s.is_aspired]
+    has_reason = (
+        not aspired
+        or any(s.state is HarnessState.READY for s in aspired)
+        or any(s.state is HarnessState.NEW for s in aspired)
+    )
     for s in snapshots:
-        if not s.is_aspired and s.state is HarnessState.READY:
+        if not s.is_aspired and s.state is HarnessState.READY and has_reason:
             return Action(ActionKind.UNLOAD, s.id)
     settled = (HarnessState.DISABLED, HarnessState.ERROR)
     if any(not s.is_aspired and s.state not in settled for s in snapshots):

@@ -39,6 +39,11 @@ class ResourceTracker:
         with self._lock:
             self._reserved.pop(servable_id, None)
 
+    def reserved(self, servable_id: ServableId) -> int:
+        """The bytes held for one version (0 when none)."""
+        with self._lock:
+            return self._reserved.get(servable_id, 0)
+
     @property
     def used_bytes(self) -> int:
         with self._lock:
