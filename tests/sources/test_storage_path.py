@@ -464,3 +464,44 @@ def test_credentials_in_base_path_urls_never_reach_the_log(
     assert recorder.calls == []
     assert "servable m" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+# ------------------------------------------------------------------------------ emptied base path
+
+
+def test_emptied_base_path_unloads_with_a_warning_naming_the_model_issue_15(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_versions(tmp_path / "m", "1")
+    source, recorder = make_source(ServableToMonitor("m", str(tmp_path / "m")))
+    source.poll_once()
+
+    for child in (tmp_path / "m" / "1").iterdir():
+        child.unlink()
+    (tmp_path / "m" / "1").rmdir()
+    with caplog.at_level(logging.WARNING, LOGGER):
+        source.poll_once()
+
+    assert recorder.lists("m") == [[1], []]  # TF Serving's behaviour
+    assert "Servable m: every version is gone from base path" in caplog.text
+    assert "servable_versions_always_present" in caplog.text
+
+
+def test_versions_always_present_keeps_serving_when_the_base_path_empties_issue_15(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_versions(tmp_path / "m", "1")
+    source, recorder = make_source(
+        ServableToMonitor("m", str(tmp_path / "m"), servable_versions_always_present=True)
+    )
+    source.poll_once()
+
+    (tmp_path / "m" / "1").rename(tmp_path / "old-1")  # every version directory gone
+    with caplog.at_level(logging.WARNING, LOGGER):
+        source.poll_once()
+    assert recorder.lists("m") == [[1]]  # no empty list: version 1 keeps serving
+    assert "Servable m: no versions under base path" in caplog.text
+
+    make_versions(tmp_path / "m", "2")
+    source.poll_once()
+    assert recorder.lists("m") == [[1], [2]]

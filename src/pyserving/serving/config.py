@@ -58,6 +58,8 @@ class ModelConfig:
     labels: Mapping[str, int] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     traffic: Mapping[str, int] = field(default_factory=dict)
+    #: keep serving the loaded versions while the base path lists none (TF Serving's option)
+    servable_versions_always_present: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,18 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
         raise ConfigError(
             f'model "{name}": instances (its concurrent calls) must be an integer from 1 to 256'
         )
-    known = {"name", "base_path", "platform", "version_policy", "labels", "traffic"}
+    always_present = entry.get("servable_versions_always_present", False)
+    if not isinstance(always_present, bool):
+        raise ConfigError(f'model "{name}": servable_versions_always_present must be true or false')
+    known = {
+        "name",
+        "base_path",
+        "platform",
+        "version_policy",
+        "labels",
+        "traffic",
+        "servable_versions_always_present",
+    }
     return ModelConfig(
         name=name,
         base_path=_absolute(base_path, root),
@@ -228,6 +241,7 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
         labels=dict(labels),
         options={k: v for k, v in entry.items() if k not in known},
         traffic=_parse_traffic(entry.get("traffic"), name, labels),
+        servable_versions_always_present=always_present,
     )
 
 

@@ -29,6 +29,7 @@ MODEL_KEYS: Mapping[str, str] = {
     "version_policy": "config",
     "labels": "config",
     "traffic": "config",
+    "servable_versions_always_present": "config",
     "batching": "batching",
     "instances": "execution",
     "allow_python": "python platform",

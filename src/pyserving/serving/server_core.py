@@ -365,7 +365,9 @@ class ServerCore:
     def _source_options_locked(self) -> StoragePathSourceOptions:
         return StoragePathSourceOptions(
             servables=tuple(
-                ServableToMonitor(m.name, m.base_path, m.version_policy)
+                ServableToMonitor(
+                    m.name, m.base_path, m.version_policy, m.servable_versions_always_present
+                )
                 for m in self.config.models
                 if m.name not in self._unloaded
             ),

@@ -79,11 +79,18 @@ class VersionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ServableToMonitor:
-    """One servable stream: its name, base path (local path or fsspec URL) and version policy."""
+    """One servable stream: its name, base path (local path or fsspec URL) and version policy.
+
+    `servable_versions_always_present` (TF Serving's option, here per servable): a listing with
+    no versions is taken for a transient state of the store, so the source sends nothing and the
+    loaded versions keep serving, as when the base path itself is missing. Without it an empty
+    listing unloads the servable, as in TF Serving, with a warning naming it.
+    """
 
     name: str
     base_path: str
     version_policy: VersionPolicy = field(default_factory=VersionPolicy.latest)
+    servable_versions_always_present: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +251,19 @@ class StoragePathSource:
         if servable.name in self._failing:
             self._failing.discard(servable.name)
             logger.info("servable %s: base path %s is readable again", servable.name, base_path)
+        if not items and servable.servable_versions_always_present:
+            warnings.append(
+                f"Servable {servable.name}: no versions under base path {base_path}; its loaded "
+                "versions keep serving (servable_versions_always_present)"
+            )
+            self._log_warnings_locked(servable.name, warnings)
+            return
+        if not items and self._last_sent.get(servable.name):
+            warnings.append(
+                f"Servable {servable.name}: every version is gone from base path {base_path}; "
+                "unloading it (set servable_versions_always_present: true to keep serving the "
+                "loaded versions while the base path is empty)"
+            )
         self._log_warnings_locked(servable.name, warnings)
         key = tuple((item.id.version, item.data or "", item.revision) for item in items)
         if self._last_sent.get(servable.name) == key:
