@@ -67,6 +67,8 @@ class InferRequest:
     deadline: float | None = None
     #: the client's request id, echoed in the answer (V2)
     id: str | None = None
+    #: bytes the request took on the wire: decoding that grows with it leaves the event loop
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -78,6 +80,11 @@ class InferResponse:
     signature_name: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the outputs hold (8 per BYTES element): what encoding them grows with."""
+        return sum(array.nbytes for array in self.outputs.values())
 
 
 def parse_version(text: str) -> int:

@@ -114,8 +114,17 @@ def predict_from_proto(request: apis.PredictRequest, deadline: float | None) -> 
             raise InvalidInput(f"duplicate output tensor name: {output[:80]}")
         outputs.append(output)
     decode = functools.partial(_decode_protos, request.inputs)
+    signature_name = request.model_spec.signature_name
     return InferRequest(
-        name, decode, version, label, request.model_spec.signature_name, outputs or None, deadline
+        name,
+        decode,
+        version,
+        label,
+        signature_name,
+        outputs or None,
+        deadline,
+        None,
+        request.ByteSize(),
     )
 
 

@@ -146,6 +146,7 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
         names or None,
         deadline,
         request.id or None,
+        request.ByteSize(),
     )
 
 

@@ -40,7 +40,7 @@ from pyserving.errors import (
 )
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
-from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor
+from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
 
 __all__ = [
     "InferenceOptions",
@@ -304,13 +304,14 @@ class InferenceService:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, decode (checked against the signature before allocating), run: the one
-        entry point of every codec. Raises what `acquire`, `signature`, the request's decoder
-        and `run` raise."""
+        entry point of every codec; a request larger than `execution.OFF_LOOP_BYTES` decodes on
+        a codec thread. Raises what `acquire`, `signature`, the request's decoder and `run`
+        raise."""
         with self.acquire(request.model, request.version, request.label) as handle:
             signature = self.signature(handle, request.signature_name)
             inputs = request.inputs
             if not isinstance(inputs, dict):
-                inputs = inputs(signature, self.options)
+                inputs = await run_sized(request.size, inputs, signature, self.options)
             outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
             version = handle.id.version
         return InferResponse(request.model, version, signature.name, outputs, request.id)

@@ -21,6 +21,7 @@ from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.protocols import tf_examples, tfserving
 from pyserving.serving import classify
 from pyserving.serving.classify import CLASSIFY_METHOD, REGRESS_METHOD
+from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["MODEL_SERVICE", "PREDICTION_SERVICE", "ModelServicer", "PredictionServicer"]
@@ -59,7 +60,8 @@ class PredictionServicer:
 
     async def predict(self, request: apis.PredictRequest, context: Context) -> Any:
         infer_request = tfserving.predict_from_proto(request, deadline_of(context))
-        return tfserving.predict_to_proto(await self._service.infer(infer_request))
+        response = await self._service.infer(infer_request)
+        return await run_sized(response.nbytes, tfserving.predict_to_proto, response)
 
     async def classify(self, request: apis.ClassificationRequest, context: Context) -> Any:
         name, version, label = _model_spec(request)

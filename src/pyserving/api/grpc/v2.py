@@ -32,6 +32,7 @@ from pyserving.errors import NotFound
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2
 from pyserving.protocols.request import parse_version
+from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["SERVICE_NAME", "V2Servicer"]
@@ -221,7 +222,7 @@ class V2Servicer:
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
         response = await self._service.infer(v2.request_from_proto(request, deadline))
-        return v2.response_to_proto(response)
+        return await run_sized(response.nbytes, v2.response_to_proto, response)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pyserving.platforms.signature import Signature
 from pyserving.protocols import tf_examples, tfserving
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving import classify
+from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 
 __all__ = ["classify_or_regress", "list_models", "model_metadata", "model_status", "predict"]
@@ -77,10 +78,13 @@ async def predict(
     max_json_depth: int,
 ) -> bytes:
     """`POST ...:predict`: `instances` → `{"predictions": ...}`, `inputs` → `{"outputs": ...}`."""
+    document = await run_sized(len(body), parse_json, body)
     request, rows = tfserving.predict_from_json(
-        name, version, label, parse_json(body), deadline, max_json_depth
+        name, version, label, document, deadline, max_json_depth
     )
-    return tfserving.predict_to_json(await service.infer(request), rows)
+    request.size = len(body)
+    response = await service.infer(request)
+    return await run_sized(response.nbytes, tfserving.predict_to_json, response, rows)
 
 
 async def classify_or_regress(
@@ -96,7 +100,10 @@ async def classify_or_regress(
 
     Classify answers `[[[label, score], ...] per example]`, regress `[value per example]`.
     """
-    signature_name, examples, context = tf_examples.examples_from_json(parse_json(body))
+    document = await run_sized(len(body), parse_json, body)
+    signature_name, examples, context = await run_sized(
+        len(body), tf_examples.examples_from_json, document
+    )
     if verb == "classify":
         classified = await classify.classify(
             service, name, version, label, signature_name, examples, context, deadline

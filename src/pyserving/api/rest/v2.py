@@ -4,7 +4,8 @@ The protocol's rules live in `pyserving.protocols.v2`, shared with the gRPC API;
 the REST framing, calls the service and writes JSON. With the binary tensor data extension a body
 is a JSON header of `Inference-Header-Content-Length` bytes followed by the raw tensors of the
 binary inputs (outputs) in the order they are listed (`protocols.tensors` reads and writes them).
-Every function returns the body of a 200 answer or raises a ServingError.
+Every function returns the body of a 200 answer or raises a ServingError. Parsing, decoding and
+encoding that grow with the request leave the event loop (`execution.run_sized`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 from pyserving.errors import InvalidInput, NotFound
 from pyserving.protocols import v2
 from pyserving.protocols.json_tensor import parse_json
+from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 
 __all__ = [
@@ -71,11 +73,15 @@ async def infer(
     `header_length` is the raw Inference-Header-Content-Length value, if the request had one.
     """
     json_part, binary = split_body(body, header_length)
+    document = await run_sized(len(json_part), parse_json, json_part)
     request, binary_flags, binary_default = v2.request_from_json(
-        name, version, parse_json(json_part), binary, deadline, max_json_depth
+        name, version, document, binary, deadline, max_json_depth
     )
+    request.size = len(body)
     response = await service.infer(request)
-    return v2.response_to_json(response, binary_flags, binary_default)
+    return await run_sized(
+        response.nbytes, v2.response_to_json, response, binary_flags, binary_default
+    )
 
 
 def split_body(body: bytes, header_length: bytes | None) -> tuple[memoryview, memoryview]:
