@@ -40,6 +40,7 @@ from pyserving.errors import (
 )
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
+from pyserving.protocols.tensors import mismatch_message
 from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
 
 __all__ = [
@@ -505,7 +506,7 @@ class _SignaturePlan:
         """Raise InvalidInput naming the first bad input; return the batch size (1 if none)."""
         specs = self.inputs
         if len(inputs) != len(specs) or not all(name in specs for name in inputs):
-            raise InvalidInput(self._mismatch_message(inputs))
+            raise InvalidInput(mismatch_message(inputs, specs))
         batch_name: str | None = None
         batch = 0
         for name, array in inputs.items():
@@ -530,18 +531,6 @@ class _SignaturePlan:
                         f' {batch}, "{name}" has {array.shape[0]}'
                     )
         return batch if batch_name is not None else 1
-
-    def _mismatch_message(self, inputs: Mapping[str, np.ndarray]) -> str:
-        # TF Serving's wording (predict_util.cc), with the names sorted.
-        sent = sorted(inputs)
-        wanted = sorted(self.inputs)
-        extra = [n for n in sent if n not in self.inputs]
-        missing = [n for n in wanted if n not in inputs]
-        return (
-            f"input size does not match signature: {len(sent)}!={len(wanted)}"
-            f" len({{{','.join(sent)}}}) != len({{{','.join(wanted)}}})."
-            f" Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
-        )
 
     def check_outputs(self, names: Sequence[str]) -> tuple[str, ...]:
         for name in names:
