@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyserving.serving.config_keys import MODEL_KEYS, unknown_key_message
+from pyserving.proto import model_server_config_pb2  # noqa: F401 - registers the messages
+from pyserving.serving.config_keys import MODEL_KEYS, proto_field_hint, unknown_key_message
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "pyserving"
 
@@ -85,3 +86,24 @@ def test_every_model_key_the_sources_read_is_known_issue_16():
     assert {"base_path", "batching", "intra_op_num_threads"} <= read  # the scan still works
     missing = read - set(MODEL_KEYS)
     assert not missing, f"add these to serving/config_keys.MODEL_KEYS (and docs/): {missing}"
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (
+            '4:5 : Message type "tensorflow.serving.ModelConfig" has no field named "basepath".',
+            " (did you mean 'base_path'?)",
+        ),
+        (
+            '5:27 : Message type "tensorflow.serving.FileSystemStoragePathSourceConfig'
+            '.ServableVersionPolicy" has no field named "latst".',
+            " (did you mean 'latest'?)",
+        ),
+        ('1:1 : Message type "tensorflow.serving.ModelConfig" has no field named "zzzz".', ""),
+        ('1:1 : Message type "no.such.Type" has no field named "name".', ""),
+        ("1:7 : Expected identifier.", ""),
+    ],
+)
+def test_a_text_proto_unknown_field_gets_the_closest_field_issue_16(error, hint):
+    assert proto_field_hint(error) == hint

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping
 
 import yaml
+from google.protobuf import descriptor_pool
 
 from pyserving.batching.options import BatchingOptions
 
-__all__ = ["MODEL_KEYS", "TOP_LEVEL_KEYS", "unknown_key_message"]
+__all__ = ["MODEL_KEYS", "TOP_LEVEL_KEYS", "proto_field_hint", "unknown_key_message"]
 
 TOP_LEVEL_KEYS: frozenset[str] = frozenset({"models"})
 
@@ -76,6 +78,24 @@ def unknown_key_message(text: str) -> str | None:
                     if problem is not None:
                         return problem
     return None
+
+
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+
+
+def proto_field_hint(parse_error: str) -> str:
+    """For a text-proto ParseError naming an unknown field: " (did you mean 'base_path'?)" with
+    the closest field of that message; "" when there is none (or another error)."""
+    match = _NO_FIELD.search(parse_error)
+    if match is None:
+        return ""
+    try:
+        message = descriptor_pool.Default().FindMessageTypeByName(match.group(1))
+    except KeyError:
+        return ""
+    fields = sorted(field.name for field in message.fields)
+    close = difflib.get_close_matches(match.group(2), fields, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_model(entry: yaml.MappingNode, index: int) -> str | None:
