@@ -136,3 +136,38 @@ def test_status_page_renders_updates_live_and_stays_on_this_server_issue_16(
     shot = Path(tmp_path) / "status-page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 0
     print(f"status page screenshot: {shot}")
+
+
+def test_status_json_counts_requests_errors_and_batches_issue_16(tmp_path):
+    """What the page polls, without a browser: versions, labels, requests by code, batches."""
+    repo = write_demo_repository(tmp_path / "repo")
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - name: mlp\n    base_path: {repo / 'mlp'}\n"
+        "    version_policy: {latest: 2}\n    labels: {stable: 1, canary: 2}\n"
+        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000}\n"
+    )
+    server = ServerProcess(f"--model_config_file={config}")
+    try:
+        server.wait_ready()
+        url = f"{server.url}/v1/models/mlp:predict"
+        assert httpx.post(url, json={"instances": [[0.0] * 64] * 3}).status_code == 200
+        assert httpx.post(url, json={"instances": [[0.0] * 3]}).status_code == 400
+        assert httpx.get(f"{server.url}/v1/models/nope").status_code == 404
+        response = httpx.get(f"{server.url}/status.json")
+    finally:
+        assert server.stop() == 0, server.log()
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    data = response.json()
+    assert data["server"]["name"] == "pyserving"
+    (mlp,) = data["models"]  # the unknown name is not listed
+    assert mlp["name"] == "mlp" and mlp["labels"] == {"canary": "2", "stable": "1"}
+    assert [(v["version"], v["state"]) for v in mlp["versions"]] == [
+        ("2", "AVAILABLE"),
+        ("1", "AVAILABLE"),
+    ]
+    assert mlp["requests"]["total"] == 2 and mlp["requests"]["errors"] == 1
+    assert mlp["requests"]["by_code"] == {"200": 1, "400": 1}
+    assert mlp["batches"]["count"] >= 1 and mlp["batches"]["rows"] >= 3
