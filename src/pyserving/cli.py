@@ -658,6 +658,7 @@ class _Drain:
         self.requested: asyncio.Event | None = None  # made on the serving loop
         self._draining = False
         self._started_at: float | None = None  # time.monotonic() when the drain started
+        self._refused_before = 0  # _answers_refusing() when the drain started
 
     def is_draining(self) -> bool:
         return self._draining
@@ -678,6 +679,35 @@ class _Drain:
         """Readiness answers false from now on (the first step of the drain)."""
         self._draining = True
         self._started_at = time.monotonic()
+        self._refused_before = _answers_refusing()
+
+    def report(self, still_running: int) -> None:
+        """Log what the drain did, as clients saw it: how long it took, whether the timeout
+        cut it short, and how many requests were answered 503 (CANCELLED on gRPC) meanwhile.
+
+        `still_running`: calls whose clients were answered but whose model code still runs.
+        """
+        elapsed = self.timeout_s - self.remaining_s()
+        refused = _answers_refusing() - self._refused_before
+        running = f"; {still_running} call(s) still running in model code" if still_running else ""
+        if elapsed >= self.timeout_s:
+            logger.warning(
+                "drain timed out after %gs: %d request(s) cancelled (answered 503 or CANCELLED)%s",
+                self.timeout_s,
+                refused,
+                running,
+            )
+        elif refused or still_running:
+            logger.warning(
+                "drain finished in %.3fs, within its %gs: %d request(s) answered 503 or"
+                " CANCELLED%s",
+                elapsed,
+                self.timeout_s,
+                refused,
+                running,
+            )
+        else:
+            logger.info("drain finished in %.3fs: every in-flight request completed", elapsed)
 
     def remaining_s(self) -> float:
         """What is left of the drain timeout (all of it before the drain started)."""
@@ -698,6 +728,18 @@ class _Drain:
             self.timeout_s,
         )
         self.requested.set()
+
+
+def _answers_refusing() -> int:
+    """Requests answered so far with 503 (REST, or gRPC UNAVAILABLE) or 499 (CANCELLED)."""
+    return int(
+        sum(
+            sample.value
+            for family in metrics.REQUESTS.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("code") in ("503", "499")
+        )
+    )
 
 
 async def _serve_listeners(
@@ -755,11 +797,7 @@ async def _serve_listeners(
         if grpc_server is not None:
             stopping.append(grpc_server.stop(drain.timeout_s))
         await asyncio.gather(*stopping)
-        cancelled = core.service.pending_requests - stuck_before
-        if cancelled > 0:
-            logger.warning(
-                "drain timed out after %gs: %d request(s) cancelled", drain.timeout_s, cancelled
-            )
+        drain.report(max(0, core.service.pending_requests - stuck_before))
     finally:
         lag_watcher.cancel()
         for waiter in waiters:

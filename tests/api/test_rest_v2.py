@@ -19,6 +19,7 @@ import uvicorn
 from tritonclient.utils import InferenceServerException
 
 from pyserving.api.rest.app import RestOptions, create_app
+from pyserving.core.ids import ServableState
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.serving.inference import InferenceOptions, InferenceService
 from tests.serving.test_inference import (
@@ -116,14 +117,27 @@ async def test_server_metadata_and_health(client):
 
 
 @pytest.mark.asyncio
-async def test_server_is_not_ready_until_every_configured_model_is_available():
+async def test_server_is_not_ready_until_every_configured_model_is_available_issue_15():
     manager = make_manager()
     app, service = make_app(manager)
     READY_NAMES.append("later")
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            assert_error(await http.get("/v2/health/ready"), 400, "later")
+            # 503, as while draining: one status code for "not ready", and the body says why.
+            assert_error(
+                await http.get("/v2/health/ready"),
+                503,
+                "not ready: model later: no versions found under its base path",
+            )
+            manager.set_state("later", 2, ServableState.END, "CRC mismatch")
+            manager.set_state("later", 1, ServableState.LOADING, "disk hiccup")
+            assert_error(
+                await http.get("/v2/health/ready"),
+                503,
+                "model later: version 2 failed: CRC mismatch; version 1 is loading, retrying"
+                " after: disk hiccup",
+            )
             manager.add("later", 1, scale_servable())
             assert (await http.get("/v2/health/ready")).status_code == 200
     finally:

@@ -186,3 +186,51 @@ def test_v2_timeout_parameter_answers_504_while_the_model_runs(gated):
     finally:
         (gate / "release").touch()
         server.stop()
+
+
+def test_drain_log_counts_what_clients_got_issue_15(gated):
+    """b65bd49 logged "4 request(s) cancelled" when 20 clients got 503: it counted the calls
+    still pending after the drain, not the answers."""
+    config, gate = gated
+    server = ServerProcess(
+        f"--model_config_file={config}",
+        "--file_system_poll_wait_seconds=0",
+        "--drain_timeout_seconds=0.5",
+    )
+    try:
+        server.wait_ready()
+        threads, results = post_in_threads(
+            server.url + "/v1/models/slow:predict", {"instances": [[1.0, 2.0]]}, 20
+        )
+        wait_until(lambda: pending_requests(server) == 20, 30, "20 requests in the server")
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server hung on stuck requests:\n{server.log()}")
+        for thread in threads:
+            thread.join(30)
+        got_503 = sum(1 for r in results if isinstance(r, tuple) and r[0] == 503)
+        assert got_503 == 20, results
+        assert f"drain timed out after 0.5s: {got_503} request(s) cancelled" in server.log()
+    finally:
+        (gate / "release").touch()
+        server.stop()
+
+
+def test_a_quick_drain_does_not_claim_it_timed_out_issue_15(gated):
+    config, _ = gated
+    server = ServerProcess(
+        f"--model_config_file={config}",
+        "--file_system_poll_wait_seconds=0",
+        "--drain_timeout_seconds=30",
+    )
+    try:
+        server.wait_ready()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0, server.log()
+        log = server.log()
+        assert "drain finished in" in log and "every in-flight request completed" in log
+        assert "timed out" not in log
+    finally:
+        server.stop()

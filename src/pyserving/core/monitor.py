@@ -152,3 +152,24 @@ def _goes_back(current: ServableState, new: ServableState) -> bool:
     if new is ServableState.START and current is ServableState.END:
         return False
     return new < current
+
+
+def why_unavailable(states: list[VersionStatus], shown: int = 3) -> str:
+    """Why a stream with these version states (highest first) has no AVAILABLE version, in
+    words for a readiness answer, e.g. "version 2 failed: CRC mismatch"."""
+    if not states:
+        return "no versions found under its base path"
+    parts = []
+    for status in states[:shown]:
+        version = f"version {status.id.version}"
+        if status.state is ServableState.END and status.error:
+            parts.append(f"{version} failed: {status.error}")
+        elif status.state is ServableState.LOADING and status.error:
+            parts.append(f"{version} is loading, retrying after: {status.error}")
+        elif status.state in (ServableState.START, ServableState.LOADING):
+            parts.append(f"{version} is loading")
+        elif status.state is ServableState.UNLOADING:
+            parts.append(f"{version} is unloading")
+        elif status.state is ServableState.END:
+            parts.append(f"{version} was unloaded")
+    return "; ".join(parts) or "no AVAILABLE version"

@@ -49,7 +49,8 @@ from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest import openapi, status_page, tfserving, v2
 from pyserving.api.rest.v2 import HEADER_LENGTH
-from pyserving.errors import InvalidInput, ServingError, Unauthenticated
+from pyserving.core.monitor import why_unavailable
+from pyserving.errors import InvalidInput, NotFound, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_off_loop, run_sized
@@ -360,8 +361,11 @@ class _RestApp:
                 return 503, _error(message), [(b"content-type", _JSON)]
             reasons = service.not_ready_reasons(self._ready_names())
             if reasons:
-                message = "not ready: " + "; ".join(f"{m}: {r}" for m, r in reasons.items())
-                return 400, _error(message), [(b"content-type", _JSON)]
+                # 503 for every "not ready", draining or not, with each model's reason.
+                message = "not ready: " + "; ".join(
+                    f"model {m}: {self._why_not_ready(m, r)}" for m, r in reasons.items()
+                )
+                return 503, _error(message), [(b"content-type", _JSON)]
             return _ok(_READY)
         if path.startswith("/v2/repository/"):
             return await self._v2_repository(method, path, scope, receive)
@@ -394,6 +398,16 @@ class _RestApp:
             return _ok(orjson.dumps({"name": name, "ready": True}))
         what = f'model "{name}"' + (f" version {version}" if version is not None else "")
         return 400, _error(f"{what} is not ready"), [(b"content-type", _JSON)]
+
+    def _why_not_ready(self, name: str, reason: str) -> str:
+        """`reason`, with what status knows of `name`'s versions when none is AVAILABLE."""
+        if self._service.available_versions(name):
+            return reason
+        try:
+            states = self._service.model_status(name)
+        except NotFound:
+            states = []
+        return why_unavailable(states)
 
     async def _v2_repository(
         self, method: str, path: str, scope: Scope, receive: Receive
