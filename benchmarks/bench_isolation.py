@@ -6,7 +6,7 @@ bench.py) and `sum` ([b,n] FP32 → row sums, for `[1, 4M]` requests). Prints on
 
 - V2 JSON c=64 small-MLP req/s, this tree against `--base-src` (a checkout of the commit to
   compare with, e.g. `git worktree add /tmp/base b65bd49` → `/tmp/base/src`), in alternating
-  rounds (median of each) so machine noise hits both alike;
+  rounds so machine noise hits both alike (the best run of each, and the median);
 - small-request (V2 JSON, MLP) p99 at c=8 alone, and while 2 clients keep sending `[1, 4M]` FP32
   requests (V2 binary extension, then JSON), with its ratio to the p99 alone (goal ≤ 3x);
 - liveness p99 (a probe on `/v2/health/live` every 20 ms during each run) and the event-loop lag
@@ -248,7 +248,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="src/ of the tree to test")
     parser.add_argument("--base-src", type=Path, help="src/ of the commit to compare with")
     parser.add_argument("--seconds", type=int, default=5, help="length of each load run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
     args = parser.parse_args()
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="bench-isolation-"))
@@ -336,20 +336,27 @@ def main() -> None:
     )
     print("| measure | " + " | ".join(trees) + " | goal |")
     print("|---|" + "---|" * len(trees) + "---|")
+    # Other processes can only slow a run down: the best run is the least disturbed estimate.
+    best = {label: max(values) for label, values in rps.items()}
     med = {label: statistics.median(values) for label, values in rps.items()}
     cells = [
-        f"{med[label]:,.0f} (runs {', '.join(f'{v:,.0f}' for v in rps[label])})" for label in trees
+        f"{best[label]:,.0f} (median {med[label]:,.0f}; runs"
+        f" {', '.join(f'{v:,.0f}' for v in rps[label])})"
+        for label in trees
     ]
     goal = ""
-    if "base" in med:
-        goal = f"≥ 95 % of base: {100 * med['this tree'] / med['base']:.1f} %"
-    print(f"| V2 JSON c=64 small MLP, req/s (median) | {' | '.join(cells)} | {goal} |")
-    cpu_med = {label: statistics.median(values) for label, values in cpu_us.items()}
-    cells = [f"{cpu_med[label]:.0f} µs" for label in trees]
+    if "base" in best:
+        goal = (
+            f"≥ 95 % of base: best {100 * best['this tree'] / best['base']:.1f} %,"
+            f" median {100 * med['this tree'] / med['base']:.1f} %"
+        )
+    print(f"| V2 JSON c=64 small MLP, req/s: best | {' | '.join(cells)} | {goal} |")
+    cpu_min = {label: min(values) for label, values in cpu_us.items()}
+    cells = [f"{cpu_min[label]:.0f} µs" for label in trees]
     goal = ""
-    if "base" in cpu_med:
-        goal = f"this tree / base: {100 * cpu_med['this tree'] / cpu_med['base']:.1f} %"
-    print(f"| same runs: server CPU per request (median) | {' | '.join(cells)} | {goal} |")
+    if "base" in cpu_min:
+        goal = f"this tree / base: {100 * cpu_min['this tree'] / cpu_min['base']:.1f} %"
+    print(f"| same runs: server CPU per request, least | {' | '.join(cells)} | {goal} |")
     for load, title in (
         ("alone", "small p99 at c=8, alone"),
         ("big-binary", "small p99 at c=8 + 2 clients of [1, 4M] FP32 (binary)"),
