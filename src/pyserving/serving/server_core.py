@@ -475,9 +475,13 @@ def _read_config_file(path: str) -> str:
 
 
 def _settled(monitor: StateMonitor, name: str) -> bool:
-    """No version of `name` is starting, loading or unloading."""
+    """No version of `name` is starting, loading or unloading; one waiting out a retry backoff
+    (LOADING with its last error) counts as settled, so a wait reports that error at once."""
     busy = (ServableState.START, ServableState.LOADING, ServableState.UNLOADING)
-    return all(s.state not in busy for s in monitor.states(name))
+    return all(
+        s.state not in busy or (s.state is ServableState.LOADING and s.error is not None)
+        for s in monitor.states(name)
+    )
 
 
 #: lifecycle state → the V2 repository index's state names (Triton's)
