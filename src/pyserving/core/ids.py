@@ -24,8 +24,10 @@ class ServableState(enum.IntEnum):
     """Manager-visible state of one version; numbers are TF Serving's ModelVersionStatus.State.
 
     States only move forward: START → LOADING → AVAILABLE → UNLOADING → END. A failed load goes
-    straight to END with an error. AVAILABLE is published only after the version can serve;
-    UNLOADING before it stops serving.
+    straight to END with an error; a load waiting to retry stays LOADING, carrying the last
+    attempt's error. AVAILABLE is published only after the version can serve; UNLOADING before
+    it stops serving. Events reach subscribers in the order the Manager decided the changes, so
+    the last event of a version is always its current state.
     """
 
     UNKNOWN = 0
@@ -66,7 +68,8 @@ class ServableRequest:
 
 @dataclass(frozen=True, slots=True)
 class ServableStateEvent:
-    """One published lifecycle transition; `error` is set only on END after a failure."""
+    """One published lifecycle transition; `error` is set on END after a failure, and on
+    LOADING while the version waits to retry a failed attempt."""
 
     id: ServableId
     state: ServableState
