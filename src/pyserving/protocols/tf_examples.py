@@ -17,6 +17,7 @@ import orjson
 
 from pyserving.errors import InvalidInput
 from pyserving.proto import tf_serving_apis_pb2 as apis
+from pyserving.protocols.tfserving import is_b64
 
 __all__ = [
     "Example",
@@ -94,12 +95,8 @@ def regression_proto(values: Sequence[float]) -> apis.RegressionResult:
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and "b64" in value
-
-
 def _example(value: Any, what: str) -> dict[str, np.ndarray]:
-    if not isinstance(value, dict) or _is_b64(value):
+    if not isinstance(value, dict) or is_b64(value):
         raise InvalidInput(f"{what} must be an object of feature name → value or list")
     return {key: _feature(item, f'{what} feature "{key[:80]}"') for key, item in value.items()}
 
@@ -133,7 +130,7 @@ def _feature_kind(item: Any, what: str) -> str:
         return "float"
     if isinstance(item, str):
         return "bytes"
-    if _is_b64(item) and isinstance(item["b64"], str):
+    if is_b64(item) and isinstance(item["b64"], str):
         return "bytes"
     raise InvalidInput(f'{what}: expected numbers, strings or {{"b64": ...}}, got {item!r:.40}')
 

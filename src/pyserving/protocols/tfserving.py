@@ -28,6 +28,7 @@ from pyserving.protocols.tensors import check_declared, check_names, check_shape
 __all__ = [
     "answer_spec",
     "encode_tensor",
+    "is_b64",
     "model_spec",
     "predict_from_json",
     "predict_from_proto",
