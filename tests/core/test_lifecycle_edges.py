@@ -275,3 +275,24 @@ def test_resource_policy_never_unloads_for_a_version_that_cannot_fit_issue_15(po
         wait_until(lambda: m.available_versions("m") == [3], 10, "only v3")
     finally:
         assert m.stop(10)
+
+
+def test_resource_policy_does_not_refuse_a_version_for_memory_a_failing_load_frees_issue_15():
+    m = Manager(
+        ManagerOptions(
+            num_load_threads=2,
+            max_num_load_retries=0,
+            total_model_memory_limit_bytes=100,
+            version_transition_policy="resource",
+        )
+    )
+    try:
+        doomed = FakeLoader(ServableId("a", 1), size_bytes=60, block=True, always_fail=True)
+        m.aspire_versions("a", [item("a", 1, doomed)])
+        assert doomed.load_started.wait(10)
+        m.aspire_versions("b", [item("b", 1, FakeLoader(ServableId("b", 1), size_bytes=60))])
+        assert state(m, "b", 1) is not END  # may fit once a's load ends: waits, not refused
+        doomed.release.set()
+        assert m.monitor.wait_until_available("b", 1, timeout_s=10)
+    finally:
+        assert m.stop(10)

@@ -30,6 +30,7 @@ from pyserving.errors import Code, NotFound
 logger = logging.getLogger("pyserving.lifecycle")
 
 _FINAL = (HarnessState.DISABLED, HarnessState.ERROR)
+_LOADING = (HarnessState.LOAD_REQUESTED, HarnessState.LOAD_APPROVED, HarnessState.LOADING)
 _UNLOADING = (
     HarnessState.UNLOAD_REQUESTED,
     HarnessState.QUIESCING,
@@ -529,11 +530,13 @@ class Manager:
             stream = self._streams.get(name)
             if stream is None:
                 return
+            # Lenient on purpose: memory that may still come free (versions on their way out,
+            # loads that may yet fail) counts as free; _reserve_resources decides the rest.
             leaving = [
                 h
                 for s in self._streams.values()
                 for h in s.harnesses.values()
-                if not h.is_aspired and h.state not in _FINAL
+                if (not h.is_aspired and h.state not in _FINAL) or h.state in _LOADING
             ]
             room = (
                 total
