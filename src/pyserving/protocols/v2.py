@@ -1,18 +1,17 @@
-"""KServe V2 (Open Inference Protocol): every rule of it, for REST (a JSON document plus binary
-tensors) and gRPC (`inference.ModelInferRequest`) alike.
+"""KServe V2 (Open Inference Protocol) inference: every rule of it, for REST (a JSON document plus
+binary tensors) and gRPC (`inference.ModelInferRequest`) alike.
 
 Pure translation (docs/rest-api.md, grpc-api.md): a request becomes an `InferRequest`, an
-`InferResponse` becomes a JSON body or a protobuf, and metadata, config and repository answers are
-built from what the caller looked up. Both transports run the same checks in the same order, so
-the same bad input gets the same message. Inputs are declared first (`_declare`: name, datatype,
-shape, where the data is) and decoded only once the signature has accepted the declaration.
-"""
+`InferResponse` becomes a JSON body or a protobuf (metadata, config and repository answers are in
+`protocols.v2_metadata`). Both transports run the same checks in the same order, so the same bad
+input gets the same message. Inputs are declared first (name, datatype, shape, where the data
+is) and decoded only once the signature has accepted the declaration."""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import orjson
 
 from pyserving.errors import InvalidInput, ModelError
-from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, Signature, TensorSpec
+from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, Signature
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols.json_tensor import bytes_to_json, dumps, to_array
 from pyserving.protocols.request import InferRequest, InferResponse, Limits, parse_version
@@ -33,32 +32,13 @@ from pyserving.protocols.tensors import (
 )
 
 __all__ = [
-    "GRPC_EXTENSIONS",
-    "REST_EXTENSIONS",
-    "check_repository_request",
-    "model_config",
-    "model_metadata",
     "parse_version",
-    "repository_index",
     "request_from_json",
     "request_from_proto",
     "response_to_json",
     "response_to_proto",
-    "server_metadata",
 ]
 
-_COMMON_EXTENSIONS = ("model_configuration", "model_repository")
-#: extensions `GET /v2` advertises
-REST_EXTENSIONS = ("binary_tensor_data", *_COMMON_EXTENSIONS)
-#: extensions ServerMetadata advertises (gRPC tensors are always raw; it has statistics)
-GRPC_EXTENSIONS = (*_COMMON_EXTENSIONS, "statistics")
-
-# Servable.platform → the V2 "<framework>_<format>" platform names the spec lists.
-_PLATFORMS = {
-    "onnx": "onnx_onnxv1",
-    "tensorflow": "tensorflow_savedmodel",
-    "torch": "pytorch_torchscript",
-}
 # datatype → the InferTensorContents field that carries it (FP16 has none: raw only)
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -435,92 +415,6 @@ def _datatype(name: str, array: np.ndarray) -> str:
     if datatype is None:
         raise ModelError(f'output "{name}" has dtype {array.dtype}, which V2 cannot represent')
     return datatype
-
-
-# --- metadata, config, repository ---------------------------------------------------------------
-
-
-def server_metadata(server_version: str, extensions: Sequence[str]) -> dict[str, Any]:
-    """The server metadata answer: name, version, extensions."""
-    return {"name": "pyserving", "version": server_version, "extensions": list(extensions)}
-
-
-def model_metadata(
-    name: str, versions: Iterable[int], servable: Any, signature: Signature
-) -> dict[str, Any]:
-    """The model metadata answer: versions (AVAILABLE ones), platform, inputs, outputs."""
-    return {
-        "name": name,
-        "versions": [str(v) for v in versions],
-        "platform": _platform(servable),
-        "inputs": [_tensor_metadata(spec) for spec in signature.inputs],
-        "outputs": [_tensor_metadata(spec) for spec in signature.outputs],
-    }
-
-
-def model_config(name: str, servable: Any, signature: Signature) -> dict[str, Any]:
-    """A Triton-style model configuration (data types as `TYPE_*` names)."""
-    return {
-        "name": name,
-        "platform": _platform(servable),
-        "backend": getattr(servable, "platform", "") or "python",
-        "max_batch_size": 0,
-        "input": [_tensor_config(spec) for spec in signature.inputs],
-        "output": [_tensor_config(spec) for spec in signature.outputs],
-    }
-
-
-def repository_index(
-    entries: Iterable[Mapping[str, str]], ready_only: bool
-) -> list[dict[str, str]]:
-    """The index answer: {name, version, state, reason} per entry, READY ones only if asked."""
-    items = [
-        {
-            "name": str(e.get("name", "")),
-            "version": str(e.get("version", "")),
-            "state": str(e.get("state", "")),
-            "reason": str(e.get("reason", "")),
-        }
-        for e in entries
-    ]
-    if ready_only:
-        items = [item for item in items if item["state"] == "READY"]
-    return items
-
-
-def check_repository_request(
-    action: str, model_name: str, repository_name: str, parameters: Iterable[str]
-) -> None:
-    """A load / unload request: a model name, this server's one repository, and no parameters
-    but `unload_dependents` for unload (a no-op: models have no dependents here)."""
-    if not model_name:
-        raise InvalidInput(f"repository {action} request: the model name is empty")
-    if repository_name:
-        raise InvalidInput(
-            f'repository {action} request: repository "{repository_name[:80]}" is unknown: this'
-            " server has one repository (leave the repository name empty)"
-        )
-    allowed = ("unload_dependents",) if action == "unload" else ()
-    unsupported = sorted(k[:80] for k in parameters if k not in allowed)
-    if unsupported:
-        raise InvalidInput(
-            f"repository {action} request: unsupported parameter(s) {', '.join(unsupported)};"
-            " models load from the configured repository only (edit the model config instead)"
-        )
-
-
-def _platform(servable: Any) -> str:
-    platform = getattr(servable, "platform", "") or "python"
-    return _PLATFORMS.get(platform, platform)
-
-
-def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
-def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
-    data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
-    return {"name": spec.name, "data_type": data_type, "dims": list(spec.shape)}
 
 
 def _show(value: Any) -> str:

@@ -30,7 +30,7 @@ from pyserving.api.grpc.rpc import (
 from pyserving.api.rest.v2 import index_from_service
 from pyserving.errors import NotFound
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2
+from pyserving.protocols import v2, v2_metadata
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
@@ -109,7 +109,7 @@ class V2Servicer:
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         return pb.ServerMetadataResponse(
-            **v2.server_metadata(self._server_version, v2.GRPC_EXTENSIONS)
+            **v2_metadata.server_metadata(self._server_version, v2_metadata.GRPC_EXTENSIONS)
         )
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
@@ -119,7 +119,7 @@ class V2Servicer:
             servable = handle.servable
         versions = service.available_versions(request.name)
         return pb.ModelMetadataResponse(
-            **v2.model_metadata(request.name, versions, servable, signature)
+            **v2_metadata.model_metadata(request.name, versions, servable, signature)
         )
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> Any:
@@ -127,7 +127,7 @@ class V2Servicer:
         with service.acquire(request.name, _version(request.version)) as handle:
             signature = service.signature(handle, None)
             servable = handle.servable
-        config = v2.model_config(request.name, servable, signature)
+        config = v2_metadata.model_config(request.name, servable, signature)
         for tensor in (*config["input"], *config["output"]):
             tensor["data_type"] = _DATA_TYPES.get(tensor["data_type"], pb.TYPE_INVALID)
         return pb.ModelConfigResponse(config=pb.ModelConfig(**config))
@@ -168,7 +168,7 @@ class V2Servicer:
             entries = list(await asyncio.to_thread(self._control.repository_index))
         else:
             entries = index_from_service(self._service)
-        models = v2.repository_index(entries, request.ready)
+        models = v2_metadata.repository_index(entries, request.ready)
         return pb.RepositoryIndexResponse(models=models)
 
     async def repository_model_load(
@@ -176,7 +176,7 @@ class V2Servicer:
     ) -> Any:
         control = require_control(self._control)
         authorize_call(self._auth, context)
-        v2.check_repository_request(
+        v2_metadata.check_repository_request(
             "load", request.model_name, request.repository_name, request.parameters
         )
         await asyncio.to_thread(control.load_model, request.model_name)
@@ -187,7 +187,7 @@ class V2Servicer:
     ) -> Any:
         control = require_control(self._control)
         authorize_call(self._auth, context)
-        v2.check_repository_request(
+        v2_metadata.check_repository_request(
             "unload", request.model_name, request.repository_name, request.parameters
         )
         await asyncio.to_thread(control.unload_model, request.model_name)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 from pyserving.errors import InvalidInput, NotFound
-from pyserving.protocols import v2
+from pyserving.protocols import v2, v2_metadata
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
@@ -39,7 +39,7 @@ HEADER_LENGTH = b"inference-header-content-length"
 
 def server_metadata(server_version: str) -> bytes:
     """`GET /v2`: name, version and extensions."""
-    return orjson.dumps(v2.server_metadata(server_version, v2.REST_EXTENSIONS))
+    return orjson.dumps(v2_metadata.server_metadata(server_version, v2_metadata.REST_EXTENSIONS))
 
 
 def model_metadata(service: InferenceService, name: str, version: int | None) -> bytes:
@@ -48,7 +48,7 @@ def model_metadata(service: InferenceService, name: str, version: int | None) ->
         signature = service.signature(handle, None)
         servable = handle.servable
     versions = service.available_versions(name)
-    return orjson.dumps(v2.model_metadata(name, versions, servable, signature))
+    return orjson.dumps(v2_metadata.model_metadata(name, versions, servable, signature))
 
 
 def model_config(service: InferenceService, name: str, version: int | None) -> bytes:
@@ -56,7 +56,7 @@ def model_config(service: InferenceService, name: str, version: int | None) -> b
     with service.acquire(name, version) as handle:
         signature = service.signature(handle, None)
         servable = handle.servable
-    return orjson.dumps(v2.model_config(name, servable, signature))
+    return orjson.dumps(v2_metadata.model_config(name, servable, signature))
 
 
 async def infer(
@@ -130,7 +130,7 @@ def repository_index_request(body: bytes) -> bool:
 
 def repository_index(entries: Iterable[Mapping[str, str]], ready_only: bool) -> bytes:
     """The index response: a JSON array of {name, version, state, reason}."""
-    return orjson.dumps(v2.repository_index(entries, ready_only))
+    return orjson.dumps(v2_metadata.repository_index(entries, ready_only))
 
 
 def index_from_service(service: InferenceService) -> list[Mapping[str, str]]:
@@ -165,4 +165,4 @@ def check_repository_request(name: str, body: bytes, action: str) -> None:
         parameters = request.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput(f"repository {action} request: 'parameters' must be an object")
-    v2.check_repository_request(action, name, "", parameters)
+    v2_metadata.check_repository_request(action, name, "", parameters)
