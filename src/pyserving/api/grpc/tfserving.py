@@ -18,7 +18,7 @@ from pyserving.api.grpc.rpc import Context, deadline_of, unary_handler
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import Signature
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from pyserving.protocols import tf_examples, tfserving
+from pyserving.protocols import tf_examples, tf_metadata, tfserving
 from pyserving.serving import classify
 from pyserving.serving.classify import CLASSIFY_METHOD, REGRESS_METHOD
 from pyserving.serving.execution import run_sized
@@ -143,7 +143,7 @@ class PredictionServicer:
             answered = handle.id.version
         signature_map = apis.SignatureDefMap()
         for key, signature in signatures.items():
-            signature_map.signature_def[key].CopyFrom(tfserving.signature_def_proto(signature))
+            signature_map.signature_def[key].CopyFrom(tf_metadata.signature_def_proto(signature))
         response = apis.GetModelMetadataResponse(
             model_spec=tfserving.answer_spec(name, answered, request.model_spec.signature_name)
         )
@@ -184,7 +184,7 @@ class ModelServicer:
         name, version, label = _model_spec(request)
         states = self._service.model_status(name, version, label)
         return apis.GetModelStatusResponse(
-            model_version_status=[tfserving.status_proto(s) for s in states]
+            model_version_status=[tf_metadata.status_proto(s) for s in states]
         )
 
     async def handle_reload_config_request(

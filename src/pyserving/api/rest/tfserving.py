@@ -13,7 +13,7 @@ import orjson
 
 from pyserving.errors import NotFound
 from pyserving.platforms.signature import Signature
-from pyserving.protocols import tf_examples, tfserving
+from pyserving.protocols import tf_examples, tf_metadata, tfserving
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving import classify
 from pyserving.serving.execution import run_sized
@@ -38,7 +38,7 @@ def list_models(service: InferenceService) -> bytes:
             {
                 "name": name,
                 "versions": [str(v) for v in service.available_versions(name)],
-                "model_version_status": tfserving.status_json(states),
+                "model_version_status": tf_metadata.status_json(states),
             }
         )
     return orjson.dumps({"models": models})
@@ -49,7 +49,7 @@ def model_status(
 ) -> bytes:
     """`GET /v1/models/{m}[/versions/{v}|/labels/{l}]`: GetModelStatusResponse as JSON."""
     states = service.model_status(name, version, label)
-    return orjson.dumps({"model_version_status": tfserving.status_json(states)})
+    return orjson.dumps({"model_version_status": tf_metadata.status_json(states)})
 
 
 def model_metadata(
@@ -59,7 +59,7 @@ def model_metadata(
     with service.acquire(name, version, label) as handle:
         signatures: dict[str, Signature] = handle.servable.signatures
         answered = handle.id.version
-    definitions = {key: tfserving.signature_def_json(sig) for key, sig in signatures.items()}
+    definitions = {key: tf_metadata.signature_def_json(sig) for key, sig in signatures.items()}
     return orjson.dumps(
         {
             "model_spec": {"name": name, "signature_name": "", "version": str(answered)},
