@@ -157,6 +157,9 @@ def test_directory_without_a_platform_file_becomes_an_error_item(tmp_path: Path)
 
 def test_platform_override_wins_over_detection(tmp_path: Path) -> None:
     make_mlp(tmp_path / "1" / "model.onnx", seed=0)
+    # The forced platform's own file is there too (without it the override is refused, naming
+    # the files found: tests/platforms/test_forced_platform.py).
+    (tmp_path / "1" / "model.pt").write_bytes(b"")
 
     out = adapt_one(PlatformAdapter(platform_overrides={"m": "torch"}), path_item(tmp_path / "1"))
 
