@@ -447,6 +447,45 @@ async def test_deadline_during_a_slow_run_answers_504_and_keeps_the_version_refe
 
 
 @pytest.mark.asyncio
+async def test_a_request_abandoning_a_call_on_a_closing_version_waits_for_the_call_to_return():
+    # The version is unloading, so no new handle can keep it alive: the request keeps its own
+    # until the call returns, and the version never unloads under a running call.
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(_sig, x):
+        started.set()
+        assert release.wait(10)
+        return {"y": x["x"]}
+
+    servable = scale_servable()
+    servable._compute = slow
+    manager = FakeManager().add("m", 1, servable)
+    ref = manager._refs["m"][1]
+    service = InferenceService(manager)
+
+    async def request() -> None:
+        with service.acquire("m") as handle:
+            x = {"x": np.zeros((1, 3), np.float32)}
+            await service.run(handle, service.signature(handle, None), x)
+
+    try:
+        task = asyncio.ensure_future(request())
+        assert await asyncio.to_thread(started.wait, 10)
+        manager.set_state("m", 1, ServableState.UNLOADING)  # get_handle fails from now on
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done() and ref.in_flight == 1
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert ref.in_flight == 0
+    finally:
+        release.set()
+        service.close(wait=True)
+
+
+@pytest.mark.asyncio
 async def test_cancelled_request_keeps_the_version_referenced_until_the_call_ends():
     release = threading.Event()
     started = threading.Event()
