@@ -49,6 +49,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     entries[PLATFORMS.index("python")] = (
         f"  - {{name: python, base_path: {root / 'python'}, allow_python: true}}"
     )
+    # torch.export.load unpickles: a model.pt2 needs the pickle opt-in too
+    entries[PLATFORMS.index("torch")] = (
+        f"  - {{name: torch, base_path: {root / 'torch'}, allow_pickle: true}}"
+    )
     entries.append(f"  - {{name: pickled, base_path: {root / 'pickled'}, allow_pickle: true}}")
     entries.append(f"  - {{name: unpickled, base_path: {root / 'unpickled'}}}")
     config = root / "models.yaml"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,8 @@ CASES: dict[str, Callable[[Path, int], Case]] = {
 PLATFORM_OF = {"torchscript": "torch", "sklearn-regressor": "sklearn"}
 #: the opt-in every servable.py needs (docs/operations.md)
 ALLOW_PYTHON = {"allow_python": True}
+#: the opt-in a model.pt2 needs: torch.export.load unpickles
+ALLOW_PICKLE = {"allow_pickle": True}
 
 
 def check_outputs(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -44,7 +50,7 @@ def check_platform_contract(platform: str, build: Callable[[Path, int], Case], r
     version_dir = root / "m" / "1"
     inputs, expected = build(version_dir, 0)
     assert detect_platform(str(version_dir)) == platform
-    config = ALLOW_PYTHON if platform == "python" else {}
+    config = ALLOW_PYTHON if platform == "python" else ALLOW_PICKLE if platform == "torch" else {}
     loader = make_loader(platform, ServableId("m", 1), str(version_dir), config)
     assert loader.estimate_resources() > 0
     servable = loader.load()
@@ -146,6 +152,74 @@ def test_sklearn_classifier_classification_signature_gives_labels_and_scores(
     assert result["classes"][0].tolist() == [b"no", b"yes"]
     np.testing.assert_allclose(result["scores"], expected["probabilities"], rtol=1e-6)
     loader.unload()
+
+
+class _Touch:
+    """Unpickling it creates a file: proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def _poison_pt2(file: Path, marker: Path) -> None:
+    """Rewrite a torch.export archive so its first weight is a pickle (`use_pickle`) that creates
+    `marker` when unpickled."""
+    source = file.with_suffix(".clean")
+    file.rename(source)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(file, "w") as dst:
+        config_name = next(n for n in src.namelist() if "weights_config" in n)
+        config = json.loads(src.read(config_name))
+        meta = next(iter(config["config"].values()))
+        meta["use_pickle"] = True
+        for name in src.namelist():
+            data = src.read(name)
+            if name == config_name:
+                data = json.dumps(config).encode()
+            elif name.endswith("/" + meta["path_name"]) and "weights" in name:
+                data = pickle.dumps(_Touch(marker))
+            dst.writestr(name, data)
+    source.unlink()
+
+
+def test_torch_export_is_refused_without_allow_pickle_issue_15(tmp_path: Path) -> None:
+    models.make_torch_export(tmp_path / "1")
+    marker = tmp_path / "code-ran"
+    _poison_pt2(tmp_path / "1" / "model.pt2", marker)
+    loader = make_loader("torch", ServableId("m", 1), str(tmp_path / "1"), {})
+    with pytest.raises(FailedPrecondition) as info:
+        loader.load()
+    assert "'allow_pickle: true'" in info.value.message
+    assert "model.pt2" in info.value.message
+    assert not marker.exists()
+    # the opt-in really is what stands between the file and its code
+    trusting = make_loader("torch", ServableId("m", 1), str(tmp_path / "1"), ALLOW_PICKLE)
+    with pytest.raises(Exception):  # noqa: B017 - the poisoned weight is not a tensor
+        trusting.load()
+    assert marker.exists()
+
+
+@JIT_DEPRECATED
+def test_torchscript_unpickler_refuses_python_globals_issue_15(tmp_path: Path) -> None:
+    models.make_torchscript(tmp_path)
+    marker = tmp_path / "code-ran"
+    scripted = tmp_path / "model.pt"
+    source = tmp_path / "clean.zip"
+    scripted.rename(source)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(scripted, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(
+                name,
+                pickle.dumps(_Touch(marker), protocol=2) if name.endswith("/data.pkl") else data,
+            )
+    source.unlink()
+    loader = make_loader("torch", ServableId("m", 1), str(tmp_path), {})
+    with pytest.raises(RuntimeError, match="Unknown type name"):
+        loader.load()
+    assert not marker.exists()
 
 
 def test_torchscript_without_a_signature_file_says_how_to_add_one(tmp_path: Path) -> None:

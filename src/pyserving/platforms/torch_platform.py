@@ -7,6 +7,14 @@ the keys of a returned dict, else `output_0`, `output_1`, ... TorchScript carrie
 shapes, so `model.pt` needs a `pyserving.yaml` signature (see `platforms.common`): its inputs
 are passed to `forward` positionally, in order, and the returned tensor / tuple / dict fills its
 outputs in order (a dict by key).
+
+Trust: `torch.export.load` unpickles (weights and constants saved with `use_pickle`, its serde
+fallback) with no safe mode, so a `model.pt2` runs code when loaded: it loads only with
+`allow_pickle: true` in the model config, as `model.pkl` does. `torch.jit.load` reads TorchScript
+with torch's own restricted unpickler, which rebuilds tensors and TorchScript classes only and
+refuses any other Python global (e.g. `os.system`): it cannot run Python code, so `model.pt` needs
+no opt-in; its TorchScript program can still call torch ops that read files, like any model
+program (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -43,13 +51,22 @@ TORCH_TO_V2: dict[torch.dtype, str] = {
 
 
 class TorchLoader(FileLoader):
-    """Loads `model.pt2` or `model.pt` on the CPU. Thread-safety: as Loader."""
+    """Loads `model.pt2` (with `allow_pickle: true`) or `model.pt` on the CPU.
+
+    Config keys: `allow_pickle` (bool, default false). Thread-safety: as Loader.
+    """
 
     resource_factor = 1.5
 
     def load_local(self, directory: str, override: Mapping[str, Signature] | None) -> Servable:
         exported = os.path.join(directory, EXPORT_FILE)
         if os.path.isfile(exported):
+            if self.config.get("allow_pickle") is not True:
+                raise FailedPrecondition(
+                    f"{EXPORT_FILE} (torch.export) is unpickled when loaded, which runs code: set"
+                    f" 'allow_pickle: true' in the model config to trust it, or save the model as"
+                    f" TorchScript ({SCRIPT_FILE})"
+                )
             program = torch.export.load(exported)
             signature = _exported_signature(program)
             return TorchServable(program.module(), signature, _output_keys(program))
