@@ -230,18 +230,17 @@ class InferenceService:
             )
         try:
             call = self.executor.submit(
-                handle.id.name, _execute, handle.servable, plan.signature.name, inputs, deadline
+                handle.id.name, _execute, handle.servable, plan, inputs, wanted, deadline
             )
         except BaseException:  # refused: the model's queue is full, or closing
             self._leave_pending()
             raise
         try:
-            results = await call.result(deadline)
+            return await call.result(deadline)
         except BaseException:
             if call.abandon():  # still running on its thread
                 await self._keep_alive(handle, call)
             raise
-        return plan.collect(results, wanted)
 
     async def _run_batched(
         self,
@@ -462,18 +461,25 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _execute(
-    servable: Any, signature_name: str, inputs: dict[str, np.ndarray], deadline: float | None
-) -> Any:
-    """On an execution thread: drop expired work, call the servable, wrap its exception once."""
+    servable: Any,
+    plan: _SignaturePlan,
+    inputs: dict[str, np.ndarray],
+    wanted: tuple[str, ...],
+    deadline: float | None,
+) -> dict[str, np.ndarray]:
+    """On an execution thread: drop expired work, call the servable, wrap its exception once,
+    collect the wanted outputs (converting them, which grows with the output, happens here)."""
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlineExceeded("Deadline exceeded while the request was queued")
+    name = plan.signature.name
     try:
-        return servable.run(signature_name, inputs)
+        results = servable.run(name, inputs)
     except ServingError:
         raise
     except Exception as exc:
-        logger.debug("servable raised on signature %s", signature_name, exc_info=True)
+        logger.debug("servable raised on signature %s", name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
+    return plan.collect(results, wanted)
 
 
 def _describe(array: np.ndarray) -> str:
