@@ -436,3 +436,140 @@ def test_demo_serves_from_a_fresh_private_dir_not_a_shared_temp_path_issue_15(
         assert not demo_dir.exists(), "the demo directory was left behind"
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# --- model control: what fsspec opens, re-sent models, refused loads (red team 1) ---------------
+
+
+@dataclass
+class ControlServer:
+    process: ServerProcess
+    grpc_port: int
+    root: Path
+
+    def reload(self, *models_: tuple[str, str]) -> grpc.RpcError | None:
+        """Send HandleReloadConfigRequest; None when it succeeded, else the error."""
+        request = apis.ReloadConfigRequest(config=_config_of(*models_))
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            try:
+                model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                    request, timeout=60
+                )
+            except grpc.RpcError as exc:
+                return exc
+        return None
+
+    def versions(self, name: str) -> dict[str, str]:
+        got = httpx.get(f"{self.process.url}/v1/models/{name}", timeout=5)
+        statuses = got.json().get("model_version_status", []) if got.is_success else []
+        return {s["version"]: s["state"] for s in statuses}
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlServer]:
+    root = tmp_path_factory.mktemp("control")
+    models_dir = root / "models"
+    make_mlp(models_dir / "mlp" / "1" / "model.onnx", seed=1)
+    models.make_python(models_dir / "py" / "1")
+    (root / "cwd").mkdir()
+    config = root / "models.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - {{name: mlp, base_path: {models_dir / 'mlp'}}}\n"
+        f"  - {{name: py, base_path: {models_dir / 'py'}, allow_python: true}}\n"
+    )
+    grpc_port = free_port()
+    cwd = Path.cwd()
+    os.chdir(root / "cwd")  # the server's working directory: fsspec opens file://HOST/p there
+    try:
+        process = ServerProcess(
+            f"--model_config_file={config}",
+            "--enable_model_control",
+            f"--model_control_roots={models_dir}",
+            "--max_num_load_retries=0",
+            "--file_system_poll_wait_seconds=0.2",
+            f"--port={grpc_port}",
+        )
+    finally:
+        os.chdir(cwd)
+    try:
+        process.wait_ready()
+        yield ControlServer(process, grpc_port, root)
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def test_a_file_url_host_or_nul_byte_cannot_leave_the_roots_issue_15(
+    control: ControlServer,
+) -> None:
+    started = [
+        ("mlp", str(control.root / "models" / "mlp")),
+        ("py", str(control.root / "models" / "py")),
+    ]
+    inside = str(control.root / "models" / "mlp")
+    # what fsspec really opens for file://HOST/<inside>: <cwd>/HOST/<inside>, outside every root
+    for host in ("", "localhost"):
+        make_mlp(control.root / "cwd" / host / inside.lstrip("/") / "1" / "model.onnx", seed=3)
+    for base_path, why in (
+        ("file:/" + inside, "resolves to"),
+        ("file://localhost" + inside, "resolves to"),
+        ("local://localhost" + inside, "resolves to"),
+        (inside + "\x00", "NUL byte"),
+    ):
+        error = control.reload(*started, ("evil", base_path))
+        assert error is not None, f"{base_path!r} was accepted"
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (base_path, error.details())
+        assert why in error.details()
+    assert control.versions("evil") == {}
+
+
+def test_a_resent_model_keeps_its_yaml_only_keys_issue_15(control: ControlServer) -> None:
+    py = control.root / "models" / "py"
+    started = [("mlp", str(control.root / "models" / "mlp")), ("py", str(py))]
+    assert control.reload(*started) is None
+    # the next version of the python model is still allowed: allow_python survived the reload
+    models.make_python(py / ".tmp-2")
+    (py / ".tmp-2").rename(py / "2")
+    wait_until(
+        lambda: control.versions("py").get("2") in ("AVAILABLE", "END"),
+        timeout_s=30,
+        what=f"py version 2 to settle:\n{control.process.log()}",
+    )
+    assert control.versions("py")["2"] == "AVAILABLE", control.process.log()
+
+
+def test_a_reload_whose_new_model_is_refused_is_failed_precondition_issue_15(
+    control: ControlServer,
+) -> None:
+    started = [
+        ("mlp", str(control.root / "models" / "mlp")),
+        ("py", str(control.root / "models" / "py")),
+    ]
+    models.make_python(control.root / "models" / "pynew" / "1")
+    error = control.reload(*started, ("pynew", str(control.root / "models" / "pynew")))
+    assert error is not None
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert "allow_python: true" in error.details()
+
+
+def test_a_symlink_retargeted_after_the_check_does_not_move_the_model_issue_15(
+    control: ControlServer,
+) -> None:
+    models_dir = control.root / "models"
+    started = [("mlp", str(models_dir / "mlp")), ("py", str(models_dir / "py"))]
+    make_mlp(models_dir / "target" / "1" / "model.onnx", seed=1)
+    make_mlp(control.root / "outside" / "5" / "model.onnx", seed=4)
+    os.symlink(models_dir / "target", models_dir / "link")
+    assert control.reload(*started, ("vialink", str(models_dir / "link"))) is None
+    assert control.versions("vialink") == {"1": "AVAILABLE"}
+    os.symlink(control.root / "outside", models_dir / ".link-new")
+    os.replace(models_dir / ".link-new", models_dir / "link")
+    # a new version in the checked directory: once it is seen, the poll after the swap has run
+    make_mlp(models_dir / "target" / ".tmp-2" / "model.onnx", seed=2)
+    (models_dir / "target" / ".tmp-2").rename(models_dir / "target" / "2")
+    wait_until(
+        lambda: "2" in control.versions("vialink") or "5" in control.versions("vialink"),
+        timeout_s=30,
+        what=f"vialink's next version:\n{control.process.log()}",
+    )
+    assert "5" not in control.versions("vialink"), "the model followed the symlink out"

@@ -69,3 +69,36 @@ def test_paths_outside_every_root_are_permission_denied_saying_why_issue_15(
 def test_no_roots_allow_nothing_issue_15(tmp_path: Path) -> None:
     with pytest.raises(PermissionDenied, match=r"allowed: .*: none"):
         ControlRoots([]).check("m", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "host"), [("file:/", ""), ("file://localhost", "localhost"), ("local://x", "x")]
+)
+def test_a_file_url_host_is_part_of_the_opened_path_issue_15(
+    tree: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, host: str
+) -> None:
+    # fsspec opens file://HOST/p as HOST/p under the working directory: a copy planted there
+    # lies outside every root even though /p is inside one
+    cwd = tmp_path / "cwd"
+    planted = cwd / host / str(tree["mlp"]).lstrip("/")
+    planted.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    roots = ControlRoots([str(tree["mlp"])])
+    with pytest.raises(PermissionDenied, match="outside every allowed root") as caught:
+        roots.check("evil", prefix + str(tree["mlp"]))
+    assert f"resolves to {planted}" in caught.value.message
+
+
+def test_a_nul_byte_is_permission_denied_with_a_message_issue_15(tree: dict[str, Path]) -> None:
+    roots = ControlRoots([str(tree["mlp"])])
+    for candidate in (f"{tree['mlp']}\x00", f"file://{tree['mlp']}/x\x00y"):
+        with pytest.raises(PermissionDenied, match="it holds a NUL byte"):
+            roots.check("evil", candidate)
+
+
+def test_check_returns_the_real_path_to_poll_issue_15(tree: dict[str, Path]) -> None:
+    os.symlink(tree["mlp"], tree["models"] / "link")
+    roots = ControlRoots([str(tree["models"])], ["s3://bucket/m"])
+    assert roots.check("a", str(tree["models"] / "link")) == str(tree["mlp"].resolve())
+    assert roots.check("b", f"file://{tree['models']}/link/v") == str(tree["mlp"].resolve() / "v")
+    assert roots.check("c", "s3://bucket/m/x") == "s3://bucket/m/x"

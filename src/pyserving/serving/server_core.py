@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -16,11 +16,12 @@ from pyserving.batching import BatchingPolicy, load_batching_parameters
 from pyserving.core.ids import ServableState, ServableStateEvent
 from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.core.monitor import StateMonitor
-from pyserving.errors import NotFound, ServingError
+from pyserving.errors import FailedPrecondition, NotFound, ServingError
 from pyserving.platforms.registry import DEFAULT_REGISTRY, PlatformRegistry
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving.config import (
     ConfigError,
+    ModelConfig,
     ModelServerConfig,
     check_platforms,
     check_transition,
@@ -295,6 +296,9 @@ class ServerCore:
         without one). A message with no config set is a no-op, as in TF Serving. Raises
         PermissionDenied, before anything changes, for a base path outside the started config's
         base paths and `model_control_roots`; otherwise raises as `apply_config` (with `wait`).
+        A model re-sent with its name and base path keeps its YAML-only keys (allow_python,
+        batching, instances, traffic, ...), which the message cannot carry; any other model gets
+        none, and its local base path is stored as the real path that was checked.
         """
         if config.WhichOneof("config") is None:
             return
@@ -304,9 +308,15 @@ class ServerCore:
             else Path.cwd()
         )
         parsed = config_from_proto(config, root)
-        for model in parsed.models:
-            self._control_roots.check(model.name, model.base_path)
-        self.apply_config(parsed)
+        checked = [
+            (model, self._control_roots.check(model.name, model.base_path))
+            for model in parsed.models
+        ]
+        with self._config_lock:  # reentrant: the config merged against is the one replaced
+            current = self.config
+            models = tuple(_from_network(m, real, current.get(m.name)) for m, real in checked)
+            self.apply_config(ModelServerConfig(models), wait=False)
+        self._wait_for_available([m.name for m in models if current.get(m.name) is None])
 
     def load_model(self, name: str) -> None:
         """ModelControl: (re)load configured model `name`, undoing an explicit unload; returns
@@ -400,7 +410,8 @@ class ServerCore:
                 reason = errors[0] if errors else "no version found or still loading"
                 failed.append(f"{{name: {name}}} due to error: {reason}")
         if failed:
-            raise ServingError(
+            # the models were refused (or broke) on load: a state the caller must fix, not a fault
+            raise FailedPrecondition(
                 f"{len(failed)} servable(s) did not become available: {{{', '.join(failed)}}}"
             )
 
@@ -495,6 +506,30 @@ _REPOSITORY_STATE = MappingProxyType(
         ServableState.END: "UNAVAILABLE",
     }
 )
+
+
+def _from_network(model: ModelConfig, real: str, before: ModelConfig | None) -> ModelConfig:
+    """`model` as a ReloadConfig message sent it (proto fields only), ready to apply. A model
+    re-sent with its name and base path (as sent, or as resolved) keeps its base path and the
+    YAML-only keys the message cannot carry; any other model polls the checked real path, so a
+    symlink retargeted after the check cannot move it."""
+    if before is None or before.base_path not in (model.base_path, real):
+        return replace(model, base_path=real)
+    traffic = before.traffic
+    if not set(traffic) <= set(model.labels):
+        logger.warning(
+            "model %s: the reload drops label(s) its traffic split uses (%s): traffic split off",
+            model.name,
+            ", ".join(sorted(set(traffic) - set(model.labels))),
+        )
+        traffic = {}
+    return replace(
+        model,
+        base_path=before.base_path,
+        options=before.options,
+        traffic=traffic,
+        servable_versions_always_present=before.servable_versions_always_present,
+    )
 
 
 def _log_transition(event: ServableStateEvent) -> None:
