@@ -20,11 +20,14 @@ from typing import Any
 
 import grpc
 
-from pyserving.api.grpc.rpc import known_models
+from pyserving.api.grpc.rpc import Context, known_models
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.errors import DeadlineExceeded, Unavailable
 
 __all__ = ["CallLimits", "limit_handlers"]
+
+#: a generic RPC handler (grpc's stubs make it generic; grpc itself does not)
+Handler = Any
 
 
 class CallLimits:
@@ -48,9 +51,7 @@ class CallLimits:
         return name in self._model_names()
 
 
-def limit_handlers(
-    handlers: Iterable[grpc.GenericRpcHandler], limits: CallLimits
-) -> tuple[grpc.GenericRpcHandler, ...]:
+def limit_handlers(handlers: Iterable[Handler], limits: CallLimits) -> tuple[Handler, ...]:
     """`handlers` with every method they serve wrapped in `limits`."""
     return tuple(_LimitedHandler(handler, limits) for handler in handlers)
 
@@ -58,13 +59,13 @@ def limit_handlers(
 class _LimitedHandler(grpc.GenericRpcHandler):
     """A generic handler whose method handlers are wrapped (once per method, then cached)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, limits: CallLimits) -> None:
+    def __init__(self, inner: Handler, limits: CallLimits) -> None:
         self._inner = inner
         self._limits = limits
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, Any] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         try:
             return self._wrapped[method]
         except KeyError:
@@ -93,7 +94,7 @@ def _wrap(handler: Any, limits: CallLimits) -> Any:
 def _unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
     budget = limits.budget
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(request: Any, context: Context) -> Any:
         known_models.set(limits.is_known)
         if budget is None or not isinstance(request, bytes):
             return await behavior(request, context)
@@ -111,7 +112,7 @@ def _unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., An
 
 
 def _unary_stream(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         known_models.set(limits.is_known)
         async for response in behavior(request, context):
             yield response
@@ -120,7 +121,7 @@ def _unary_stream(behavior: Callable[..., Any], limits: CallLimits) -> Callable[
 
 
 def _stream_unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
-    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
         known_models.set(limits.is_known)
         return await behavior(_limited_messages(requests, limits), context)
 
@@ -128,9 +129,7 @@ def _stream_unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[
 
 
 def _stream_stream(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
-    async def handle(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
+    async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         known_models.set(limits.is_known)
         async for response in behavior(_limited_messages(requests, limits), context):
             yield response

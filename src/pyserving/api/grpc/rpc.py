@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -38,7 +38,10 @@ logger = logging.getLogger("pyserving.grpc")
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
-Context = grpc.aio.ServicerContext
+if TYPE_CHECKING:  # grpc's stubs make it generic; grpc itself does not
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
 #: request → (model name for metrics, or None not to count it)
 ModelOf = Callable[[Any], str | None]
 #: response → the version that answered, for metrics
@@ -91,7 +94,7 @@ def unary_handler(
     request_type: type[Req],
     model_of: ModelOf | None = None,
     version_of: VersionOf | None = None,
-) -> grpc.RpcMethodHandler:
+) -> Any:
     """A unary-unary method handler around `behavior`, counting it in the request metrics when
     `model_of` names a model."""
 
@@ -126,7 +129,7 @@ def unary_handler(
 
 def stream_handler(
     behavior: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Resp]],
-) -> grpc.RpcMethodHandler:
+) -> Any:
     """A stream-stream method handler; `behavior` gets raw request bytes (use `parse`) and
     reports per-message errors itself; an exception it raises ends the stream with a status."""
 

@@ -70,11 +70,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        limits = self._options.write_buffer_bytes
+        transport.set_write_buffer_limits(high=limits)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self._client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        self._transport.set_write_buffer_limits(high=self._options.write_buffer_bytes)
         self.server.connections.add(self)
         self._arm(self._options.keep_alive_timeout_s)
 
@@ -545,4 +546,5 @@ def _date_header() -> bytes:
     if _date_cache[0] != now:
         _date_cache[0] = now
         _date_cache[1] = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
-    return _date_cache[1]
+    line: bytes = _date_cache[1]
+    return line
