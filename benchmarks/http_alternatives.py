@@ -8,7 +8,8 @@
 the same for V2 gRPC `ModelInfer`: a bare grpc.aio server that parses nothing and answers fixed
 bytes (the least a Python gRPC call can cost) against pyserving's gRPC port;
 and in-process, the cost of pyserving's executor hop (`run_in_executor` + await) against calling
-the model inline. Same small MLP, same wrk load as bench.py.
+the model inline. Same small MLP, same wrk load as bench.py. The choice of REST listener
+(pyserving's own, uvicorn, granian; speed and failure handling) is measured by http_listeners.py.
 
     python benchmarks/http_alternatives.py [--duration 5] [--connections 1,8,64]
     python benchmarks/http_alternatives.py --serve PORT MODEL   (the raw server alone)

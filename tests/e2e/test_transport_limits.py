@@ -267,6 +267,15 @@ def test_one_inflight_budget_covers_rest_and_grpc_issue_14(server, channel) -> N
         assert "budget" in response.json()["error"]
         code = grpc_code(unary(channel), infer_request(extra_bytes=over))
         assert code == grpc.StatusCode.UNAVAILABLE
+        stream = channel.stream_stream(
+            STREAM_INFER,
+            request_serializer=v2.ModelInferRequest.SerializeToString,
+            response_deserializer=v2.ModelStreamInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:  # a client stream's message alike
+            for _ in stream(iter([infer_request(extra_bytes=over)]), timeout=20):
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert grpc_code(unary(channel), infer_request()) == grpc.StatusCode.OK  # small: fits
     wait_until(lambda: inflight_bytes(server) == 0, what="the budget to empty")
     assert grpc_code(unary(channel), infer_request(extra_bytes=over)) == grpc.StatusCode.OK
