@@ -343,6 +343,13 @@ def _add_transport_flags(serve: argparse.ArgumentParser) -> None:
         help="a REST client that reads none of its response for this long is disconnected",
     )
     serve.add_argument(
+        "--grpc-max-connections",
+        type=_positive_int,
+        default=grpc_defaults.max_connections,
+        help="open gRPC connections; one more is closed at once (keep this plus"
+        " --rest-max-connections under the process's open-file limit)",
+    )
+    serve.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=_non_negative_int,
         default=grpc_defaults.max_concurrent_rpcs,
@@ -406,6 +413,7 @@ class _TransportLimits:
         )
         self.grpc = GrpcOptions(
             max_message_bytes=max_request_bytes,
+            max_connections=args.grpc_max_connections,
             max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
             max_concurrent_streams=args.grpc_max_concurrent_streams,
             max_connection_idle_s=args.grpc_max_connection_idle_seconds,

@@ -3,11 +3,14 @@ the field (the real TLS listeners are tested end to end in tests/e2e/test_trust.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
+from pyserving.api.rest.http_server import HttpOptions, HttpServer
 from pyserving.api.tls import TlsConfigError, load_tls_config, parse_tls_config
 from tests.certs import Certs, make_certs, text_proto_string
 
@@ -87,3 +90,45 @@ def test_unreadable_or_malformed_ssl_config_file_is_one_line_naming_the_file_iss
     with pytest.raises(TlsConfigError, match=r"bad.conf: not a valid SSLConfig text proto") as e:
         load_tls_config(str(bad))
     assert "\n" not in str(e.value)
+
+
+async def _closed_without_a_byte(port: int, within_s: float) -> bytes | None:
+    """Open a TCP connection, send nothing; what the server wrote before closing it, or None
+    when it is still open after `within_s`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(reader.read(), within_s)
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+
+
+async def _noop_app(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.asyncio
+async def test_tls_handshake_is_bounded_and_a_full_tls_port_writes_no_plain_text_issue_15(
+    certs: Certs,
+) -> None:
+    options = HttpOptions(header_timeout_s=0.5, max_connections=2)
+    server = HttpServer(_noop_app, options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await server.start(sock, ssl=parse_tls_config(certs.ssl_config()).ssl_context())
+    port = sock.getsockname()[1]
+    try:
+        # two silent clients fill the port; a third is closed at once, with no plain-text 503
+        # a TLS client would read as a broken handshake
+        silent = [asyncio.ensure_future(_closed_without_a_byte(port, 20.0)) for _ in range(2)]
+        await asyncio.sleep(0)
+        while len(server._opening) + len(server.connections) < 2:
+            await asyncio.sleep(0.01)
+        assert await _closed_without_a_byte(port, 20.0) == b""
+        # the silent ones are dropped after the header timeout, not asyncio's default 60 s
+        assert await asyncio.gather(*silent) == [b"", b""]
+    finally:
+        await server.shutdown(1.0)
+        sock.close()

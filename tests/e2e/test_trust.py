@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -573,3 +574,43 @@ def test_a_symlink_retargeted_after_the_check_does_not_move_the_model_issue_15(
         what=f"vialink's next version:\n{control.process.log()}",
     )
     assert "5" not in control.versions("vialink"), "the model followed the symlink out"
+
+
+def test_grpc_connections_are_capped_so_silent_sockets_cannot_starve_rest_issue_15(
+    repo: Repo,
+) -> None:
+    grpc_port = free_port()
+    server = ServerProcess(
+        f"--model_base_path={repo.root / 'models' / 'mlp'}",
+        f"--port={grpc_port}",
+        "--grpc-max-connections=3",
+    )
+    silent: list[socket.socket] = []
+    try:
+        server.wait_ready()
+        silent = [socket.create_connection(("127.0.0.1", grpc_port)) for _ in range(8)]
+
+        def closed_by_server(sock: socket.socket) -> bool:
+            sock.setblocking(False)
+            try:
+                return sock.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+
+        wait_until(
+            lambda: sum(closed_by_server(s) for s in silent) >= 5,
+            timeout_s=30,
+            what=f"the connections past the cap to be closed:\n{server.log()}",
+        )
+        assert httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
+        for sock in silent:
+            sock.close()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(v2.ServerLiveRequest(), timeout=30, wait_for_ready=True).live
+    finally:
+        for sock in silent:
+            sock.close()
+        assert server.stop() == 0, server.log()

@@ -7,7 +7,10 @@ await server.stop(grace_s)    # refuse new calls, let running ones finish within
 
 Limits (GrpcOptions, each a `serve` flag): a request message over `max_message_bytes`
 (`--max-request-bytes`, as REST's body) is RESOURCE_EXHAUSTED, as is a call past
-`max_concurrent_rpcs`; a connection opens at most `max_concurrent_streams` streams; idle
+`max_concurrent_rpcs`; at most `max_connections` connections are open (more are closed at once,
+so silent sockets cannot use up the file descriptors REST needs too), and one that has not
+finished its handshake within `handshake_timeout_s` is closed; a connection opens at most
+`max_concurrent_streams` streams; idle
 connections close after `max_connection_idle_s`; dead peers are found by keepalive pings; a client
 stream whose next message takes over `stream_message_timeout_s` ends DEADLINE_EXCEEDED; request
 bytes count in the server-wide in-flight budget shared with REST (UNAVAILABLE past it).
@@ -48,6 +51,10 @@ class GrpcOptions:
     max_message_bytes: int = 64 * 1024 * 1024
     #: calls served at once, server-wide; more are RESOURCE_EXHAUSTED; 0 = no bound
     max_concurrent_rpcs: int = 1024
+    #: open connections; one more is closed at once (`--grpc-max-connections`)
+    max_connections: int = 1024
+    #: a connection whose (TLS) handshake takes longer is closed
+    handshake_timeout_s: float = 10.0
     #: streams one connection may open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
     max_concurrent_streams: int = 128
     #: a connection without calls for this long is closed (GOAWAY); 0 = never
@@ -155,6 +162,8 @@ def _core_options(options: GrpcOptions) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", int(options.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout_s * 1000)),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", options.max_connections),
+        ("grpc.server_handshake_timeout_ms", int(options.handshake_timeout_s * 1000)),
     ]
     if options.max_connection_idle_s:
         core.append(("grpc.max_connection_idle_ms", int(options.max_connection_idle_s * 1000)))

@@ -75,7 +75,8 @@ class HttpServer:
     seconds behind it (benchmarks/accept_latency.py). A connection's transport is made at once,
     and a liveness probe is answered in the turn its bytes arrive (`instant_answers`), so a new
     connection's first answer waits two loop turns, not five. Past `max_connections`, a new
-    connection is answered 503 and closed right there, before any transport exists.
+    connection is answered 503 (on a TLS port: only closed) right there, before any transport
+    exists.
 
     Thread-safety: every method runs on the event loop it was started on.
     """
@@ -154,14 +155,17 @@ class HttpServer:
     def _open(self, client: socket.socket) -> None:
         client.setblocking(False)
         if len(self.connections) + len(self._opening) >= self.options.max_connections:
-            with contextlib.suppress(OSError):  # a few bytes into an empty buffer: no wait
-                client.send(_OVER_CAPACITY)
+            if self._ssl is None:  # a TLS client would read plain text as a broken handshake
+                with contextlib.suppress(OSError):  # a few bytes into an empty buffer: no wait
+                    client.send(_OVER_CAPACITY)
             client.close()
             return
         loop = self._loop
         assert loop is not None
+        # the TLS handshake counts against the header timeout, not asyncio's default 60 s
+        handshake_s = self.options.header_timeout_s if self._ssl is not None else None
         opening = loop.connect_accepted_socket(
-            lambda: Connection(self, loop), client, ssl=self._ssl
+            lambda: Connection(self, loop), client, ssl=self._ssl, ssl_handshake_timeout=handshake_s
         )
         self._opening.add(opening)
         self._advance(opening, client)
