@@ -19,7 +19,7 @@ class VersionRefCount:
 
     __slots__ = ("_closed", "_cond", "_count", "_lock", "id", "servable")
 
-    def __init__(self, servable_id: ServableId, servable: Any) -> None:
+    def __init__(self, servable_id: ServableId, servable: object) -> None:
         self.id = servable_id
         self.servable = servable
         # guards _count and _closed
@@ -70,6 +70,8 @@ class ServableHandle:
         # can never both get it (a read then a write of an attribute could interleave).
         self._ref: list[VersionRefCount] = [ref]
         self.id: ServableId = ref.id
+        # Any: core never looks inside a servable; its type is the platform's (what Loader.load
+        # returned), which the serving layer relies on
         self.servable: Any = ref.servable
 
     def release(self) -> None:

@@ -6,11 +6,15 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader, PermanentLoadError
 from pyserving.errors import Code, FailedPrecondition, ServingError
+
+if TYPE_CHECKING:
+    from pyserving.core.handle import VersionRefCount
+    from pyserving.core.scheduler import ScheduledCall
 
 logger = logging.getLogger("pyserving.lifecycle")
 
@@ -136,15 +140,15 @@ class LoaderHarness:
         self._error_code = Code.OK
         self._cancelled = threading.Event()
         self._attempts = 0
-        self.servable: Any = None
+        self.servable: object = None
         #: whether the source still wants this version; owned by the Manager (under its lock)
         self.is_aspired = True
         #: the request refcount once serving; owned by the Manager (under its lock)
-        self.ref: Any = None
+        self.ref: VersionRefCount | None = None
         #: the estimated RAM in bytes once asked; owned by the Manager (under its lock)
         self.estimate: int | None = None
         #: the scheduled next attempt while waiting out a backoff; owned by the Manager
-        self.retry: Any = None
+        self.retry: ScheduledCall | None = None
         #: when LOADING began (perf_counter), for the load duration; owned by the Manager
         self.load_started_s = 0.0
 
@@ -186,7 +190,7 @@ class LoaderHarness:
         """LOAD_APPROVED → LOADING: attempts may run from now on."""
         self._transition(S.LOAD_APPROVED, S.LOADING, "Load not approved")
 
-    def attempt_load(self) -> Any:
+    def attempt_load(self) -> object:
         """Run the Loader once and return what it loaded (the state does not change: the owner
         calls `loaded()` or `discard()`); raises what the Loader raises.
 
@@ -199,7 +203,7 @@ class LoaderHarness:
         assert self.loader is not None
         return self.loader.load()
 
-    def loaded(self, servable: Any) -> None:
+    def loaded(self, servable: object) -> None:
         """LOADING → READY with the servable an attempt returned; clears the retry error."""
         with self._lock:
             if self._state is not S.LOADING:
@@ -239,7 +243,8 @@ class LoaderHarness:
         ):
             return None
         interval_s = max(0.0, self.options.load_retry_interval_micros / 1e6)
-        return min(interval_s * 2 ** (attempts - 1), self.options.max_retry_interval_s)
+        backoff_s: float = interval_s * 2 ** (attempts - 1)
+        return min(backoff_s, self.options.max_retry_interval_s)
 
     def request_unload(self) -> None:
         """READY → UNLOAD_REQUESTED; refuses when not loaded or an unload is already under way."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ParamSpec, TypeVar
 
 from pyserving.core.handle import VersionRefCount
 from pyserving.core.harness import HarnessState, LoaderHarness, is_permanent
@@ -21,6 +22,9 @@ from pyserving.core.policy import Action, ActionKind
 from pyserving.core.resources import ResourceTracker
 from pyserving.core.scheduler import RetryScheduler
 from pyserving.errors import Code
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 logger = logging.getLogger("pyserving.lifecycle")
 
@@ -49,8 +53,8 @@ class ManagerOptions:
 class InlineExecutor(Executor):
     """Runs each job on the submitting thread (pool size 0, as TF Serving's InlineExecutor)."""
 
-    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
         except BaseException as exc:

@@ -231,6 +231,7 @@ class Manager(LifecycleJobs):
                         ]
                     )
                 if action is not None:
+                    assert stream is not None  # the policy chose among this stream's versions
                     harness = stream.harnesses[action.id.version]
                     if action.kind is ActionKind.LOAD:
                         harness.request_load()
@@ -266,18 +267,18 @@ class Manager(LifecycleJobs):
             elif harness.state in FINAL:
                 del stream.harnesses[version]
         for version, item in stream.aspired.items():
-            harness = stream.harnesses.get(version)
-            if harness is None or self._should_replace(harness, item):
+            current = stream.harnesses.get(version)
+            if current is None or self._should_replace(current, item):
                 harness = self._new_harness(item)
                 stream.harnesses[version] = harness
                 if harness.state is HarnessState.ERROR:
                     self._emit_locked(harness.id, ServableState.END, harness)
                 else:
                     self._emit_locked(harness.id, ServableState.START)
-            elif not harness.is_aspired and harness.state not in UNLOADING:
+            elif not current.is_aspired and current.state not in UNLOADING:
                 # Re-aspired before it went away: keep it (a READY version keeps serving).
-                harness.is_aspired = True
-                harness.resume_load_retries()
+                current.is_aspired = True
+                current.resume_load_retries()
 
     @staticmethod
     def _should_replace(harness: LoaderHarness, item: ServableData[Loader]) -> bool:
