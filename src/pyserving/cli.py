@@ -402,6 +402,32 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: descriptors besides REST connections: gRPC connections, model files, logs, pipes
+_OTHER_FILES = 1024
+
+
+def _fit_open_files_limit(needed: int) -> None:
+    """Raise this process's soft open-files limit towards `needed` (never above the hard one),
+    so that the connection cap, not accept() failing with EMFILE, is what refuses connections."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "open-files limit %d is below --rest_max_connections + %d: connections past it"
+            " wait in the listen queue (raise `ulimit -n` or lower --rest_max_connections)",
+            target,
+            _OTHER_FILES,
+        )
+
+
 class _TransportLimits:
     """The listeners' limits from the flags; the one in-flight budget REST and gRPC share."""
 
@@ -577,6 +603,7 @@ def _serve_models(
         _TransportLimits(args, options.max_request_bytes),
     )
     metrics.INFLIGHT_REQUEST_BYTES.set_function(lambda: drain.limits.budget.used_bytes)
+    _fit_open_files_limit(args.rest_max_connections + _OTHER_FILES)
     if auth is not None and not options.enable_model_control:
         logger.warning("--control-token-file has no effect without --enable-model-control")
     if options.allow_python_servables and options.model_config_file:

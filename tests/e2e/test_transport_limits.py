@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -300,3 +301,43 @@ def test_serve_help_lists_the_transport_limits_issue_14() -> None:
         "--grpc-stream-message-timeout-seconds",
     ):
         assert flag in out, flag
+
+
+def test_the_open_files_limit_is_raised_to_fit_the_connection_cap_issue_14(tmp_path) -> None:
+    """A soft limit of 512 descriptors would make accept() fail (EMFILE) long before a cap of
+    2,000 connections: serve raises it (the hard limit allowing)."""
+    resource = pytest.importorskip("resource")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3024:
+        pytest.skip(f"hard open-files limit {hard} is below what the test asks for")
+    make_mlp(tmp_path / "mlp" / "1" / "model.onnx", seed=1)
+    port = free_port()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", "--port=0"),
+            *(f"--rest_api_port={port}", f"--model_base_path={tmp_path / 'mlp'}"),
+            "--rest_max_connections=2000",
+        ],
+        preexec_fn=low_limit,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/v2/health/live"), what="the server")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        (line,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+        assert int(line.split()[3]) == 2000 + 1024, line
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
