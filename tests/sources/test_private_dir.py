@@ -82,3 +82,28 @@ def test_the_model_cache_refuses_a_cache_dir_others_can_write_before_copying_iss
         assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
     finally:
         fsspec.filesystem("memory").rm(remote, recursive=True)
+
+
+def test_an_ancestor_others_may_write_is_refused_unless_sticky_issue_15(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may `mv cache x && mkdir cache` here
+    with pytest.raises(FailedPrecondition, match=r"ancestor .*shared is writable by other users"):
+        ensure_private_dir(shared / "cache", "model cache directory")
+    shared.chmod(0o1777)  # sticky, as /tmp: only the owner may rename or remove an entry
+    assert ensure_private_dir(shared / "cache", "model cache directory").is_dir()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a directory to another user")
+def test_an_ancestor_or_symlink_of_another_user_is_refused_issue_15(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(FailedPrecondition, match=r"ancestor .*theirs belongs to user id 65534"):
+        ensure_private_dir(theirs / "cache", "model cache directory")
+    (tmp_path / "mine").mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "mine")
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(FailedPrecondition, match=r"link is a symlink of user id 65534"):
+        ensure_private_dir(link / "cache", "model cache directory")
