@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -152,7 +151,7 @@ def _choose(signatures: Mapping[str, Signature], name: str | None, method: str) 
 
 
 def _inputs(
-    servable: Any, signature: Signature, examples: Sequence[Example], context: Example | None
+    servable: object, signature: Signature, examples: Sequence[Example], context: Example | None
 ) -> dict[str, np.ndarray]:
     if not examples:
         raise InvalidInput("Input is empty")
@@ -249,7 +248,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _label(value: Any) -> bytes:
+def _label(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

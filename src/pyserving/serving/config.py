@@ -120,7 +120,7 @@ def parse_config_text(text: str, path: str | os.PathLike[str]) -> ModelServerCon
         raise ConfigError(f"model config file {path}: {exc.message}") from exc
 
 
-def parse_config(document: Any, root: Path) -> ModelServerConfig:
+def parse_config(document: object, root: Path) -> ModelServerConfig:
     """Validate a parsed YAML document; relative base paths resolve against `root`."""
     if not isinstance(document, Mapping) or not isinstance(document.get("models"), list):
         raise ConfigError("model config must be a mapping with a 'models' list")
@@ -190,13 +190,13 @@ def _checked(models: tuple[ModelConfig, ...]) -> ModelServerConfig:
     return ModelServerConfig(models)
 
 
-def _check_name(name: Any, where: str) -> str:
+def _check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not name or "/" in name or ":" in name:
         raise ConfigError(f"{where}: 'name' must be a non-empty string without '/' or ':'")
     return name
 
 
-def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
+def _parse_model(entry: object, index: int, root: Path) -> ModelConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"models[{index}] must be a mapping")
     name = _check_name(entry.get("name"), f"models[{index}]")
@@ -245,7 +245,7 @@ def _parse_model(entry: Any, index: int, root: Path) -> ModelConfig:
     )
 
 
-def _parse_traffic(value: Any, name: str, labels: Mapping[str, int]) -> dict[str, int]:
+def _parse_traffic(value: object, name: str, labels: Mapping[str, int]) -> dict[str, int]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not value:
@@ -266,7 +266,7 @@ def _parse_traffic(value: Any, name: str, labels: Mapping[str, int]) -> dict[str
     return dict(value)
 
 
-def _parse_version_policy(value: Any, name: str) -> VersionPolicy:
+def _parse_version_policy(value: object, name: str) -> VersionPolicy:
     if value is None:
         return VersionPolicy.latest(1)
     if value == "all" or (isinstance(value, Mapping) and "all" in value):
@@ -333,7 +333,7 @@ def _policy_from_proto(entry: config_pb2.ModelConfig, name: str) -> VersionPolic
     return VersionPolicy.latest(policy.latest.num_versions if kind == "latest" else 1)
 
 
-def _is_version(value: Any) -> bool:
+def _is_version(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -111,7 +111,7 @@ def _is_local(path: str) -> bool:
 def _real_local_path(path: str) -> str:
     """The resolved real path of the file fsspec opens for local `path` (against the working
     directory, as fsspec does). Raises ValueError for a path no file can have (a NUL byte)."""
-    opened = LocalFileSystem._strip_protocol(path)
+    opened: str = LocalFileSystem._strip_protocol(path)
     if opened.startswith("//"):
         opened = "/" + opened.lstrip("/")  # POSIX may treat "//x" apart; Linux reads it as "/x"
     return os.path.realpath(opened)

@@ -3,6 +3,7 @@ reload, model control and warmup, and the InferenceService."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -400,9 +401,7 @@ class ServerCore:
         failed: list[str] = []
         for name in names:
             monitor.wait_until(
-                lambda name=name: (
-                    bool(self.manager.available_versions(name)) or _settled(monitor, name)
-                ),
+                functools.partial(self._available_or_settled, name),
                 max(0.0, deadline - time.monotonic()),
             )
             if not self.manager.available_versions(name):
@@ -414,6 +413,9 @@ class ServerCore:
             raise FailedPrecondition(
                 f"{len(failed)} servable(s) did not become available: {{{', '.join(failed)}}}"
             )
+
+    def _available_or_settled(self, name: str) -> bool:
+        return bool(self.manager.available_versions(name)) or _settled(self.manager.monitor, name)
 
     def _poll_config_file(self, wait_s: float) -> None:
         """Re-read the config file every `wait_s`; apply it when its text changed. A bad file

@@ -33,6 +33,7 @@ from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.registry import PlatformRegistry
+from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
 from pyserving.protocols import v2
 from pyserving.protocols.request import Decoder
@@ -200,7 +201,9 @@ def read_warmup_requests(version_path: str) -> list[WarmupRequest]:
     return requests
 
 
-def replay_warmup(servable: Any, requests: Iterable[WarmupRequest], iterations: int = 1) -> int:
+def replay_warmup(
+    servable: Servable, requests: Iterable[WarmupRequest], iterations: int = 1
+) -> int:
     """Run each request `iterations` times on `servable`, in order; returns the calls made.
 
     Each request is checked against its signature first. Raises WarmupError naming the request
@@ -226,7 +229,7 @@ def replay_warmup(servable: Any, requests: Iterable[WarmupRequest], iterations: 
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _parse_request(document: Any, source: str) -> WarmupRequest:
+def _parse_request(document: object, source: str) -> WarmupRequest:
     try:
         request, _, _ = v2.request_from_json("", None, document, _NO_BINARY, None, _MAX_JSON_DEPTH)
     except ServingError as exc:

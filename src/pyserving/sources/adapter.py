@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
-from pyserving.core.ids import ServableData
+from pyserving.core.ids import ServableData, ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import NotFound
 from pyserving.platforms.registry import (
     DEFAULT_REGISTRY,
     PLATFORM_FILES,
-    PlatformRegistry,
     detect_platform,
 )
 from pyserving.sources.base import SourceAdapter
@@ -20,6 +19,18 @@ from pyserving.sources.cache import CachedVersionLoader, ModelCache
 from pyserving.sources.storage_path import is_remote, redact_url
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class LoaderMaker(Protocol):
+    """What the adapter needs of a registry: a PlatformRegistry, or a wrapper of one."""
+
+    def make_loader(
+        self,
+        platform: str,
+        servable_id: ServableId,
+        path: str,
+        config: Mapping[str, Any] = ...,
+    ) -> Loader: ...
 
 
 class PlatformAdapter(SourceAdapter[str, Loader]):
@@ -36,7 +47,7 @@ class PlatformAdapter(SourceAdapter[str, Loader]):
         self,
         platform_overrides: Mapping[str, str] = _EMPTY,
         config: Mapping[str, Mapping[str, Any]] = _EMPTY,
-        registry: PlatformRegistry | None = None,
+        registry: LoaderMaker | None = None,
         cache: ModelCache | None = None,
     ) -> None:
         super().__init__()
