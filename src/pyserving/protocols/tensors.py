@@ -145,8 +145,10 @@ def raw_tensor(datatype: str, shape: tuple[int, ...], data: memoryview, what: st
             f"{what}: {len(data)} bytes of data do not match {datatype} {list(shape)}"
             f" ({expected} bytes)"
         )
+    array: np.ndarray
     if datatype == "BOOL":
-        return (np.frombuffer(data, np.uint8) != 0).reshape(shape)
+        array = np.frombuffer(data, np.uint8) != 0
+        return array.reshape(shape)
     array = np.frombuffer(data, dtype).reshape(shape)
     if not array.flags.aligned:
         # A JSON header has any length, so an offset can be misaligned; some runtimes need

@@ -44,8 +44,12 @@ def examples_from_json(document: Any) -> tuple[str | None, list[Example], Exampl
     examples_json = document.get("examples")
     if not isinstance(examples_json, list):
         raise InvalidInput("'examples' attribute must be a list of objects")
-    examples = [_example(item, f"examples[{i}]") for i, item in enumerate(examples_json)]
-    context = _example(document["context"], "context") if "context" in document else None
+    examples: list[Example] = [
+        _example(item, f"examples[{i}]") for i, item in enumerate(examples_json)
+    ]
+    context: Example | None = None
+    if "context" in document:
+        context = _example(document["context"], "context")
     return signature_name, examples, context
 
 

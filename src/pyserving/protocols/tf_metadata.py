@@ -8,12 +8,11 @@ from typing import Any
 
 from pyserving.core.monitor import VersionStatus
 from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
-from pyserving.proto import tf_error_codes_pb2, tf_meta_graph_pb2, tf_types_pb2
+from pyserving.proto import tf_error_codes_pb2, tf_meta_graph_pb2
 from pyserving.proto import tf_serving_apis_pb2 as apis
 
 __all__ = ["signature_def_json", "signature_def_proto", "status_json", "status_proto"]
 
-_DT = tf_types_pb2.DataType
 _ERROR_CODES: dict[str, int] = dict(tf_error_codes_pb2.Code.items())
 
 
@@ -50,10 +49,11 @@ def status_json(states: Iterable[VersionStatus]) -> list[dict[str, Any]]:
 
 def status_proto(status: VersionStatus) -> apis.ModelVersionStatus:
     """One ModelVersionStatus message (gRPC GetModelStatus)."""
-    code = _ERROR_CODES.get(status.error_code, tf_error_codes_pb2.UNKNOWN)
+    # Enum fields by name: ServableState's names and numbers are TF's ModelVersionStatus.State.
+    code = status.error_code if status.error_code in _ERROR_CODES else "UNKNOWN"
     return apis.ModelVersionStatus(
         version=status.id.version,
-        state=int(status.state),
+        state=status.state.name,
         status=apis.StatusProto(error_code=code, error_message=status.error or ""),
     )
 
@@ -71,7 +71,7 @@ def _tensor_info_json(spec: TensorSpec) -> dict[str, Any]:
 
 def _tensor_info_proto(spec: TensorSpec) -> tf_meta_graph_pb2.TensorInfo:
     info = tf_meta_graph_pb2.TensorInfo(
-        name=spec.name, dtype=_DT.Value(V2_TO_TF.get(spec.datatype, "DT_INVALID"))
+        name=spec.name, dtype=V2_TO_TF.get(spec.datatype, "DT_INVALID")
     )
     for size in spec.shape:
         info.tensor_shape.dim.add(size=size)

@@ -17,8 +17,8 @@ import numpy as np
 
 from pyserving.errors import InvalidInput, ModelError, Unimplemented
 from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
-from pyserving.proto import tf_error_codes_pb2, tf_types_pb2
 from pyserving.proto import tf_serving_apis_pb2 as apis
+from pyserving.proto import tf_types_pb2
 from pyserving.protocols.json_tensor import bytes_to_json, dumps, json_shape, to_array
 from pyserving.protocols.request import InferRequest, InferResponse, Limits
 from pyserving.protocols.tensors import check_declared, check_names, check_shape, raw_tensor
@@ -37,40 +37,41 @@ __all__ = [
 _DT = tf_types_pb2.DataType
 # TF DataType → V2 datatype name (the signature's vocabulary)
 _V2_NAME: dict[int, str] = {_DT.Value(tf): v2 for v2, tf in V2_TO_TF.items()}
-_NUMPY: dict[int, np.dtype] = {
-    _DT.Value("DT_FLOAT"): np.dtype("<f4"),
-    _DT.Value("DT_DOUBLE"): np.dtype("<f8"),
-    _DT.Value("DT_HALF"): np.dtype("<f2"),
-    _DT.Value("DT_INT8"): np.dtype("i1"),
-    _DT.Value("DT_INT16"): np.dtype("<i2"),
-    _DT.Value("DT_INT32"): np.dtype("<i4"),
-    _DT.Value("DT_INT64"): np.dtype("<i8"),
-    _DT.Value("DT_UINT8"): np.dtype("u1"),
-    _DT.Value("DT_UINT16"): np.dtype("<u2"),
-    _DT.Value("DT_UINT32"): np.dtype("<u4"),
-    _DT.Value("DT_UINT64"): np.dtype("<u8"),
-    _DT.Value("DT_BOOL"): np.dtype("?"),
+_NUMPY: dict[tf_types_pb2.DataType, np.dtype] = {
+    tf_types_pb2.DT_FLOAT: np.dtype("<f4"),
+    tf_types_pb2.DT_DOUBLE: np.dtype("<f8"),
+    tf_types_pb2.DT_HALF: np.dtype("<f2"),
+    tf_types_pb2.DT_INT8: np.dtype("i1"),
+    tf_types_pb2.DT_INT16: np.dtype("<i2"),
+    tf_types_pb2.DT_INT32: np.dtype("<i4"),
+    tf_types_pb2.DT_INT64: np.dtype("<i8"),
+    tf_types_pb2.DT_UINT8: np.dtype("u1"),
+    tf_types_pb2.DT_UINT16: np.dtype("<u2"),
+    tf_types_pb2.DT_UINT32: np.dtype("<u4"),
+    tf_types_pb2.DT_UINT64: np.dtype("<u8"),
+    tf_types_pb2.DT_BOOL: np.dtype("?"),
 }
-_DTYPE_TO_TF: dict[np.dtype, int] = {dtype.newbyteorder("="): tf for tf, dtype in _NUMPY.items()}
+_DTYPE_TO_TF: dict[np.dtype, tf_types_pb2.DataType] = {
+    dtype.newbyteorder("="): tf for tf, dtype in _NUMPY.items()
+}
 # TF DataType → the typed TensorProto field holding its values
 _TYPED_FIELD = {
-    _DT.Value("DT_FLOAT"): "float_val",
-    _DT.Value("DT_DOUBLE"): "double_val",
-    _DT.Value("DT_HALF"): "half_val",
-    _DT.Value("DT_INT8"): "int_val",
-    _DT.Value("DT_INT16"): "int_val",
-    _DT.Value("DT_INT32"): "int_val",
-    _DT.Value("DT_UINT8"): "int_val",
-    _DT.Value("DT_UINT16"): "int_val",
-    _DT.Value("DT_INT64"): "int64_val",
-    _DT.Value("DT_UINT32"): "uint32_val",
-    _DT.Value("DT_UINT64"): "uint64_val",
-    _DT.Value("DT_BOOL"): "bool_val",
-    _DT.Value("DT_STRING"): "string_val",
+    tf_types_pb2.DT_FLOAT: "float_val",
+    tf_types_pb2.DT_DOUBLE: "double_val",
+    tf_types_pb2.DT_HALF: "half_val",
+    tf_types_pb2.DT_INT8: "int_val",
+    tf_types_pb2.DT_INT16: "int_val",
+    tf_types_pb2.DT_INT32: "int_val",
+    tf_types_pb2.DT_UINT8: "int_val",
+    tf_types_pb2.DT_UINT16: "int_val",
+    tf_types_pb2.DT_INT64: "int64_val",
+    tf_types_pb2.DT_UINT32: "uint32_val",
+    tf_types_pb2.DT_UINT64: "uint64_val",
+    tf_types_pb2.DT_BOOL: "bool_val",
+    tf_types_pb2.DT_STRING: "string_val",
 }
-_STRING = _DT.Value("DT_STRING")
-_HALF = _DT.Value("DT_HALF")
-_ERROR_CODES: dict[str, int] = dict(tf_error_codes_pb2.Code.items())
+_STRING = tf_types_pb2.DT_STRING
+_HALF = tf_types_pb2.DT_HALF
 
 
 # --- model spec ----------------------------------------------------------------------------------

@@ -198,14 +198,16 @@ def _requested_output(
 
 def _declare_input(
     what: str, name: str, seen: Container[str], datatype: Any, parameters: Mapping[str, Any]
-) -> None:
-    """The rules every input meets before its shape is read (`what` names it in messages)."""
+) -> str:
+    """The rules every input meets before its shape is read (`what` names it in messages);
+    returns its datatype."""
     if name in seen:
         raise InvalidInput(f"{what} appears more than once")
     if parameters.get("shared_memory_region") is not None:
         raise InvalidInput(f"{what}: shared memory is not supported")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"{what}: unsupported datatype {_show(datatype)}")
+    return datatype
 
 
 def _decode_json_inputs(
@@ -220,8 +222,7 @@ def _decode_json_inputs(
         what = f'input "{name[:80]}"'
         parameters = item.get("parameters")
         parameters = _NO_PARAMETERS if parameters is None else _parameters(parameters, what)
-        datatype = item.get("datatype")
-        _declare_input(what, name, declared, datatype, parameters)
+        datatype = _declare_input(what, name, declared, item.get("datatype"), parameters)
         dims = item.get("shape")
         if type(dims) is not list or any(type(d) is not int for d in dims):
             raise InvalidInput(

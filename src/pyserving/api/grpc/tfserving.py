@@ -197,7 +197,7 @@ class ModelServicer:
                 "ServerCore::HandleReloadConfigRequest only supports reloading model_config_list"
             )
         await asyncio.to_thread(control.reload_config, request.config)
-        return apis.ReloadConfigResponse(status=apis.StatusProto(error_code=0))
+        return apis.ReloadConfigResponse(status=apis.StatusProto(error_code="OK"))
 
 
 # --- classify / regress ----------------------------------------------------------------------

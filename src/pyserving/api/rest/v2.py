@@ -157,7 +157,7 @@ def index_from_service(service: InferenceService) -> list[Mapping[str, str]]:
 
 def check_repository_request(name: str, body: bytes, action: str) -> None:
     """Validate a load/unload body (empty, or an object with `parameters`) by V2's rules."""
-    parameters: object = {}
+    parameters: Iterable[str] = ()
     if body.strip():
         request = parse_json(body)
         if not isinstance(request, dict):
