@@ -79,4 +79,4 @@ class LightGBMServable(TabularServable):
 
     def _raw(self, features: np.ndarray) -> np.ndarray:
         with self._lock:
-            return self.booster.predict(features, num_threads=self._num_threads)
+            return np.asarray(self.booster.predict(features, num_threads=self._num_threads))

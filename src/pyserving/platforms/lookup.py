@@ -58,6 +58,7 @@ class LookupLoader(FileLoader):
         if file is None:
             raise FailedPrecondition(f"no {' / '.join(TABLE_FILES)} in {directory}")
         name = os.path.basename(file)
+        keys: Sequence[Any] | np.ndarray
         if name == "table.npz":
             keys, values = _read_npz(file)
         elif name == "table.parquet":

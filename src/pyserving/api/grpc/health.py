@@ -62,7 +62,9 @@ class HealthServicer:
             return _SERVING
         return _SERVING if self._is_ready() else _NOT_SERVING
 
-    async def check(self, request: health_pb2.HealthCheckRequest, context: Context) -> object:
+    async def check(
+        self, request: health_pb2.HealthCheckRequest, context: Context
+    ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status == _SERVICE_UNKNOWN:
             raise NotFound(f'unknown service "{request.service[:80]}"')
