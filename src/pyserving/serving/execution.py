@@ -147,7 +147,7 @@ class Call(Generic[T]):
         self.mailbox = _mailbox(loop)
         self.state = _QUEUED
         self.started = 0.0
-        self._on_return: list[Callable[[], None]] | None = None
+        self._on_return: list[Callable[[], object]] | None = None
 
     async def result(self, deadline: float | None = None) -> T:
         """The call's result; DeadlineExceeded at `deadline` (a `time.monotonic()` instant).
@@ -177,7 +177,7 @@ class Call(Generic[T]):
         (its thread stays busy until it returns: see `when_returned`)."""
         return self.lane.abandon(self)
 
-    def when_returned(self, callback: Callable[[], None]) -> bool:
+    def when_returned(self, callback: Callable[[], object]) -> bool:
         """Run `callback` (on the call's thread) once the call returns; False, without calling
         it, when the call has already returned or was dropped."""
         return self.lane.when_returned(self, callback)
@@ -263,7 +263,7 @@ class _Lane:
             self._on_leave()
         return False
 
-    def when_returned(self, call: Call[Any], callback: Callable[[], None]) -> bool:
+    def when_returned(self, call: Call[Any], callback: Callable[[], object]) -> bool:
         with self._lock:
             if call.state == _DONE:
                 return False

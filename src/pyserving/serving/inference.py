@@ -70,7 +70,8 @@ class _Monitor(Protocol):
 class _Manager(Protocol):
     """What InferenceService needs of `pyserving.core.manager.Manager`."""
 
-    monitor: _Monitor
+    @property
+    def monitor(self) -> _Monitor: ...
 
     def get_handle(self, request: ServableRequest) -> ServableHandle: ...
 
