@@ -12,7 +12,7 @@ import email.utils
 import http
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -25,8 +25,9 @@ __all__ = ["Connection", "plain_response"]
 
 logger = logging.getLogger("pyserving.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+# ASGI scopes and messages are dicts (as api/rest/app.py types them)
+Scope = dict[str, Any]
+Message = dict[str, Any]
 AsgiApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
     Awaitable[None],
