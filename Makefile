@@ -40,6 +40,8 @@ demo: $(DEMO_STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	# settings in pyproject.toml [tool.mypy]: strict on core/, serving/, protocols/
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(STAMP)
