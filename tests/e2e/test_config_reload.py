@@ -205,7 +205,7 @@ def test_warmup_runs_before_available_and_a_failing_one_keeps_the_old_version(
         warmed = log.index("model=m version=1 warmup: 1 request(s) x 3 iteration(s)")
         assert warmed < log.index("model=m version=1 state=AVAILABLE")
         wait_until(lambda: "warmup/bad.json" in proc.log(), 30, "version 2 failing its warmup")
-        assert 'input "input": expected FP32 [-1, 64], got float32 [1, 3]' in proc.log()
+        assert 'input "input": expected FP32 [-1, 64], got FP32 [1, 3]' in proc.log()
         response = httpx.post(f"{proc.url}/v2/models/m/infer", json=V2_BODY)
         assert response.status_code == 200 and response.json()["model_version"] == "1"
     finally:

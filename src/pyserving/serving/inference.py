@@ -309,6 +309,8 @@ class InferenceService:
         a codec thread. Raises what `acquire`, `signature`, the request's decoder and `run`
         raise."""
         with self.acquire(request.model, request.version, request.label) as handle:
+            # counted against this version even when decoding refuses the inputs
+            answered_version.set(handle.id.version)
             signature = self.signature(handle, request.signature_name)
             inputs = request.inputs
             if not isinstance(inputs, dict):
