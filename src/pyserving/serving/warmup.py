@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -53,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger("pyserving.lifecycle")
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_EMPTY: Mapping[str, object] = MappingProxyType({})
 
 WARMUP_DIR = "warmup"
 #: TF Serving's limit on warmup records per version
@@ -117,9 +116,9 @@ class WarmupLoader(Loader):
     def estimate_resources(self) -> int:
         return self.inner.estimate_resources()
 
-    def load(self) -> Any:
+    def load(self) -> Servable:
         """Load through the inner Loader, then warm up; raises WarmupError when warmup fails."""
-        servable = self.inner.load()
+        servable: Servable = self.inner.load()  # the registry builds platform Loaders
         try:
             requests = read_warmup_requests(self._path)
             extra = getattr(servable, "warmup_requests", None)
@@ -166,7 +165,7 @@ class WarmupRegistry:
         platform: str,
         servable_id: ServableId,
         path: str,
-        config: Mapping[str, Any] = _EMPTY,
+        config: Mapping[str, object] = _EMPTY,
     ) -> Loader:
         """The inner registry's Loader for `path`, warming up after it loads."""
         inner = self._inner.make_loader(platform, servable_id, path, config)
