@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from pyserving.errors import (
     ServingError,
     Unavailable,
 )
+from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.protocols.tensors import mismatch_message
@@ -250,7 +251,7 @@ class InferenceService:
         inputs: dict[str, np.ndarray],
         deadline: float | None,
         batching: BatchingOptions,
-    ) -> Any:
+    ) -> dict[str, np.ndarray]:
         try:
             job = self._schedule(handle, signature.name, inputs, deadline, batching)
         except BaseException:  # refused by the batch queue: full, task too large, closing
@@ -398,7 +399,7 @@ class InferenceService:
         inputs: dict[str, np.ndarray],
         deadline: float | None,
         batching: BatchingOptions,
-    ) -> Future[Any]:
+    ) -> Future[dict[str, np.ndarray]]:
         """Enqueue on the queue of this version, signature and options; never waits."""
         task = BatchTask(handle.servable, signature_name, inputs, deadline)
         scheduler = self._scheduler
@@ -427,10 +428,10 @@ class InferenceService:
         with self._pending_lock:
             self._pending -= 1
 
-    def _done_pending(self, _job: Future[Any]) -> None:
+    def _done_pending(self, _job: Future[dict[str, np.ndarray]]) -> None:
         self._leave_pending()
 
-    async def _keep_alive(self, handle: ServableHandle, call: Call[Any]) -> None:
+    async def _keep_alive(self, handle: ServableHandle, call: Call[dict[str, np.ndarray]]) -> None:
         """Keep `handle`'s version referenced until `call` returns, after the caller releases
         it (the call is stuck on its thread; its request has given up)."""
         try:
@@ -446,7 +447,9 @@ class InferenceService:
         if not call.when_returned(extra.release):
             extra.release()
 
-    async def _keep_alive_batch(self, handle: ServableHandle, job: Future[Any]) -> None:
+    async def _keep_alive_batch(
+        self, handle: ServableHandle, job: Future[dict[str, np.ndarray]]
+    ) -> None:
         """As `_keep_alive`, for a task in a batch queue (its future ends when its batch ran)."""
         if job.done():
             return
@@ -464,7 +467,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _execute(
-    servable: Any,
+    servable: Servable,
     plan: _SignaturePlan,
     inputs: dict[str, np.ndarray],
     wanted: tuple[str, ...],
@@ -550,7 +553,7 @@ class _SignaturePlan:
                 )
         return tuple(names)
 
-    def collect(self, results: Any, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def collect(self, results: object, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         if not isinstance(results, Mapping):
             raise ModelError(f"servable returned {type(results).__name__}, not a dict of outputs")
         out: dict[str, np.ndarray] = {}
