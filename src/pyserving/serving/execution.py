@@ -34,7 +34,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from pyserving.errors import DeadlineExceeded, Unavailable
 
@@ -50,6 +50,7 @@ __all__ = [
 logger = logging.getLogger("pyserving.execution")
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: execution threads of a model whose config sets no `instances` (Triton creates two instances
 #: of a CPU model by default; more threads rarely help Python models, which share the GIL)
@@ -400,7 +401,7 @@ class Executor:
         self._lanes: dict[str, _Lane] = {}
         self._closed = False
 
-    def submit(self, model: str, fn: Callable[..., T], *args: Any) -> Call[T]:
+    def submit(self, model: str, fn: Callable[[*Args], T], *args: *Args) -> Call[T]:
         """Queue `fn(*args)` on `model`'s lane. Raises Unavailable when its queue is full or
         the executor is closed."""
         lane = self._lanes.get(model)
@@ -472,7 +473,7 @@ _codec_lock = threading.Lock()
 _codec_lane: _Lane | None = None
 
 
-async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
+async def run_off_loop(fn: Callable[[*Args], T], *args: *Args) -> T:
     """`fn(*args)` on one of the process's codec threads (`CODEC_THREADS`), awaited.
 
     For work that grows with the request. The call runs to completion even if the awaiting
@@ -494,7 +495,7 @@ async def run_off_loop(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-async def run_sized(nbytes: int, fn: Callable[..., T], *args: Any) -> T:
+async def run_sized(nbytes: int, fn: Callable[[*Args], T], *args: *Args) -> T:
     """`fn(*args)` inline when it works on at most `OFF_LOOP_BYTES` bytes, else off the loop."""
     if nbytes <= OFF_LOOP_BYTES:
         return fn(*args)
