@@ -576,6 +576,23 @@ def test_a_symlink_retargeted_after_the_check_does_not_move_the_model_issue_15(
     assert "5" not in control.versions("vialink"), "the model followed the symlink out"
 
 
+def test_a_model_resent_with_another_base_path_gets_no_yaml_only_keys_issue_15(
+    control: ControlServer,
+) -> None:
+    # runs last against `control`: it leaves py without its allow_python
+    models.make_python(control.root / "models" / "py2" / "3")
+    mlp = ("mlp", str(control.root / "models" / "mlp"))
+    assert control.reload(mlp, ("py", str(control.root / "models" / "py2"))) is None
+
+    def error_of_version_3() -> str:
+        got = httpx.get(f"{control.process.url}/v1/models/py", timeout=5).json()
+        statuses = [s for s in got.get("model_version_status", []) if s["version"] == "3"]
+        return statuses[0]["status"].get("error_message", "") if statuses else ""
+
+    wait_until(error_of_version_3, timeout_s=30, what=f"py 3 to fail:\n{control.process.log()}")
+    assert "allow_python: true" in error_of_version_3()
+
+
 def test_grpc_connections_are_capped_so_silent_sockets_cannot_starve_rest_issue_15(
     repo: Repo,
 ) -> None:
