@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from pyserving.errors import InvalidInput
+from pyserving.proto import tf_example_pb2 as example_pb2
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.protocols.tfserving import is_b64
 
@@ -34,7 +35,7 @@ Example = Mapping[str, np.ndarray]
 _INT64 = np.iinfo(np.int64)
 
 
-def examples_from_json(document: Any) -> tuple[str | None, list[Example], Example | None]:
+def examples_from_json(document: object) -> tuple[str | None, list[Example], Example | None]:
     """A parsed `:classify` / `:regress` body → (signature name, examples, context)."""
     if not isinstance(document, dict):
         raise InvalidInput("Malformed request: the body must be a JSON object")
@@ -53,7 +54,7 @@ def examples_from_json(document: Any) -> tuple[str | None, list[Example], Exampl
     return signature_name, examples, context
 
 
-def examples_from_proto(request_input: Any) -> tuple[list[Example], Example | None]:
+def examples_from_proto(request_input: apis.Input) -> tuple[list[Example], Example | None]:
     """(examples, context) of a `tensorflow.serving.Input` message (example_list or
     example_list_with_context). Raises InvalidInput when it holds neither."""
     kind = request_input.WhichOneof("kind")
@@ -99,7 +100,7 @@ def regression_proto(values: Sequence[float]) -> apis.RegressionResult:
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def _example(value: Any, what: str) -> dict[str, np.ndarray]:
+def _example(value: object, what: str) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or is_b64(value):
         raise InvalidInput(f"{what} must be an object of feature name → value or list")
     return {key: _feature(item, f'{what} feature "{key[:80]}"') for key, item in value.items()}
@@ -127,7 +128,7 @@ def _feature(value: Any, what: str) -> np.ndarray:
     return np.array(items, dtype=np.float32)
 
 
-def _feature_kind(item: Any, what: str) -> str:
+def _feature_kind(item: object, what: str) -> str:
     if isinstance(item, bool | int):
         return "int"
     if isinstance(item, float):
@@ -156,7 +157,7 @@ def _label_text(label: bytes) -> str:
 # --- protobuf ------------------------------------------------------------------------------------
 
 
-def _from_example(example: Any) -> dict[str, np.ndarray]:
+def _from_example(example: example_pb2.Example) -> dict[str, np.ndarray]:
     features: dict[str, np.ndarray] = {}
     for name, feature in example.features.feature.items():
         kind = feature.WhichOneof("kind")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -258,7 +258,7 @@ def predict_to_json(response: InferResponse, rows: bool) -> bytes:
     return dumps({"outputs": document}, outputs.values())
 
 
-def is_b64(value: Any) -> bool:
+def is_b64(value: object) -> TypeGuard[dict[str, object]]:
     """True for TF's `{"b64": ...}` object (binary data in a JSON string)."""
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
