@@ -224,7 +224,7 @@ def predict_from_json(
     name: str,
     version: int | None,
     label: str | None,
-    document: Any,
+    document: object,
     deadline: float | None,
     max_json_depth: int,
 ) -> tuple[InferRequest, bool]:
@@ -264,7 +264,7 @@ def is_b64(value: object) -> TypeGuard[dict[str, object]]:
 
 
 def _convert(
-    value: Any, spec: TensorSpec, signature: Signature, depth: int, limits: Limits
+    value: object, spec: TensorSpec, signature: Signature, depth: int, limits: Limits
 ) -> np.ndarray:
     """A JSON value (or a column of instances' values) as `spec`'s array; its shape is checked
     against the signature and the limits before numpy sees it."""
@@ -284,7 +284,7 @@ def _convert(
 
 
 def _rows_to_inputs(
-    instances: Any, depth: int, signature: Signature, limits: Limits
+    instances: object, depth: int, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list, one element per example")
@@ -298,7 +298,7 @@ def _rows_to_inputs(
             )
         return {specs[0].name: _convert(instances, specs[0], signature, depth, limits)}
     wanted = set(signature.input_names)
-    columns: dict[str, list[Any]] = {spec.name: [] for spec in specs}
+    columns: dict[str, list[object]] = {spec.name: [] for spec in specs}
     for i, item in enumerate(instances):
         if not isinstance(item, dict) or is_b64(item):
             raise InvalidInput(
@@ -321,7 +321,7 @@ def _rows_to_inputs(
 
 
 def _columns_to_inputs(
-    value: Any, depth: int, signature: Signature, limits: Limits
+    value: object, depth: int, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if isinstance(value, dict) and not is_b64(value):
