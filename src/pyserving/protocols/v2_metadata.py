@@ -42,7 +42,7 @@ def server_metadata(server_version: str, extensions: Sequence[str]) -> dict[str,
 
 
 def model_metadata(
-    name: str, versions: Iterable[int], servable: Any, signature: Signature
+    name: str, versions: Iterable[int], servable: object, signature: Signature
 ) -> dict[str, Any]:
     """The model metadata answer: versions (AVAILABLE ones), platform, inputs, outputs."""
     return {
@@ -54,7 +54,7 @@ def model_metadata(
     }
 
 
-def model_config(name: str, servable: Any, signature: Signature) -> dict[str, Any]:
+def model_config(name: str, servable: object, signature: Signature) -> dict[str, Any]:
     """A Triton-style model configuration (data types as `TYPE_*` names)."""
     return {
         "name": name,
@@ -105,7 +105,7 @@ def check_repository_request(
         )
 
 
-def _platform(servable: Any) -> str:
+def _platform(servable: object) -> str:
     platform = getattr(servable, "platform", "") or "python"
     return _PLATFORMS.get(platform, platform)
 
