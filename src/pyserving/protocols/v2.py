@@ -54,7 +54,7 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
+_NO_PARAMETERS: Mapping[str, object] = MappingProxyType({})
 #: (message subject, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value,
 #: or an `InferTensorContents` message
 _Declared = tuple[str, str, tuple[int, ...], Any]
@@ -66,7 +66,7 @@ _Declared = tuple[str, str, tuple[int, ...], Any]
 def request_from_json(
     model: str,
     version: int | None,
-    document: Any,
+    document: object,
     binary: memoryview,
     deadline: float | None,
     max_json_depth: int,
@@ -130,7 +130,7 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
     )
 
 
-def _parameters(value: Any, what: str) -> dict[str, Any]:
+def _parameters(value: object, what: str) -> dict[str, object]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -138,25 +138,25 @@ def _parameters(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _proto_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+def _proto_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
     """InferParameter values as the JSON form has them (an unset one is None)."""
     if not parameters:
         return {}
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     for key, parameter in parameters.items():
         kind = parameter.WhichOneof("parameter_choice")
         values[key] = None if kind is None else getattr(parameter, kind)
     return values
 
 
-def _bool_parameter(parameters: Mapping[str, Any], key: str, what: str) -> bool:
+def _bool_parameter(parameters: Mapping[str, object], key: str, what: str) -> bool:
     value = parameters.get(key, False)
     if not isinstance(value, bool):
         raise InvalidInput(f"{what}: parameter '{key}' must be true or false, got {_show(value)}")
     return value
 
 
-def _signature_name(parameters: Mapping[str, Any]) -> str | None:
+def _signature_name(parameters: Mapping[str, object]) -> str | None:
     """The `signature_name` parameter (our extension, as TF Serving's field): None = default."""
     name = parameters.get("signature_name")
     if name is not None and not isinstance(name, str):
@@ -164,7 +164,7 @@ def _signature_name(parameters: Mapping[str, Any]) -> str | None:
     return name
 
 
-def _timeout_deadline(parameters: Mapping[str, Any], deadline: float | None) -> float | None:
+def _timeout_deadline(parameters: Mapping[str, object], deadline: float | None) -> float | None:
     """The earlier of the transport's deadline and the V2 `timeout` parameter (microseconds)."""
     timeout_us = parameters.get("timeout")
     if timeout_us is None:
@@ -179,7 +179,7 @@ def _timeout_deadline(parameters: Mapping[str, Any], deadline: float | None) -> 
 
 
 def _requested_output(
-    name: str, seen: Sequence[str], parameters: Any, binary_default: bool
+    name: str, seen: Sequence[str], parameters: object, binary_default: bool
 ) -> bool:
     """Check one requested output; returns whether it goes out binary (REST)."""
     what = f'output "{name[:80]}"'
@@ -197,7 +197,7 @@ def _requested_output(
 
 
 def _declare_input(
-    what: str, name: str, seen: Container[str], datatype: Any, parameters: Mapping[str, Any]
+    what: str, name: str, seen: Container[str], datatype: object, parameters: Mapping[str, object]
 ) -> str:
     """The rules every input meets before its shape is read (`what` names it in messages);
     returns its datatype."""
@@ -211,7 +211,7 @@ def _declare_input(
 
 
 def _decode_json_inputs(
-    items: list[Any], binary: memoryview, max_depth: int, signature: Signature, limits: Limits
+    items: list[object], binary: memoryview, max_depth: int, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     declared: dict[str, _Declared] = {}
     offset = 0
@@ -269,7 +269,7 @@ def _decode_json_inputs(
 
 
 def _json_data(
-    data: Any,
+    data: object,
     datatype: str,
     shape: tuple[int, ...],
     count: int,
@@ -335,7 +335,7 @@ def _decode_proto_inputs(
 
 
 def _typed_contents(
-    contents: Any, datatype: str, shape: tuple[int, ...], count: int, what: str
+    contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], count: int, what: str
 ) -> np.ndarray:
     field = _CONTENTS_FIELD[datatype]
     values = getattr(contents, field)
@@ -418,7 +418,7 @@ def _datatype(name: str, array: np.ndarray) -> str:
     return datatype
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     try:
         return orjson.dumps(value).decode()[:80]
     except TypeError:
