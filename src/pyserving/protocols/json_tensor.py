@@ -54,7 +54,7 @@ _TF_TYPE_NAME = {
 }
 
 
-def parse_json(data: bytes | memoryview) -> Any:
+def parse_json(data: bytes | memoryview) -> object:
     """Parse a request body; raises InvalidInput naming the parse error.
 
     orjson parses strict JSON only. TF Serving accepts NaN, Infinity and -Infinity literals, so a
@@ -73,7 +73,7 @@ def parse_json(data: bytes | memoryview) -> Any:
     raise InvalidInput(f"JSON Parse error: {error}")
 
 
-def json_shape(value: Any, what: str, max_depth: int) -> list[int]:
+def json_shape(value: object, what: str, max_depth: int) -> list[int]:
     """The shape of a nested JSON list, read from each level's first element.
 
     Raises InvalidInput when the nesting is deeper than `max_depth` (checked before numpy sees it).
@@ -90,7 +90,7 @@ def json_shape(value: Any, what: str, max_depth: int) -> list[int]:
 
 
 def to_array(
-    value: Any,
+    value: object,
     datatype: str,
     what: str,
     *,
@@ -156,7 +156,7 @@ def bytes_to_json(array: np.ndarray, *, encoding: str, what: str) -> Any:
     return out.reshape(array.shape).tolist()
 
 
-def dumps(document: Any, arrays: Iterable[np.ndarray] = ()) -> bytes:
+def dumps(document: object, arrays: Iterable[np.ndarray] = ()) -> bytes:
     """Serialise a response; `arrays` are the float tensors inside it, checked for NaN / ±Inf.
 
     orjson would write non-finite floats as null; TF Serving writes NaN / Infinity literally, so
@@ -180,7 +180,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).split("\n", 1)[0]
 
 
-def _json_type(value: Any) -> str:
+def _json_type(value: object) -> str:
     if value is None:
         return "Null"
     if isinstance(value, bool | np.bool_):
@@ -194,7 +194,7 @@ def _json_type(value: Any) -> str:
     return "Number"
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if isinstance(value, np.generic):
         value = value.item()
     try:
@@ -209,7 +209,7 @@ def _type_error(what: str, parsed: np.ndarray, datatype: str) -> InvalidInput:
     target = V2_TO_NUMPY[datatype].kind
     if parsed.dtype.kind == "f" and target in "iu":
         non_integral = np.flatnonzero(~np.isfinite(flat) | (flat != np.trunc(flat)))
-        bad: Any = flat[non_integral[0]] if non_integral.size else flat[0]
+        bad: object = flat[non_integral[0]] if non_integral.size else flat[0]
     elif parsed.dtype.kind == "O":
         bad = next((v for v in flat if not _is_number(v, target)), _NONE)
         if bad is _NONE:  # only numbers: Python ints too large for any numpy integer
@@ -225,7 +225,7 @@ def _type_error(what: str, parsed: np.ndarray, datatype: str) -> InvalidInput:
     )
 
 
-def _is_number(value: Any, target_kind: str) -> bool:
+def _is_number(value: object, target_kind: str) -> bool:
     if isinstance(value, bool):
         return target_kind == "b"
     if isinstance(value, int):
@@ -235,7 +235,7 @@ def _is_number(value: Any, target_kind: str) -> bool:
     return False
 
 
-def _strings_to_array(value: Any, shape: list[int], what: str, allow_b64: bool) -> np.ndarray:
+def _strings_to_array(value: object, shape: list[int], what: str, allow_b64: bool) -> np.ndarray:
     flat: list[bytes] = []
     _collect_strings(value, shape, 0, flat, what, allow_b64)
     out = np.empty(len(flat), dtype=object)
@@ -244,7 +244,7 @@ def _strings_to_array(value: Any, shape: list[int], what: str, allow_b64: bool) 
 
 
 def _collect_strings(
-    value: Any, shape: list[int], level: int, out: list[bytes], what: str, allow_b64: bool
+    value: object, shape: list[int], level: int, out: list[bytes], what: str, allow_b64: bool
 ) -> None:
     if level < len(shape):
         if not isinstance(value, list) or len(value) != shape[level]:
@@ -274,7 +274,7 @@ def _collect_strings(
         )
 
 
-def _b64_value(value: dict[str, Any], what: str) -> bytes:
+def _b64_value(value: dict[str, object], what: str) -> bytes:
     encoded = value.get("b64")
     if len(value) != 1 or not isinstance(encoded, str):
         raise InvalidInput(
@@ -288,7 +288,7 @@ def _b64_value(value: dict[str, Any], what: str) -> bytes:
         ) from exc
 
 
-def _string_element(value: Any, encoding: str, what: str) -> Any:
+def _string_element(value: object, encoding: str, what: str) -> str | dict[str, str]:
     if isinstance(value, str):
         return value if encoding != "b64" else {"b64": base64.b64encode(value.encode()).decode()}
     if not isinstance(value, bytes):
@@ -306,7 +306,7 @@ def _string_element(value: Any, encoding: str, what: str) -> Any:
         ) from exc
 
 
-def _orjson_default(value: Any) -> Any:
+def _orjson_default(value: object) -> object:
     # orjson hands over what its numpy support does not cover: 0-d and non-contiguous arrays,
     # non-native byte orders, numpy scalars of other types.
     if isinstance(value, np.ndarray):
@@ -316,7 +316,7 @@ def _orjson_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def _stdlib_default(value: Any) -> Any:
+def _stdlib_default(value: object) -> object:
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
