@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from pyserving.core.monitor import VersionStatus
 from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
@@ -16,7 +15,7 @@ __all__ = ["signature_def_json", "signature_def_proto", "status_json", "status_p
 _ERROR_CODES: dict[str, int] = dict(tf_error_codes_pb2.Code.items())
 
 
-def signature_def_json(signature: Signature) -> dict[str, Any]:
+def signature_def_json(signature: Signature) -> dict[str, object]:
     """A SignatureDef as TF Serving's REST metadata writes it."""
     return {
         "inputs": {spec.name: _tensor_info_json(spec) for spec in signature.inputs},
@@ -35,7 +34,7 @@ def signature_def_proto(signature: Signature) -> tf_meta_graph_pb2.SignatureDef:
     return out
 
 
-def status_json(states: Iterable[VersionStatus]) -> list[dict[str, Any]]:
+def status_json(states: Iterable[VersionStatus]) -> list[dict[str, object]]:
     """`model_version_status` as TF Serving's REST status writes it."""
     return [
         {
@@ -58,7 +57,7 @@ def status_proto(status: VersionStatus) -> apis.ModelVersionStatus:
     )
 
 
-def _tensor_info_json(spec: TensorSpec) -> dict[str, Any]:
+def _tensor_info_json(spec: TensorSpec) -> dict[str, object]:
     return {
         "dtype": V2_TO_TF.get(spec.datatype, "DT_INVALID"),
         "tensor_shape": {
