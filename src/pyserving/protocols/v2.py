@@ -363,14 +363,18 @@ def response_to_json(
     response: InferResponse, binary_flags: list[bool] | None, binary_default: bool
 ) -> tuple[bytes, int | None]:
     """(REST body, JSON header length when binary outputs follow it, else None)."""
-    outputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, object]] = []
     blobs: list[bytes] = []
     floats: list[np.ndarray] = []
     results = response.outputs
     flags = binary_flags if binary_flags is not None else [binary_default] * len(results)
     for (output, array), binary in zip(results.items(), flags, strict=True):
         datatype = _datatype(output, array)
-        entry: dict[str, Any] = {"name": output, "datatype": datatype, "shape": list(array.shape)}
+        entry: dict[str, object] = {
+            "name": output,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
         if binary:
             blob = encode_raw(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -384,7 +388,7 @@ def response_to_json(
             entry["data"] = flat
             floats.append(flat)
         outputs.append(entry)
-    document: dict[str, Any] = {
+    document: dict[str, object] = {
         "model_name": response.model,
         "model_version": str(response.version),
     }
