@@ -185,3 +185,14 @@ def test_allow_python_is_a_per_model_boolean_issue_15(tmp_path):
         parse_config(
             {"models": [{"name": "p", "base_path": "/m", "allow_python": "yes"}]}, tmp_path
         )
+
+
+@pytest.mark.parametrize("instances", [None, 0, 257, True, "2", 1.5])
+def test_instances_must_be_an_integer_from_1_to_256_issue_14(tmp_path, instances):
+    # null used to pass and reach the executor as None: every call to the model then failed
+    with pytest.raises(ConfigError, match=r'model "m": instances .* from 1 to 256'):
+        parse_config(
+            {"models": [{"name": "m", "base_path": "/m", "instances": instances}]}, tmp_path
+        )
+    config = parse_config({"models": [{"name": "m", "base_path": "/m", "instances": 3}]}, tmp_path)
+    assert config.get("m").options["instances"] == 3

@@ -215,7 +215,8 @@ def _parse_model(entry: object, index: int, root: Path) -> ModelConfig:
     if not isinstance(allow_python, bool):
         raise ConfigError(f'model "{name}": allow_python must be true or false')
     instances = entry.get("instances")
-    if instances is not None and (
+    # `instances: null` is refused too: as an option it would reach the executor as None
+    if "instances" in entry and (
         not isinstance(instances, int) or isinstance(instances, bool) or not 1 <= instances <= 256
     ):
         raise ConfigError(
