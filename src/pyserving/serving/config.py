@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 from google.protobuf import text_format
@@ -56,7 +55,7 @@ class ModelConfig:
     platform: str | None = None
     version_policy: VersionPolicy = field(default_factory=VersionPolicy.latest)
     labels: Mapping[str, int] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)
     traffic: Mapping[str, int] = field(default_factory=dict)
     #: keep serving the loaded versions while the base path lists none (TF Serving's option)
     servable_versions_always_present: bool = False
@@ -80,7 +79,7 @@ class ModelServerConfig:
 
 
 def single_model_config(
-    name: str, base_path: str, options: Mapping[str, Any] | None = None
+    name: str, base_path: str, options: Mapping[str, object] | None = None
 ) -> ModelServerConfig:
     """The one model of `--model_name` / `--model_base_path` (with `options`, e.g. allow_python)."""
     return ModelServerConfig(

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from pyserving.batching import BatchingPolicy, load_batching_parameters
 from pyserving.core.ids import ServableState, ServableStateEvent
@@ -467,12 +466,13 @@ def batching_policy(options: ServerOptions, config: ModelServerConfig) -> Batchi
 
 def model_instances(config: ModelServerConfig) -> dict[str, int]:
     """Each model's execution thread count from its `instances:` key (others: the default)."""
-    return {m.name: m.options["instances"] for m in config.models if "instances" in m.options}
+    # the config parser lets only integers (1..256) through
+    return {m.name: n for m in config.models if isinstance(n := m.options.get("instances"), int)}
 
 
 def _adapter_settings(
     config: ModelServerConfig,
-) -> tuple[dict[str, str], dict[str, Mapping[str, Any]]]:
+) -> tuple[dict[str, str], dict[str, Mapping[str, object]]]:
     """The PlatformAdapter's per-model platforms and options for `config`."""
     return (
         {m.name: m.platform for m in config.models if m.platform},
