@@ -110,10 +110,10 @@ def _platform(servable: object) -> str:
     return _PLATFORMS.get(platform, platform)
 
 
-def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+def _tensor_metadata(spec: TensorSpec) -> dict[str, object]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
+def _tensor_config(spec: TensorSpec) -> dict[str, object]:
     data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
     return {"name": spec.name, "data_type": data_type, "dims": list(spec.shape)}
