@@ -116,6 +116,18 @@ class ResourceExhausted(ServingError):
     code = Code.RESOURCE_EXHAUSTED
 
 
+class ModelMemoryExhausted(ResourceExhausted):
+    """An on-demand model cannot load: nothing can be unloaded to fit the memory budget.
+
+    RESOURCE_EXHAUSTED over gRPC, but 503 over REST (not 429): the server, not the client, is
+    out of room, and a retry may find a model unloaded by then (INTERFACE §13).
+    """
+
+    @property
+    def http_status(self) -> int:
+        return 503
+
+
 class FailedPrecondition(ServingError):
     """An illegal lifecycle request (duplicate load, unload of a version not loaded)."""
 

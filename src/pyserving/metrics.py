@@ -16,6 +16,9 @@ __all__ = [
     "EVENT_LOOP_LAG",
     "INFLIGHT_REQUEST_BYTES",
     "LOAD_DURATION",
+    "MODEL_EVICTIONS",
+    "MODEL_LOADS",
+    "MODEL_MEMORY_BYTES",
     "MODEL_VERSIONS",
     "PENDING_REQUESTS",
     "QUEUE_DURATION",
@@ -95,6 +98,30 @@ LOAD_DURATION = Histogram(
     "Time to load one version.",
     ("model",),
     buckets=_LOAD_BUCKETS,
+    registry=REGISTRY,
+)
+
+#: loads that made a version AVAILABLE; reason "request" (an on-demand model a request named)
+#: or "aspired" (found by the source: start-up, a new version, a reload)
+MODEL_LOADS = Counter(
+    "pyserving_model_loads",
+    "Versions loaded, by why they were loaded.",
+    ("model", "reason"),
+    registry=REGISTRY,
+)
+#: on-demand models unloaded to make room for another or for being idle
+MODEL_EVICTIONS = Counter(
+    "pyserving_model_evictions",
+    "On-demand models unloaded for room (least recently used) or idleness.",
+    ("model",),
+    registry=REGISTRY,
+)
+#: bytes the resource tracker holds for each loaded version (measured after load when the
+#: platform reports it, else the loader's estimate)
+MODEL_MEMORY_BYTES = Gauge(
+    "pyserving_model_memory_bytes",
+    "Memory counted against --total-model-memory-limit-bytes for each loaded version.",
+    ("model", "version"),
     registry=REGISTRY,
 )
 

@@ -143,6 +143,11 @@ class Manager(LifecycleJobs):
             # The version began unloading after we read the map; the map without it is already
             # published, so looking again resolves to what serves now.
 
+    def in_flight(self, name: str) -> int:
+        """Requests holding a handle on a serving version of `name` now (a snapshot, no lock)."""
+        entry = self._serving_map.get(name)
+        return sum(ref.in_flight for ref in entry.versions.values()) if entry else 0
+
     def available_versions(self, name: str) -> list[int]:
         """AVAILABLE versions of `name`, highest first."""
         entry = self._serving_map.get(name)

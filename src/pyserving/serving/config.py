@@ -123,7 +123,10 @@ def parse_config(document: object, root: Path) -> ModelServerConfig:
     """Validate a parsed YAML document; relative base paths resolve against `root`."""
     if not isinstance(document, Mapping) or not isinstance(document.get("models"), list):
         raise ConfigError("model config must be a mapping with a 'models' list")
-    models = tuple(_parse_model(entry, i, root) for i, entry in enumerate(document["models"]))
+    default_load = document.get("load", "always")
+    models = tuple(
+        _parse_model(entry, i, root, default_load) for i, entry in enumerate(document["models"])
+    )
     return _checked(models)
 
 
@@ -195,10 +198,24 @@ def _check_name(name: object, where: str) -> str:
     return name
 
 
-def _parse_model(entry: object, index: int, root: Path) -> ModelConfig:
+def _parse_model(
+    entry: object, index: int, root: Path, default_load: object = "always"
+) -> ModelConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"models[{index}] must be a mapping")
     name = _check_name(entry.get("name"), f"models[{index}]")
+    # `load:` at the top level is every model's default (issue 20); on_demand models load on
+    # their first request (serving/on_demand.py)
+    load = entry.get("load", default_load)
+    if load not in ("always", "on_demand"):
+        raise ConfigError(f'model "{name}": load must be always or on_demand, not {load!r}')
+    idle = entry.get("idle_unload_seconds")
+    if "idle_unload_seconds" in entry and (
+        not isinstance(idle, int | float) or isinstance(idle, bool) or not idle > 0
+    ):
+        raise ConfigError(f'model "{name}": idle_unload_seconds must be a number above 0')
+    if idle is not None and load != "on_demand":
+        raise ConfigError(f'model "{name}": idle_unload_seconds needs load: on_demand')
     base_path = entry.get("base_path")
     if not isinstance(base_path, str) or not base_path:
         raise ConfigError(f'model "{name}": base_path is required')
@@ -239,7 +256,8 @@ def _parse_model(entry: object, index: int, root: Path) -> ModelConfig:
         platform=platform,
         version_policy=_parse_version_policy(entry.get("version_policy"), name),
         labels=dict(labels),
-        options={k: v for k, v in entry.items() if k not in known},
+        options={k: v for k, v in entry.items() if k not in known}
+        | ({"load": load} if load != "always" else {}),
         traffic=_parse_traffic(entry.get("traffic"), name, labels),
         servable_versions_always_present=always_present,
     )

@@ -21,7 +21,7 @@ from pyserving.batching.options import BatchingOptions
 
 __all__ = ["MODEL_KEYS", "TOP_LEVEL_KEYS", "proto_field_hint", "unknown_key_message"]
 
-TOP_LEVEL_KEYS: frozenset[str] = frozenset({"models"})
+TOP_LEVEL_KEYS: frozenset[str] = frozenset({"models", "load"})
 
 #: key → what reads it (docs/ lists them with their meaning)
 MODEL_KEYS: Mapping[str, str] = {
@@ -34,6 +34,8 @@ MODEL_KEYS: Mapping[str, str] = {
     "servable_versions_always_present": "config",
     "batching": "batching",
     "instances": "execution",
+    "load": "on-demand loading",
+    "idle_unload_seconds": "on-demand loading",
     "allow_python": "python platform",
     "class": "python platform",
     "allow_pickle": "sklearn platform",

@@ -81,6 +81,14 @@ class _Manager(Protocol):
     def stream_names(self) -> list[str]: ...
 
 
+class OnDemand(Protocol):
+    """What InferenceService needs of `pyserving.serving.on_demand.OnDemandModels`."""
+
+    def is_on_demand(self, name: str) -> bool: ...
+
+    async def ensure(self, name: str, deadline: float | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceOptions:
     """Limits and threads of the request path."""
@@ -141,6 +149,8 @@ class InferenceService:
         # id(signature) → its precomputed plan; the plan holds the signature, so the id is not
         # reused while the entry exists. Written only with whole-entry assignment (GIL-atomic).
         self._plans: dict[int, _SignaturePlan] = {}
+        #: loads `load: on_demand` models on their first request (set once by ServerCore)
+        self.on_demand: OnDemand | None = None
 
     # --- resolving --------------------------------------------------------------------------
 
@@ -171,6 +181,28 @@ class InferenceService:
                 raise NotFound(f"Unrecognized servable version label: {label}")
             version = resolved
         return self._manager.get_handle(ServableRequest(name, version))
+
+    async def acquire_loaded(
+        self,
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
+        deadline: float | None = None,
+    ) -> ServableHandle:
+        """`acquire`, after loading an on-demand model the request names (waiting on the loop,
+        within `deadline`). Raises as `acquire` and `OnDemandModels.ensure`."""
+        on_demand = self.on_demand
+        if on_demand is None or not on_demand.is_on_demand(name):
+            return self.acquire(name, version, label)
+        for _ in range(_ON_DEMAND_TRIES - 1):
+            await on_demand.ensure(name, deadline)
+            try:
+                return self.acquire(name, version, label)
+            except NotFound:
+                # evicted between its load and this acquire (memory was short): load it again
+                continue
+        await on_demand.ensure(name, deadline)
+        return self.acquire(name, version, label)
 
     def signature(self, handle: ServableHandle, name: str | None = None) -> Signature:
         """The named signature; None or "" means "serving_default", or the only one there is.
@@ -309,7 +341,9 @@ class InferenceService:
         entry point of every codec; a request larger than `execution.OFF_LOOP_BYTES` decodes on
         a codec thread. Raises what `acquire`, `signature`, the request's decoder and `run`
         raise."""
-        with self.acquire(request.model, request.version, request.label) as handle:
+        with await self.acquire_loaded(
+            request.model, request.version, request.label, request.deadline
+        ) as handle:
             # counted against this version even when decoding refuses the inputs
             answered_version.set(handle.id.version)
             signature = self.signature(handle, request.signature_name)
@@ -459,6 +493,10 @@ class InferenceService:
             await asyncio.wait([asyncio.wrap_future(job)])
             return
         job.add_done_callback(lambda _job: extra.release())
+
+
+#: how often a request loads an on-demand model that was evicted before it could take a handle
+_ON_DEMAND_TRIES = 3
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pyserving.batching import BatchingPolicy, load_batching_parameters
-from pyserving.core.ids import ServableState, ServableStateEvent
+from pyserving.core.ids import ServableData, ServableState, ServableStateEvent
 from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.core.monitor import StateMonitor
 from pyserving.errors import FailedPrecondition, NotFound, ServingError
@@ -34,6 +34,7 @@ from pyserving.serving.control_roots import ControlRoots
 from pyserving.serving.inference import InferenceOptions, InferenceService
 from pyserving.serving.labels import LabelMap, check_label_changes
 from pyserving.serving.monitoring import LifecycleMetrics
+from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
 from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
 from pyserving.sources.adapter import PlatformAdapter
 from pyserving.sources.base import connect
@@ -171,8 +172,18 @@ class ServerCore:
             ),
             cache=self._model_cache,
         )
+        # `load: on_demand` models' versions reach the adapter (fresh Loaders each time) and
+        # the manager only when a request names one
+        self.on_demand: OnDemandModels[str] = OnDemandModels(
+            self.manager,
+            forward=self._adapter.aspire_versions,
+            estimate=self._estimate_version,
+            load_timeout_s=options.initial_load_timeout_s,
+        )
+        self.on_demand.configure(_on_demand_settings(self.config))
+        self.service.on_demand = self.on_demand
         self._source = StoragePathSource(self._source_options_locked())
-        connect(self._source, self._adapter.aspire_versions)
+        connect(self._source, self.on_demand.aspire_versions)
         self._adapter.set_aspired_versions_callback(self.manager.aspire_versions)
         self._stop_polling = threading.Event()
         self._config_poller: threading.Thread | None = None
@@ -180,9 +191,15 @@ class ServerCore:
     # --- requests ----------------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
-        """The configured models, less those explicitly unloaded (what readiness waits for)."""
+        """The configured models, less those explicitly unloaded and those loaded on demand
+        (what readiness and the start-up wait for)."""
         unloaded = self._unloaded
-        return [name for name in self.config.names() if name not in unloaded]
+        on_demand = self.on_demand
+        return [
+            name
+            for name in self.config.names()
+            if name not in unloaded and not on_demand.is_on_demand(name)
+        ]
 
     def resolve_label(self, name: str, label: str) -> int | None:
         """The version `label` names for model `name` (AVAILABLE or not), or None."""
@@ -241,6 +258,7 @@ class ServerCore:
             poller.join()
         self._source.stop()
         self._model_cache.begin_shutdown()  # the next start reuses the cached copies
+        self.on_demand.close()
         stopped = self.manager.stop(timeout_s)
         self.service.close()  # batch threads exit once their queues are empty
         return stopped
@@ -278,6 +296,7 @@ class ServerCore:
             self._label_map = label_map
             self.service.set_batching_policy(batching)
             self.service.set_instances(model_instances(config))
+            self.on_demand.configure(_on_demand_settings(config))
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())
         logger.info(
@@ -353,6 +372,18 @@ class ServerCore:
         unloaded = self._unloaded
         for name in self.config.names():
             states = self.manager.monitor.states(name)
+            if self.on_demand.is_on_demand(name) and not self.on_demand.is_loaded(name):
+                held = [str(v) for v in self.on_demand.held_versions(name)] or [""]
+                entries.extend(
+                    {
+                        "name": name,
+                        "version": v,
+                        "state": "UNAVAILABLE",
+                        "reason": "not loaded",
+                    }
+                    for v in held
+                )
+                continue
             if not states:
                 reason = "unloaded" if name in unloaded else "no versions found"
                 entries.append(
@@ -371,6 +402,11 @@ class ServerCore:
         return entries
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _estimate_version(self, item: ServableData[str]) -> int:
+        """The memory estimate of one version path (a Loader is cheap to build; none loads)."""
+        loader = self._adapter.adapt(item).data
+        return loader.estimate_resources() if loader is not None else 0
 
     def _source_options_locked(self) -> StoragePathSourceOptions:
         return StoragePathSourceOptions(
@@ -468,6 +504,10 @@ def model_instances(config: ModelServerConfig) -> dict[str, int]:
     """Each model's execution thread count from its `instances:` key (others: the default)."""
     # the config parser lets only integers (1..256) through
     return {m.name: n for m in config.models if isinstance(n := m.options.get("instances"), int)}
+
+
+def _on_demand_settings(config: ModelServerConfig) -> dict[str, float | None]:
+    return on_demand_settings([(m.name, m.options) for m in config.models])
 
 
 def _adapter_settings(
