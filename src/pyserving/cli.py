@@ -30,6 +30,7 @@ from pyserving.api.tls import TlsConfig, TlsConfigError, load_tls_config
 from pyserving.cli_help import SERVE_EXAMPLES, HelpFormatter, Parser
 from pyserving.errors import ServingError
 from pyserving.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from pyserving.serving import tracing
 from pyserving.serving.config import ModelConfig, ModelServerConfig
 from pyserving.serving.monitoring import watch_event_loop_lag
 from pyserving.serving.server_core import ServerCore, ServerOptions
@@ -596,6 +597,8 @@ def _serve_models(
             print(_port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
             return 2
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
+    # OpenTelemetry's environment (OTEL_EXPORTER_OTLP_ENDPOINT, ...): off when it names none
+    tracing.configure()
     drain = _Drain(
         args.drain_timeout_seconds,
         args.body_read_timeout_seconds,
@@ -628,6 +631,7 @@ def _serve_models(
         if not core.stop(timeout_s=unload_wait_s):
             logger.error("models did not unload in time (a model call is stuck): exiting now")
             _exit_now(1)
+    tracing.shutdown()
     logger.info("server stopped")
     return 0
 

@@ -25,6 +25,8 @@ __all__ = [
     "REGISTRY",
     "REQUESTS",
     "REQUEST_DURATION",
+    "REQUEST_LOGS_DROPPED",
+    "TRACE_SPANS_DROPPED",
     "observe_request",
     "render",
 ]
@@ -143,6 +145,21 @@ PENDING_REQUESTS = Gauge(
 INFLIGHT_REQUEST_BYTES = Gauge(
     "pyserving_inflight_request_bytes",
     "Bytes of request bodies and messages the server holds now (--max-inflight-request-bytes).",
+    registry=REGISTRY,
+)
+
+#: sampled request-log lines dropped: the writer's queue was full or writing failed (issue 22)
+REQUEST_LOGS_DROPPED = Counter(
+    "pyserving_request_logs_dropped",
+    "Sampled request-log lines dropped (writer queue full, slow or failing disk); requests are"
+    " never dropped for them.",
+    ["model"],
+    registry=REGISTRY,
+)
+#: spans the OpenTelemetry export queue dropped (a slow or absent collector; issue 22)
+TRACE_SPANS_DROPPED = Counter(
+    "pyserving_trace_spans_dropped",
+    "Trace spans dropped because the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE).",
     registry=REGISTRY,
 )
 

@@ -7,11 +7,12 @@ from pyserving.batching.options import (
     load_batching_parameters,
     parse_batching_text_proto,
 )
-from pyserving.batching.queue import QUEUE_FULL_MESSAGE, BatchTask
+from pyserving.batching.queue import QUEUE_FULL_MESSAGE, BatchRecord, BatchTask
 from pyserving.batching.scheduler import BatchScheduler, SchedulerStatistics
 
 __all__ = [
     "QUEUE_FULL_MESSAGE",
+    "BatchRecord",
     "BatchScheduler",
     "BatchTask",
     "BatchingConfigError",

@@ -10,6 +10,7 @@ already holds `max_enqueued_batches` batches the task is refused at once (Unavai
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
@@ -22,7 +23,7 @@ from pyserving.batching.options import BatchingOptions
 from pyserving.errors import DeadlineExceeded, InvalidInput, Unavailable
 from pyserving.metrics import BATCH_SIZE, QUEUE_DURATION
 
-__all__ = ["QUEUE_FULL_MESSAGE", "BatchQueue", "BatchTask"]
+__all__ = ["QUEUE_FULL_MESSAGE", "BatchQueue", "BatchRecord", "BatchTask"]
 
 #: TF Serving's text for a full queue (newer TF appends the sizes, as we do)
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
@@ -41,6 +42,7 @@ class BatchTask:
         "_lock",
         "_parts",
         "_rows_done",
+        "batch",
         "deadline",
         "enqueued_at",
         "future",
@@ -49,6 +51,7 @@ class BatchTask:
         "signature_name",
         "size",
         "started",
+        "trace",
     )
 
     def __init__(
@@ -69,6 +72,10 @@ class BatchTask:
         self.started = False  # set by the batch thread that first claims the task
         self._parts: dict[int, Tensors] = {}
         self._rows_done = 0
+        #: the caller's request span (serving.tracing), or None: only then is `batch` recorded
+        self.trace: object | None = None
+        #: the batch this task (its last part) ran in, recorded while traced
+        self.batch: BatchRecord | None = None
 
     def claim(self, now: float) -> bool:
         """Called by a batch thread before running rows of this task; False: drop them.
@@ -113,6 +120,26 @@ class BatchTask:
         with self._lock:
             if not self.future.done():
                 self.future.set_result(outputs)
+
+
+class BatchRecord:
+    """What a trace needs of one batch that ran traced tasks: when, how large, whose.
+
+    Thread-safety: the batch thread writes the times before the tasks' futures complete; the
+    requests read them after. `lock` guards `span_context`, set once by the first request
+    that makes the batch's span (serving.tracing)."""
+
+    __slots__ = ("ended_ns", "lock", "model", "size", "span_context", "started_ns", "traces")
+
+    def __init__(self, model: str, size: int, traces: list[object]) -> None:
+        self.model = model
+        self.size = size
+        #: the traced tasks' request spans, in batch order
+        self.traces = traces
+        self.started_ns = time.time_ns()
+        self.ended_ns = 0
+        self.lock = threading.Lock()
+        self.span_context: object | None = None
 
 
 class Batch:

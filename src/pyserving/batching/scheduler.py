@@ -23,7 +23,7 @@ import numpy as np
 
 from pyserving.batching.merge import Tensors, merge_inputs, split_outputs
 from pyserving.batching.options import BatchingOptions
-from pyserving.batching.queue import Batch, BatchQueue, BatchTask
+from pyserving.batching.queue import Batch, BatchQueue, BatchRecord, BatchTask
 from pyserving.errors import ModelError, ServingError, Unavailable
 
 __all__ = ["BatchScheduler", "SchedulerStatistics"]
@@ -227,6 +227,12 @@ class BatchScheduler:
         rows = sum(stop - start for _, start, stop in live)
         padded = queue.options.padded_size(rows) if rows else 0
         first = live[0][0]
+        traces = [task.trace for task, _, _ in live if task.trace is not None]
+        record = BatchRecord(queue.model, padded, traces) if traces else None
+        if record is not None:
+            for task, _, _ in live:
+                if task.trace is not None:
+                    task.batch = record
         try:
             inputs = merge_inputs(
                 [(task.inputs, start, stop) for task, start, stop in live],
@@ -236,9 +242,13 @@ class BatchScheduler:
             outputs = _call_servable(first.servable, first.signature_name, inputs)
             pieces = split_outputs(outputs, [stop - start for _, start, stop in live], padded)
         except ServingError as exc:
+            if record is not None:
+                record.ended_ns = time.time_ns()
             for task, _, _ in live:
                 task.fail(exc)
             return
+        if record is not None:  # before the futures complete: their requests read it
+            record.ended_ns = time.time_ns()
         queue.batch_sizes.observe(padded)
         for (task, start, stop), piece in zip(live, pieces, strict=True):
             task.part_done(start, stop, piece)

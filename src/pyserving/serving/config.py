@@ -20,6 +20,7 @@ from google.protobuf import text_format
 
 from pyserving.errors import FailedPrecondition, InvalidInput
 from pyserving.proto import model_server_config_pb2 as config_pb2
+from pyserving.serving import request_log
 from pyserving.sources.storage_path import VersionPolicy
 
 __all__ = [
@@ -256,7 +257,7 @@ def _parse_model(
         platform=platform,
         version_policy=_parse_version_policy(entry.get("version_policy"), name),
         labels=dict(labels),
-        options={k: v for k, v in entry.items() if k not in known}
+        options=_request_log({k: v for k, v in entry.items() if k not in known}, name, root)
         | ({"load": load} if load != "always" else {}),
         traffic=_parse_traffic(entry.get("traffic"), name, labels),
         servable_versions_always_present=always_present,
@@ -330,6 +331,7 @@ def _model_from_proto(entry: config_pb2.ModelConfig, index: int, root: Path) -> 
         platform=platform,
         version_policy=_policy_from_proto(entry, name),
         labels=dict(entry.version_labels),
+        options=_proto_request_log(entry, name, root),
     )
 
 
@@ -359,3 +361,24 @@ def _absolute(base_path: str, root: Path) -> str:
     if "://" in base_path or os.path.isabs(base_path):
         return base_path
     return str((root / base_path).resolve())
+
+
+def _request_log(options: dict[str, object], name: str, root: Path) -> dict[str, object]:
+    """`options` with its `logging:` mapping checked and made a RequestLogConfig."""
+    if "logging" in options:
+        try:
+            options["logging"] = request_log.config_from_yaml(options["logging"], name, root)
+        except InvalidInput as exc:
+            raise ConfigError(exc.message) from None
+    return options
+
+
+def _proto_request_log(entry: config_pb2.ModelConfig, name: str, root: Path) -> dict[str, object]:
+    """TF Serving's `logging_config` as the `logging` option (none when it names no file)."""
+    if not entry.HasField("logging_config"):
+        return {}
+    try:
+        config = request_log.config_from_proto(entry.logging_config, name, root)
+    except InvalidInput as exc:
+        raise ConfigError(exc.message) from None
+    return {} if config is None else {"logging": config}

@@ -18,6 +18,7 @@ import yaml
 from google.protobuf import descriptor_pool
 
 from pyserving.batching.options import BatchingOptions
+from pyserving.serving.request_log import LOGGING_KEYS
 
 __all__ = ["MODEL_KEYS", "TOP_LEVEL_KEYS", "proto_field_hint", "unknown_key_message"]
 
@@ -34,6 +35,7 @@ MODEL_KEYS: Mapping[str, str] = {
     "servable_versions_always_present": "config",
     "batching": "batching",
     "instances": "execution",
+    "logging": "request log",
     "load": "on-demand loading",
     "idle_unload_seconds": "on-demand loading",
     "allow_python": "python platform",
@@ -53,6 +55,7 @@ _NESTED: Mapping[str, frozenset[str] | None] = {
     "batching": frozenset(f.name for f in dataclasses.fields(BatchingOptions)),
     "labels": None,
     "traffic": None,
+    "logging": LOGGING_KEYS,
 }
 _POLICY_NESTED: Mapping[str, frozenset[str]] = {
     "latest": frozenset({"num_versions"}),

@@ -42,7 +42,9 @@ from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.protocols.tensors import mismatch_message
+from pyserving.serving import tracing
 from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
+from pyserving.serving.request_log import LogEntry, RequestLogs
 
 __all__ = [
     "InferenceOptions",
@@ -149,6 +151,8 @@ class InferenceService:
         # id(signature) → its precomputed plan; the plan holds the signature, so the id is not
         # reused while the entry exists. Written only with whole-entry assignment (GIL-atomic).
         self._plans: dict[int, _SignaturePlan] = {}
+        #: each model's sampled request log (ServerCore configures it from the models' `logging`)
+        self.request_logs = RequestLogs()
         #: loads `load: on_demand` models on their first request (set once by ServerCore)
         self.on_demand: OnDemand | None = None
 
@@ -262,10 +266,25 @@ class InferenceService:
             return plan.collect(
                 await self._run_batched(handle, signature, inputs, deadline, batching), wanted
             )
+        span = tracing.current.get() if tracing.enabled else None
+        timing: tracing.CallTiming | None = None
         try:
-            call = self.executor.submit(
-                handle.id.name, _execute, handle.servable, plan, inputs, wanted, deadline
-            )
+            if span is None:
+                call = self.executor.submit(
+                    handle.id.name, _execute, handle.servable, plan, inputs, wanted, deadline
+                )
+            else:
+                timing = tracing.CallTiming()
+                call = self.executor.submit(
+                    handle.id.name,
+                    _execute_timed,
+                    timing,
+                    handle.servable,
+                    plan,
+                    inputs,
+                    wanted,
+                    deadline,
+                )
         except BaseException:  # refused: the model's queue is full, or closing
             self._leave_pending()
             raise
@@ -275,6 +294,9 @@ class InferenceService:
             if call.abandon():  # still running on its thread
                 await self._keep_alive(handle, call)
             raise
+        finally:
+            if span is not None and timing is not None:
+                span.add_call(timing)
 
     async def _run_batched(
         self,
@@ -284,11 +306,14 @@ class InferenceService:
         deadline: float | None,
         batching: BatchingOptions,
     ) -> dict[str, np.ndarray]:
+        span = tracing.current.get() if tracing.enabled else None
+        queued_ns = time.time_ns() if span is not None else 0
         try:
-            job = self._schedule(handle, signature.name, inputs, deadline, batching)
+            task = self._schedule(handle, signature.name, inputs, deadline, batching, span)
         except BaseException:  # refused by the batch queue: full, task too large, closing
             self._leave_pending()
             raise
+        job = task.future
         job.add_done_callback(self._done_pending)
         waiter = asyncio.wrap_future(job)
         try:
@@ -301,6 +326,9 @@ class InferenceService:
         except asyncio.CancelledError:
             await self._keep_alive_batch(handle, job)
             raise
+        finally:
+            if span is not None:
+                span.add_batch(queued_ns, task.batch)
 
     @property
     def pending_requests(self) -> int:
@@ -328,6 +356,7 @@ class InferenceService:
             self._closed = True
             scheduler = self._scheduler
         stopped = self.executor.close(timeout_s if wait else 0.0)
+        self.request_logs.close()
         if scheduler is not None:
             scheduler.close(wait=wait, timeout_s=timeout_s)
         return stopped if wait else True
@@ -340,7 +369,52 @@ class InferenceService:
         """Resolve, decode (checked against the signature before allocating), run: the one
         entry point of every codec; a request larger than `execution.OFF_LOOP_BYTES` decodes on
         a codec thread. Raises what `acquire`, `signature`, the request's decoder and `run`
-        raise."""
+        raise. Traced and request-logged only while tracing or the model's log is on."""
+        if tracing.enabled or request.model in self.request_logs.models:
+            return await self._infer_observed(request)
+        return await self._infer(request, None)
+
+    async def _infer_observed(self, request: InferRequest) -> InferResponse:
+        """`_infer` in its trace span (`tracing.current`), then offered to the model's log."""
+        started = time.perf_counter()
+        span = tracing.start_request(request.model) if tracing.enabled else None
+        token = tracing.current.set(span)
+        seen = _Seen()
+        code = "OK"
+        try:
+            response = await self._infer(request, seen)
+            seen.outputs = response.outputs
+            return response
+        except ServingError as exc:
+            code = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            code = "INTERNAL"
+            raise
+        finally:
+            tracing.current.reset(token)
+            version = answered_version.get()
+            if span is not None:
+                span.finish(version, code)
+            log = self.request_logs.models.get(request.model)
+            if log is not None and log.sample():
+                log.offer(
+                    LogEntry(
+                        time.time(),
+                        request.model,
+                        version,
+                        tracing.protocol(),
+                        seen.inputs,
+                        seen.outputs,
+                        code,
+                        time.perf_counter() - started,
+                    )
+                )
+
+    async def _infer(self, request: InferRequest, seen: _Seen | None) -> InferResponse:
         with await self.acquire_loaded(
             request.model, request.version, request.label, request.deadline
         ) as handle:
@@ -350,6 +424,8 @@ class InferenceService:
             inputs = request.inputs
             if not isinstance(inputs, dict):
                 inputs = await run_sized(request.size, inputs, signature, self.options)
+            if seen is not None:
+                seen.inputs = inputs
             outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
             version = handle.id.version
         return InferResponse(request.model, version, signature.name, outputs, request.id)
@@ -433,9 +509,11 @@ class InferenceService:
         inputs: dict[str, np.ndarray],
         deadline: float | None,
         batching: BatchingOptions,
-    ) -> Future[dict[str, np.ndarray]]:
+        span: tracing.RequestSpan | None = None,
+    ) -> BatchTask:
         """Enqueue on the queue of this version, signature and options; never waits."""
         task = BatchTask(handle.servable, signature_name, inputs, deadline)
+        task.trace = span
         scheduler = self._scheduler
         if scheduler is None:
             with self._scheduler_lock:
@@ -456,7 +534,8 @@ class InferenceService:
         # id(servable) keeps a reloaded version (same id, new servable) off the old queue; the
         # queued tasks hold the servable, so its id cannot be reused while the queue has tasks.
         key = (handle.id, signature_name, id(handle.servable), batching)
-        return scheduler.schedule_nowait(key, handle.id.name, batching, task)
+        scheduler.schedule_nowait(key, handle.id.name, batching, task)
+        return task
 
     def _leave_pending(self) -> None:
         with self._pending_lock:
@@ -499,6 +578,16 @@ class InferenceService:
 _ON_DEMAND_TRIES = 3
 
 
+class _Seen:
+    """What a traced or logged request decoded and answered (empty until known)."""
+
+    __slots__ = ("inputs", "outputs")
+
+    def __init__(self) -> None:
+        self.inputs: Mapping[str, np.ndarray] = {}
+        self.outputs: Mapping[str, np.ndarray] = {}
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -524,6 +613,22 @@ def _execute(
         logger.debug("servable raised on signature %s", name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
     return plan.collect(results, wanted)
+
+
+def _execute_timed(
+    timing: tracing.CallTiming,
+    servable: Servable,
+    plan: _SignaturePlan,
+    inputs: dict[str, np.ndarray],
+    wanted: tuple[str, ...],
+    deadline: float | None,
+) -> dict[str, np.ndarray]:
+    """`_execute`, recording when it started and returned (a traced request)."""
+    timing.started_ns = time.time_ns()
+    try:
+        return _execute(servable, plan, inputs, wanted, deadline)
+    finally:
+        timing.ended_ns = time.time_ns()
 
 
 def _describe(array: np.ndarray) -> str:

@@ -19,6 +19,7 @@ from pyserving.core.monitor import StateMonitor
 from pyserving.errors import FailedPrecondition, NotFound, ServingError
 from pyserving.platforms.registry import DEFAULT_REGISTRY, PlatformRegistry
 from pyserving.proto import model_server_config_pb2 as config_pb2
+from pyserving.serving import request_log
 from pyserving.serving.config import (
     ConfigError,
     ModelConfig,
@@ -152,6 +153,7 @@ class ServerCore:
             version_router=self.route,
         )
         self.service.set_instances(model_instances(self.config))
+        self.service.request_logs.configure(request_log.configs_of(self.config.models))
         # Remote versions are copied here before they load; unloads remove their copies.
         self._model_cache = ModelCache(
             ModelCacheOptions(cache_dir=options.model_cache_dir or default_cache_dir())
@@ -296,6 +298,7 @@ class ServerCore:
             self._label_map = label_map
             self.service.set_batching_policy(batching)
             self.service.set_instances(model_instances(config))
+            self.service.request_logs.configure(request_log.configs_of(config.models))
             self.on_demand.configure(_on_demand_settings(config))
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from pyserving import metrics
 from pyserving.errors import Code, InvalidInput, ServingError
+from pyserving.serving import tracing
 
 __all__ = [
     "deadline_of",
@@ -97,10 +98,14 @@ def unary_handler(
 ) -> Any:
     """A unary-unary method handler around `behavior`, counting it in the request metrics when
     `model_of` names a model."""
+    package = request_type.DESCRIPTOR.full_name.partition(".")[0]
+    protocol = "v2-grpc" if package == "inference" else "tfserving-grpc"
 
     async def handle(data: bytes, context: Context) -> Resp:
         started = time.perf_counter()
         model: str | None = None
+        if model_of is not None and tracing.observed:  # tracing or a request log is on
+            tracing.incoming.set(tracing.Incoming(protocol, _traceparent(context)))
         try:
             request = parse(request_type, data)
             if model_of is not None:
@@ -146,6 +151,14 @@ def stream_handler(
     return grpc.stream_stream_rpc_method_handler(
         handle, request_deserializer=None, response_serializer=_serialize
     )
+
+
+def _traceparent(context: Context) -> str | None:
+    """The W3C traceparent the client sent in the call's metadata, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _serialize(message: Message) -> bytes:

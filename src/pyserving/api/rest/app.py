@@ -53,6 +53,7 @@ from pyserving.core.monitor import why_unavailable
 from pyserving.errors import InvalidInput, NotFound, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import parse_version
+from pyserving.serving import tracing
 from pyserving.serving.execution import run_off_loop, run_sized
 from pyserving.serving.inference import InferenceService, answered_version
 
@@ -221,6 +222,8 @@ class _RestApp:
         # A pipelined request may start in the previous one's context: reset both.
         _request_model.set(None)
         answered_version.set(None)
+        if tracing.observed:  # tracing or a request log is on: say who asked, and how
+            tracing.incoming.set(_incoming(scope, method, path))
         try:
             status, body, headers = await self._route(method, path, scope, receive)
         except ServingError as exc:
@@ -535,6 +538,12 @@ def _segment(raw: str) -> str:
     if "%" not in raw and raw.isascii():
         return raw
     return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8", errors="replace")
+
+
+def _incoming(scope: Scope, method: str, path: str) -> tracing.Incoming:
+    """The request's protocol, W3C traceparent and method, for its trace and request log."""
+    protocol = "v2-rest" if path.startswith("/v2") else "tfserving-rest"
+    return tracing.Incoming(protocol, _header(scope, b"traceparent"), method)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
