@@ -136,7 +136,14 @@ def repository_index(entries: Iterable[Mapping[str, str]], ready_only: bool) -> 
 def index_from_service(service: InferenceService) -> list[Mapping[str, str]]:
     """Index entries from the models the service knows (model control disabled)."""
     entries: list[Mapping[str, str]] = []
+    on_demand = service.on_demand
     for name in service.model_names():
+        if on_demand is not None and on_demand.is_on_demand(name) and not on_demand.is_loaded(name):
+            # an on-demand model waiting for its first request, or evicted (INTERFACE §13)
+            entries.append(
+                {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "not loaded"}
+            )
+            continue
         try:
             states = service.model_status(name)
         except NotFound:
