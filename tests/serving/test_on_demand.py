@@ -4,6 +4,7 @@ on-demand models only, RESOURCE_EXHAUSTED naming the budget, idle unload on a fa
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,7 +25,9 @@ class Rig:
     """A Manager with a budget and the on-demand gate in front of it; as the adapter does, every
     forwarded list gets fresh FakeLoaders (made with the model's kwargs)."""
 
-    def __init__(self, budget: int | None, names: dict[str, float | None]) -> None:
+    def __init__(
+        self, budget: int | None, names: dict[str, float | None], room_wait_s: float = 0.0
+    ) -> None:
         self.clock = ManualClock()
         self.scheduler = RetryScheduler(clock=self.clock, threaded=False)
         self.manager = Manager(
@@ -37,6 +40,7 @@ class Rig:
             clock=self.clock,
             scheduler=self.scheduler,
             load_timeout_s=10,
+            room_wait_s=room_wait_s,
         )
         self.gate.configure(names)
         self.kwargs: dict[str, dict[str, object]] = {}
@@ -67,7 +71,8 @@ class Rig:
 
     def ensure(self, name: str, deadline: float | None = None) -> None:
         self.clock.advance(1)
-        asyncio.run(self.gate.ensure(name, deadline))
+        if asyncio.run(self.gate.ensure(name, deadline)):
+            self.gate.unpin(name)  # as a request does once it holds its handle
 
     def loaded(self) -> set[str]:
         return {n for n in self.kwargs if self.manager.available_versions(n)}
@@ -82,8 +87,10 @@ def rig_factory() -> Iterator[type[Rig]]:
     made: list[Rig] = []
 
     class Made(Rig):
-        def __init__(self, budget: int | None, names: dict[str, float | None]) -> None:
-            super().__init__(budget, names)
+        def __init__(
+            self, budget: int | None, names: dict[str, float | None], room_wait_s: float = 0.0
+        ) -> None:
+            super().__init__(budget, names, room_wait_s)
             made.append(self)
 
     yield Made
@@ -178,6 +185,39 @@ def test_a_model_held_by_a_request_is_never_evicted_issue_20(rig_factory):
     assert rig.unloads("held_a") == 0
     rig.ensure("held_b")  # nothing held now: the LRU (a) makes room
     assert rig.loaded() == {"held_b", "held_c"}
+
+
+def test_a_load_waits_for_a_model_in_use_to_be_released_issue_20(rig_factory):
+    rig = rig_factory(2 * SIZE, dict.fromkeys(["wait_a", "wait_b", "wait_c"]), room_wait_s=30)
+    for name in ("wait_a", "wait_b", "wait_c"):
+        rig.add(name)
+    rig.ensure("wait_a")
+    rig.ensure("wait_b")
+    held_a = rig.manager.get_handle(ServableRequest("wait_a", None))
+    held_b = rig.manager.get_handle(ServableRequest("wait_b", None))
+    loading = threading.Thread(target=rig.ensure, args=("wait_c",))
+    loading.start()
+    wait_until(lambda: "wait_c" in rig.gate._flights, what="the load to start")
+    assert rig.loads("wait_c") == 0  # no room while both are held
+    held_b.release()  # b is released: the waiting load evicts it, never the held a
+    loading.join(10)
+    assert rig.loaded() == {"wait_a", "wait_c"}
+    assert rig.unloads("wait_a") == 0
+    held_a.release()
+
+
+def test_a_model_loaded_for_a_waiting_request_stays_until_it_takes_its_handle_issue_20(
+    rig_factory,
+):
+    rig = rig_factory(SIZE, dict.fromkeys(["pin_a", "pin_b"]))
+    rig.add("pin_a")
+    rig.add("pin_b")
+    assert asyncio.run(rig.gate.ensure("pin_a", None)) is True  # pinned: no handle yet
+    with pytest.raises(ResourceExhausted):
+        rig.ensure("pin_b")
+    rig.gate.unpin("pin_a")
+    rig.ensure("pin_b")
+    assert rig.loaded() == {"pin_b"}
 
 
 def test_an_always_loaded_model_is_never_evicted_issue_20(rig_factory):

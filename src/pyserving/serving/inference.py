@@ -90,7 +90,9 @@ class OnDemand(Protocol):
 
     def is_loaded(self, name: str) -> bool: ...
 
-    async def ensure(self, name: str, deadline: float | None) -> None: ...
+    async def ensure(self, name: str, deadline: float | None) -> bool: ...
+
+    def unpin(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,14 +203,21 @@ class InferenceService:
         if on_demand is None or not on_demand.is_on_demand(name):
             return self.acquire(name, version, label)
         for _ in range(_ON_DEMAND_TRIES - 1):
-            await on_demand.ensure(name, deadline)
+            pinned = await on_demand.ensure(name, deadline)
             try:
                 return self.acquire(name, version, label)
             except NotFound:
-                # evicted between its load and this acquire (memory was short): load it again
+                # evicted between its ensure and this acquire (memory was short): load it again
                 continue
-        await on_demand.ensure(name, deadline)
-        return self.acquire(name, version, label)
+            finally:
+                if pinned:
+                    on_demand.unpin(name)
+        pinned = await on_demand.ensure(name, deadline)
+        try:
+            return self.acquire(name, version, label)
+        finally:
+            if pinned:
+                on_demand.unpin(name)
 
     def signature(self, handle: ServableHandle, name: str | None = None) -> Signature:
         """The named signature; None or "" means "serving_default", or the only one there is.

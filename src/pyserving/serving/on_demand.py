@@ -34,6 +34,8 @@ ON_DEMAND = "on_demand"
 ALWAYS = "always"
 
 Clock = Callable[[], float]
+#: how often a load waiting for a model in use to be released looks again
+_ROOM_POLL_S = 0.005
 T = TypeVar("T")
 
 
@@ -75,15 +77,17 @@ class OnDemandModels(Generic[T]):
         scheduler: RetryScheduler | None = None,
         load_timeout_s: float = 300.0,
         load_threads: int = 4,
+        room_wait_s: float = 30.0,
     ) -> None:
         self._manager = manager
-        self._forward = (
-            forward  # the adapter's aspire_versions: it builds Loaders, the Manager loads
-        )
+        # the adapter's aspire_versions: it builds Loaders, the Manager loads them
+        self._forward = forward
         self._estimate = estimate  # an item's memory estimate (0: unknown)
         self._clock = clock
         self._scheduler = scheduler if scheduler is not None else RetryScheduler(clock)
         self._load_timeout_s = load_timeout_s
+        #: how long a load waits for models in use to be released when only they could make room
+        self._room_wait_s = room_wait_s
         self._lock = threading.Lock()  # guards _settings (replaced whole), _held, _active, _flights
         self._room_lock = (
             threading.Lock()
@@ -92,6 +96,8 @@ class OnDemandModels(Generic[T]):
         self._held: dict[str, list[ServableData[T]]] = {}
         self._active: set[str] = set()
         self._flights: dict[str, Future[None]] = {}
+        #: name → requests that waited for its load and have not taken a handle yet
+        self._pins: dict[str, int] = {}
         #: name → clock() of its last request; written without a lock (a stamp, last one wins)
         self.last_used: dict[str, float] = {}
         self._idle_timer: ScheduledCall | None = None
@@ -150,28 +156,48 @@ class OnDemandModels(Generic[T]):
 
     # --- the request side --------------------------------------------------------------------
 
-    async def ensure(self, name: str, deadline: float | None) -> None:
+    async def ensure(self, name: str, deadline: float | None) -> bool:
         """Return once on-demand model `name` has a loaded version (loading it if needed);
         returns at once for any other model. Raises DeadlineExceeded when `deadline` (a
         `time.monotonic()` instant) passes first, Unavailable / ResourceExhausted when the load
-        fails, NotFound when the model has no version."""
+        fails, NotFound when the model has no version.
+
+        True when it waited for a load: the model is then pinned (never evicted) until the
+        caller, having taken its handle, calls `unpin(name)`.
+        """
         if name not in self._settings:
-            return
+            return False
         self.last_used[name] = self._clock()
         if name in self._active and self._manager.available_versions(name):
-            return
-        flight = self._flight(name)
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded(f'model "{name}": deadline exceeded while loading on demand')
+            return False
+        with self._lock:
+            self._pins[name] = self._pins.get(name, 0) + 1
         try:
-            # shield: one waiter giving up must not cancel the load the others wait for
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(flight)), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f'model "{name}": still loading on demand at the request deadline'
-            ) from None
+            flight = self._flight(name)
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise DeadlineExceeded(f'model "{name}": deadline exceeded while loading on demand')
+            try:
+                # shield: one waiter giving up must not cancel the load the others wait for
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(flight)), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f'model "{name}": still loading on demand at the request deadline'
+                ) from None
+        except BaseException:
+            self.unpin(name)
+            raise
         self.last_used[name] = self._clock()
+        return True
+
+    def unpin(self, name: str) -> None:
+        """End the pin an `ensure` that returned True took (the request holds a handle now)."""
+        with self._lock:
+            left = self._pins.get(name, 0) - 1
+            if left > 0:
+                self._pins[name] = left
+            else:
+                self._pins.pop(name, None)
 
     def _flight(self, name: str) -> Future[None]:
         with self._lock:
@@ -258,8 +284,15 @@ class OnDemandModels(Generic[T]):
         total = resources.total_bytes
         if total is None:
             return
+        give_up = time.monotonic() + self._room_wait_s
         while needed > total - resources.used_bytes:
             victim = self._lru_victim(exclude=name)
+            short = needed - (total - resources.used_bytes)
+            if victim is None and time.monotonic() < give_up and self._could_free(name) >= short:
+                # Only models in use could make room: their requests are short, so wait for one
+                # to be released (polled: releasing a handle signals nothing) rather than fail.
+                time.sleep(_ROOM_POLL_S)
+                continue
             if victim is None:
                 raise ModelMemoryExhausted(
                     f'model "{name}" needs {needed} bytes to load on demand, but the model memory'
@@ -269,6 +302,17 @@ class OnDemandModels(Generic[T]):
                 )
             self._evict(victim, "to make room for " + name)
 
+    def _could_free(self, exclude: str) -> int:
+        """Bytes every loaded on-demand model but `exclude` holds, in use or not."""
+        with self._lock:
+            active = [n for n in self._active if n != exclude]
+        resources = self._manager.resources
+        return sum(
+            resources.reserved(ServableId(n, v))
+            for n in active
+            for v in self._manager.available_versions(n)
+        )
+
     def _lru_victim(self, exclude: str) -> str | None:
         manager = self._manager
         with self._lock:
@@ -277,6 +321,7 @@ class OnDemandModels(Generic[T]):
                 for n in self._active
                 if n != exclude
                 and n not in self._flights
+                and n not in self._pins
                 and manager.available_versions(n)
                 and manager.in_flight(n) == 0
             ]
@@ -309,6 +354,7 @@ class OnDemandModels(Generic[T]):
                 if (idle := self._settings.get(n)) is not None
                 and now - self.last_used.get(n, now) >= idle
                 and n not in self._flights
+                and n not in self._pins
             ]
         unloaded = []
         for name in due:
