@@ -347,14 +347,16 @@ def _add_transport_flags(serve: argparse.ArgumentParser) -> None:
         "--grpc-max-connections",
         type=_positive_int,
         default=grpc_defaults.max_connections,
-        help="open gRPC connections; one more is closed at once (keep this plus"
-        " --rest-max-connections under the process's open-file limit)",
+        help="open gRPC connections; one more is closed at once (serve raises its soft"
+        " open-files limit to this plus --rest-max-connections plus 256, the hard limit"
+        " allowing)",
     )
     serve.add_argument(
         "--grpc-max-concurrent-rpcs",
         type=_non_negative_int,
         default=grpc_defaults.max_concurrent_rpcs,
-        help="gRPC calls served at once; more get RESOURCE_EXHAUSTED; 0 = no bound",
+        help="gRPC calls served at once; more get RESOURCE_EXHAUSTED; 0 = no bound (health"
+        " and readiness calls have a pool of the same size of their own)",
     )
     serve.add_argument(
         "--grpc-max-concurrent-streams",
@@ -387,6 +389,20 @@ def _add_transport_flags(serve: argparse.ArgumentParser) -> None:
         help="a gRPC client stream (ModelStreamInfer) whose next message does not arrive"
         " within this time ends with DEADLINE_EXCEEDED; 0 = no limit",
     )
+    serve.add_argument(
+        "--grpc-request-timeout-seconds",
+        type=_non_negative_float,
+        default=grpc_defaults.request_timeout_s,
+        help="a unary gRPC call whose request message has not fully arrived within this time"
+        " ends with DEADLINE_EXCEEDED; 0 = no limit",
+    )
+    serve.add_argument(
+        "--grpc-max-streaming-calls",
+        type=_non_negative_int,
+        default=grpc_defaults.max_streaming_calls,
+        help="gRPC streaming calls (ModelStreamInfer) open at once; more get"
+        " RESOURCE_EXHAUSTED; they count in --grpc-max-concurrent-rpcs too; 0 = no bound",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -403,8 +419,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-#: descriptors besides REST connections: gRPC connections, model files, logs, pipes
-_OTHER_FILES = 1024
+#: descriptors besides REST and gRPC connections: model files, logs, pipes
+_OTHER_FILES = 256
 
 
 def _fit_open_files_limit(needed: int) -> None:
@@ -422,8 +438,8 @@ def _fit_open_files_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target < needed:
         logger.warning(
-            "open-files limit %d is below --rest_max_connections + %d: connections past it"
-            " wait in the listen queue (raise `ulimit -n` or lower --rest_max_connections)",
+            "open-files limit %d is below --rest_max_connections + --grpc_max_connections + %d:"
+            " connections past it wait in the listen queue (raise `ulimit -n` or lower the caps)",
             target,
             _OTHER_FILES,
         )
@@ -447,6 +463,8 @@ class _TransportLimits:
             keepalive_time_s=args.grpc_keepalive_time_seconds,
             keepalive_timeout_s=args.grpc_keepalive_timeout_seconds,
             stream_message_timeout_s=args.grpc_stream_message_timeout_seconds,
+            request_timeout_s=args.grpc_request_timeout_seconds,
+            max_streaming_calls=args.grpc_max_streaming_calls,
         )
 
 
@@ -606,7 +624,7 @@ def _serve_models(
         _TransportLimits(args, options.max_request_bytes),
     )
     metrics.INFLIGHT_REQUEST_BYTES.set_function(lambda: drain.limits.budget.used_bytes)
-    _fit_open_files_limit(args.rest_max_connections + _OTHER_FILES)
+    _fit_open_files_limit(args.rest_max_connections + args.grpc_max_connections + _OTHER_FILES)
     if auth is not None and not options.enable_model_control:
         logger.warning("--control-token-file has no effect without --enable-model-control")
     if options.allow_python_servables and options.model_config_file:
@@ -861,7 +879,7 @@ def _rest_app(
             is_draining=drain.is_draining,
             access_log=drain.access_log,
             body_read_timeout_s=drain.body_read_timeout_s,
-            labels=lambda: {m.name: m.labels for m in core.config.models},
             request_budget=drain.limits.budget,
+            labels=lambda: {m.name: m.labels for m in core.config.models},
         ),
     )

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import grpc
 from grpc_health.v1 import health_pb2
 
-from pyserving.api.grpc.rpc import Context, parse, stream_handler, unary_handler
+from pyserving.api.grpc.rpc import Context, parse_sized, stream_handler, unary_handler
 from pyserving.errors import NotFound
 
 __all__ = ["SERVICE_NAME", "HealthServicer"]
@@ -76,7 +76,7 @@ class HealthServicer:
         """Send the status now and on every change (polled), until shutdown ends the stream."""
         request = None
         async for data in requests:
-            request = parse(health_pb2.HealthCheckRequest, data)
+            request = await parse_sized(health_pb2.HealthCheckRequest, data)
             break
         if request is None:
             return

@@ -1,15 +1,23 @@
 """Per-call limits every gRPC method gets, wrapped around the handlers once at start-up.
 
 `limit_handlers` wraps each method handler of a generic handler so that:
+- calls are admitted by our own count, not grpc's `maximum_concurrent_rpcs`: past
+  `max_calls` a call is RESOURCE_EXHAUSTED, and client-streaming calls (ModelStreamInfer) also
+  count against the smaller `max_stream_calls`, so idle streams cannot take every slot; health
+  and readiness calls (`HEALTH_METHODS`) have a pool of their own, so a full server still
+  answers its probes;
+- a unary method is served as a client-streaming one, so the handler starts at the call's
+  headers and its request message must arrive within `request_timeout_s` (DEADLINE_EXCEEDED):
+  a half-sent call cannot hold a slot and its buffered bytes for ever; grpc's own unary path
+  would wait for the message without limit;
 - a request message's bytes are held in the server-wide in-flight budget (`RequestBytesBudget`,
   shared with REST) from its arrival to its answer; one that would pass it is UNAVAILABLE;
-- a client-streaming call (ModelStreamInfer) whose next message does not arrive within
-  `stream_message_timeout_s` ends with DEADLINE_EXCEEDED, so a stream left half-sent or idle
-  does not hold the server's buffers and a call slot forever;
+- a client-streaming call whose next message does not arrive within
+  `stream_message_timeout_s` ends with DEADLINE_EXCEEDED;
 - metric labels name only models the server knows (`rpc.observe` reads `known_models`).
 
-Message size, concurrent calls and streams, idle connections and keepalive are grpc core's
-own options (server.py sets them); these are the limits core has no option for.
+Message size, streams per connection, idle connections and keepalive are grpc core's own
+options (server.py sets them).
 """
 
 from __future__ import annotations
@@ -20,20 +28,39 @@ from typing import Any
 
 import grpc
 
-from pyserving.api.grpc.rpc import Context, known_models
-from pyserving.api.limits import RequestBytesBudget
-from pyserving.errors import DeadlineExceeded, Unavailable
+from pyserving.api.grpc.rpc import Context, known_models, release_frames, status_of
+from pyserving.api.limits import RequestBytesBudget, Reservation
+from pyserving.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ResourceExhausted,
+    ServingError,
+)
+from pyserving.protocols.request import decode_reserve
 
-__all__ = ["CallLimits", "limit_handlers"]
+__all__ = ["HEALTH_METHODS", "CallLimits", "limit_handlers"]
 
 #: a generic RPC handler (grpc's stubs make it generic; grpc itself does not)
 Handler = Any
 
+#: probes served from their own pool: a server full of calls still says it is alive
+HEALTH_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+        "/inference.GRPCInferenceService/ModelReady",
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    }
+)
+
 
 class CallLimits:
-    """What `limit_handlers` enforces; one per server.
+    """What `limit_handlers` enforces, and the calls in flight; one per server.
 
-    Thread-safety: read-only after construction; the budget is thread-safe.
+    Thread-safety: the counts are changed on the server's event loop only; the budget is
+    thread-safe.
     """
 
     def __init__(
@@ -41,14 +68,57 @@ class CallLimits:
         budget: RequestBytesBudget | None,
         stream_message_timeout_s: float | None,
         model_names: Callable[[], Iterable[str]],
+        max_calls: int = 0,
+        max_stream_calls: int = 0,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.budget = budget
         self.stream_message_timeout_s = stream_message_timeout_s or None
+        self.request_timeout_s = request_timeout_s or None
+        #: 0 = no bound
+        self.max_calls = max_calls
+        self.max_stream_calls = max_stream_calls
         self._model_names = model_names
+        self.calls = 0  # admitted calls other than health
+        self.stream_calls = 0  # of which client-streaming
+        self.health_calls = 0
 
     def is_known(self, name: str) -> bool:
         """True when `name` is a model the server knows (loaded or not)."""
         return name in self._model_names()
+
+    def admit(self, method: str, streaming: bool) -> Callable[[], None]:
+        """Count one call of `method`; returns what ends it (call once). Raises
+        ResourceExhausted when its pool is full."""
+        if method in HEALTH_METHODS:
+            if self.max_calls and self.health_calls >= self.max_calls:
+                raise ResourceExhausted(
+                    f"the server is answering {self.health_calls} health calls: retry later"
+                )
+            self.health_calls += 1
+
+            def end_health() -> None:
+                self.health_calls -= 1
+
+            return end_health
+        if self.max_calls and self.calls >= self.max_calls:
+            raise ResourceExhausted(
+                f"the server is serving {self.calls} calls (--grpc-max-concurrent-rpcs):"
+                " retry later"
+            )
+        if streaming and self.max_stream_calls and self.stream_calls >= self.max_stream_calls:
+            raise ResourceExhausted(
+                f"the server has {self.stream_calls} streaming calls open"
+                " (--grpc-max-streaming-calls): retry later"
+            )
+        self.calls += 1
+        self.stream_calls += streaming
+
+        def end() -> None:
+            self.calls -= 1
+            self.stream_calls -= streaming
+
+        return end
 
 
 def limit_handlers(handlers: Iterable[Handler], limits: CallLimits) -> tuple[Handler, ...]:
@@ -71,7 +141,7 @@ class _LimitedHandler(grpc.GenericRpcHandler):
         except KeyError:
             pass
         handler = self._inner.service(handler_call_details)
-        wrapped = None if handler is None else _wrap(handler, self._limits)
+        wrapped = None if handler is None else _wrap(handler, method, self._limits)
         if len(self._wrapped) < _MAX_CACHED_METHODS:  # unknown method names are not cached
             self._wrapped[method] = wrapped
         return wrapped
@@ -81,58 +151,96 @@ class _LimitedHandler(grpc.GenericRpcHandler):
 _MAX_CACHED_METHODS = 256
 
 
-def _wrap(handler: Any, limits: CallLimits) -> Any:
+def _wrap(handler: Any, method: str, limits: CallLimits) -> Any:
     if handler.unary_unary is not None:
-        return handler._replace(unary_unary=_unary(handler.unary_unary, limits))
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=_unary_stream(handler.unary_stream, limits))
-    if handler.stream_unary is not None:
-        return handler._replace(stream_unary=_stream_unary(handler.stream_unary, limits))
-    return handler._replace(stream_stream=_stream_stream(handler.stream_stream, limits))
+        # Served as stream-unary: the wire is the same, and the handler starts at the headers.
+        return handler._replace(
+            request_streaming=True,
+            unary_unary=None,
+            stream_unary=_unary(handler.unary_unary, method, limits),
+        )
+    if handler.stream_stream is not None:
+        return handler._replace(stream_stream=_stream_stream(handler.stream_stream, method, limits))
+    raise TypeError(f"{method}: only unary and bidirectional-streaming methods are wrapped")
 
 
-def _unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
+def _nothing() -> None:
+    pass
+
+
+async def _receive_one(context: Context, timeout_s: float | None) -> bytes:
+    """A unary call's request message; DeadlineExceeded when it is not all there in time.
+
+    Read with `context.read`, not the handler's request iterator: that async generator would
+    stay suspended holding the message for as long as the call's frames live.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            message = await context.read()
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"the request message did not arrive within {timeout_s:g} s"
+            " (--grpc-request-timeout-seconds)"
+        ) from None
+    if not isinstance(message, bytes):  # grpc.aio.EOF: the client half-closed without one
+        raise InvalidInput("the call ended without a request message")
+    return message
+
+
+def _unary(behavior: Callable[..., Any], method: str, limits: CallLimits) -> Callable[..., Any]:
     budget = limits.budget
+    timeout_s = limits.request_timeout_s
 
-    async def handle(request: Any, context: Context) -> Any:
-        known_models.set(limits.is_known)
-        if budget is None or not isinstance(request, bytes):
-            return await behavior(request, context)
-        size = len(request)
-        try:
-            budget.reserve_nowait(size)
-        except Unavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-        try:
-            return await behavior(request, context)
-        finally:
-            budget.release(size)
-
-    return handle
-
-
-def _unary_stream(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
-    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-        known_models.set(limits.is_known)
-        async for response in behavior(request, context):
-            yield response
-
-    return handle
-
-
-def _stream_unary(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
     async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
         known_models.set(limits.is_known)
-        return await behavior(_limited_messages(requests, limits), context)
+        end = _nothing
+        reservation = None
+        try:
+            end = limits.admit(method, streaming=False)
+            message = await _receive_one(context, timeout_s)
+            if budget is not None:
+                # The message, then what decoding it builds (`decode_reserve`), until the answer.
+                reservation = Reservation(budget)
+                reservation.reserve(len(message))
+                decode_reserve.set(reservation.reserve)
+        except ServingError as exc:
+            code, text = status_of(exc.code), exc.message
+            release_frames(exc)
+        except BaseException:
+            end()
+            raise
+        else:
+            try:
+                return await behavior(message, context)
+            finally:
+                del message  # not held by the abort's frames (see rpc.release_frames)
+                if reservation is not None:
+                    reservation.release()
+                end()
+        end()
+        await context.abort(code, text)  # outside the except block: see rpc.release_frames
+        raise AssertionError("unreachable: context.abort raises")
 
     return handle
 
 
-def _stream_stream(behavior: Callable[..., Any], limits: CallLimits) -> Callable[..., Any]:
+def _stream_stream(
+    behavior: Callable[..., Any], method: str, limits: CallLimits
+) -> Callable[..., Any]:
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         known_models.set(limits.is_known)
-        async for response in behavior(_limited_messages(requests, limits), context):
-            yield response
+        try:
+            end = limits.admit(method, streaming=method not in HEALTH_METHODS)
+        except ResourceExhausted as exc:
+            text = exc.message
+        else:
+            try:
+                async for response in behavior(_limited_messages(requests, limits), context):
+                    yield response
+            finally:
+                end()
+            return
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, text)
 
     return handle
 

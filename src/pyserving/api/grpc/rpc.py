@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +23,10 @@ from google.protobuf.message import DecodeError, Message
 
 from pyserving import metrics
 from pyserving.errors import Code, InvalidInput, ServingError
+from pyserving.logs import escape_controls
 from pyserving.serving import tracing
+from pyserving.serving.execution import run_sized
+from pyserving.serving.inference import answered_version
 
 __all__ = [
     "deadline_of",
@@ -30,6 +34,9 @@ __all__ = [
     "known_models",
     "observe",
     "parse",
+    "parse_sized",
+    "release_frames",
+    "serialize_sized",
     "status_of",
     "stream_handler",
     "unary_handler",
@@ -78,8 +85,14 @@ def parse(request_type: type[Req], data: bytes) -> Req:
         ) from None
 
 
+async def parse_sized(request_type: type[Req], data: bytes) -> Req:
+    """`parse`, off the event loop when `data` is large (parsing grows with the message)."""
+    return await run_sized(len(data), parse, request_type, data)
+
+
 def error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status and message a failed RPC answers with (logs unexpected exceptions)."""
+    """The status and message a failed RPC answers with (logs unexpected exceptions); control
+    characters a client put in a name are escaped, as in the logs."""
     if isinstance(exc, ServingError):
         code, message = status_of(exc.code), exc.message
     else:
@@ -87,7 +100,24 @@ def error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         code, message = grpc.StatusCode.INTERNAL, f"Internal error: {type(exc).__name__}: {exc}"
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS] + "...TRUNCATED"
-    return code, message
+    return code, escape_controls(message)
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames `exc` (and what it chains) passed through.
+
+    A handled exception's traceback keeps every frame it left alive, and with them the request
+    they decoded; when those frames are in a reference cycle (an awaited future holding the
+    exception, a frame holding the exception) only a full garbage collection frees them, so a
+    stream of refused large requests grows memory without bound (issue 14). Frames still
+    running are left alone.
+    """
+    seen: set[int] = set()
+    pending: BaseException | None = exc
+    while pending is not None and id(pending) not in seen:
+        seen.add(id(pending))
+        traceback.clear_frames(pending.__traceback__)
+        pending = pending.__cause__ or pending.__context__
 
 
 def unary_handler(
@@ -101,13 +131,17 @@ def unary_handler(
     package = request_type.DESCRIPTOR.full_name.partition(".")[0]
     protocol = "v2-grpc" if package == "inference" else "tfserving-grpc"
 
-    async def handle(data: bytes, context: Context) -> Resp:
+    async def handle(data: bytes, context: Context) -> bytes:
         started = time.perf_counter()
         model: str | None = None
+        answered_version.set(None)
         if model_of is not None and tracing.observed:  # tracing or a request log is on
             tracing.incoming.set(tracing.Incoming(protocol, _traceparent(context)))
         try:
-            request = parse(request_type, data)
+            try:
+                request = await parse_sized(request_type, data)
+            finally:
+                del data  # not held by an error's frames (see release_frames)
             if model_of is not None:
                 model = model_of(request)
             response = await behavior(request, context)
@@ -117,18 +151,22 @@ def unary_handler(
             raise
         except Exception as exc:
             code, message = error_status(exc)
+            release_frames(exc)
+        else:
             if model is not None:
-                observe(model, None, code, started)
-            await context.abort(code, message)
-            raise AssertionError("unreachable: context.abort raises") from None
+                version = version_of(response) if version_of else None
+                observe(model, version, grpc.StatusCode.OK, started)
+            return await serialize_sized(response)
+        # Aborted outside the except block, with the request dropped: the abort's exception
+        # must not chain the error and the frames that hold the request (see release_frames).
+        request = None  # type: ignore[assignment]
         if model is not None:
-            observe(
-                model, version_of(response) if version_of else None, grpc.StatusCode.OK, started
-            )
-        return response
+            observe(model, None, code, started)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")
 
     return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=None, response_serializer=_serialize
+        handle, request_deserializer=None, response_serializer=None
     )
 
 
@@ -138,18 +176,21 @@ def stream_handler(
     """A stream-stream method handler; `behavior` gets raw request bytes (use `parse`) and
     reports per-message errors itself; an exception it raises ends the stream with a status."""
 
-    async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Resp]:
+    async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         try:
             async for response in behavior(requests, context):
-                yield response
+                yield await serialize_sized(response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             code, message = error_status(exc)
-            await context.abort(code, message)
+            release_frames(exc)
+        else:
+            return
+        await context.abort(code, message)  # outside the except block: see release_frames
 
     return grpc.stream_stream_rpc_method_handler(
-        handle, request_deserializer=None, response_serializer=_serialize
+        handle, request_deserializer=None, response_serializer=None
     )
 
 
@@ -161,8 +202,10 @@ def _traceparent(context: Context) -> str | None:
     return None
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
+async def serialize_sized(message: Message) -> bytes:
+    """`message`'s wire bytes, made off the event loop when it is large (handlers are registered
+    without a response serializer, which grpc would run on the loop)."""
+    return await run_sized(message.ByteSize(), message.SerializeToString)
 
 
 def observe(model: str, version: int | None, code: grpc.StatusCode, started: float) -> None:
@@ -172,5 +215,7 @@ def observe(model: str, version: int | None, code: grpc.StatusCode, started: flo
         is_known = known_models.get()
         if is_known is None or not is_known(model):
             model = ""
+    if version is None:
+        version = answered_version.get()  # a call refused after it resolved its version
     status = Code[code.name].http_status
     metrics.observe_request(model, version, "grpc", status, time.perf_counter() - started)

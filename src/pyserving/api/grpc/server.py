@@ -7,7 +7,9 @@ await server.stop(grace_s)    # refuse new calls, let running ones finish within
 
 Limits (GrpcOptions, each a `serve` flag): a request message over `max_message_bytes`
 (`--max-request-bytes`, as REST's body) is RESOURCE_EXHAUSTED, as is a call past
-`max_concurrent_rpcs`; at most `max_connections` connections are open (more are closed at once,
+`max_concurrent_rpcs` (health calls have a pool of their own) or a streaming call past
+`max_streaming_calls`; a unary call whose message has not arrived within `request_timeout_s` is
+DEADLINE_EXCEEDED; at most `max_connections` connections are open (more are closed at once,
 so silent sockets cannot use up the file descriptors REST needs too), and one that has not
 finished its handshake within `handshake_timeout_s` is closed; a connection opens at most
 `max_concurrent_streams` streams; idle
@@ -49,8 +51,13 @@ class GrpcOptions:
     port: int = 8500
     #: `--max-request-bytes`: a larger request message is RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
-    #: calls served at once, server-wide; more are RESOURCE_EXHAUSTED; 0 = no bound
+    #: calls served at once, server-wide; more are RESOURCE_EXHAUSTED; 0 = no bound (health
+    #: and readiness calls have a pool of the same size of their own)
     max_concurrent_rpcs: int = 1024
+    #: client-streaming calls (ModelStreamInfer) open at once, within max_concurrent_rpcs
+    max_streaming_calls: int = 256
+    #: a unary call's request message must arrive within this long; 0 = no limit
+    request_timeout_s: float = 30.0
     #: open connections; one more is closed at once (`--grpc-max-connections`)
     max_connections: int = 1024
     #: a connection whose (TLS) handshake takes longer is closed
@@ -90,8 +97,14 @@ class GrpcServer:
     ) -> None:
         self.options = options or GrpcOptions()
         self.port = 0
+        options = self.options
         self._limits = CallLimits(
-            request_budget, self.options.stream_message_timeout_s, service.model_names
+            request_budget,
+            options.stream_message_timeout_s,
+            service.model_names,
+            max_calls=options.max_concurrent_rpcs,
+            max_stream_calls=options.max_streaming_calls,
+            request_timeout_s=options.request_timeout_s,
         )
         names = ready_names or service.model_names
         self._health = health.HealthServicer(
@@ -110,10 +123,8 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port. Raises OSError if it cannot bind."""
-        server = grpc.aio.server(
-            options=_core_options(self.options),
-            maximum_concurrent_rpcs=self.options.max_concurrent_rpcs or None,
-        )
+        # Calls are admitted by limits.py (health exempt), not by maximum_concurrent_rpcs.
+        server = grpc.aio.server(options=_core_options(self.options))
         server.add_generic_rpc_handlers(limit_handlers(self._handlers, self._limits))
         host = self.options.host
         address = f"[{host}]:{self.options.port}" if ":" in host else f"{host}:{self.options.port}"

@@ -23,7 +23,8 @@ from pyserving.api.grpc.rpc import (
     deadline_of,
     error_status,
     observe,
-    parse,
+    parse_sized,
+    release_frames,
     stream_handler,
     unary_handler,
 )
@@ -33,7 +34,7 @@ from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2, v2_metadata
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_sized
-from pyserving.serving.inference import InferenceService
+from pyserving.serving.inference import InferenceService, answered_version
 
 __all__ = ["SERVICE_NAME", "V2Servicer"]
 
@@ -205,20 +206,27 @@ class V2Servicer:
         async for data in requests:
             started = time.perf_counter()
             model = ""
+            answered_version.set(None)
             try:
-                request = parse(pb.ModelInferRequest, data)
+                try:
+                    request = await parse_sized(pb.ModelInferRequest, data)
+                finally:
+                    del data  # not held by an error's frames (see release_frames)
                 model = request.model_name
                 response = await self._infer(request, deadline_of(context))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 code, message = error_status(exc)
-                if model:
-                    observe(model, None, code, started)
-                yield pb.ModelStreamInferResponse(error_message=message)
+                release_frames(exc)  # the error's frames hold the request: see release_frames
             else:
                 observe(model, int(response.model_version), grpc.StatusCode.OK, started)
                 yield pb.ModelStreamInferResponse(infer_response=response)
+                continue
+            request = None  # type: ignore[assignment]  # not held while the client reads
+            if model:
+                observe(model, None, code, started)
+            yield pb.ModelStreamInferResponse(error_message=message)
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
         response = await self._service.infer(v2.request_from_proto(request, deadline))
