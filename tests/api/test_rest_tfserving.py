@@ -444,7 +444,6 @@ async def test_inconsistent_output_batch_sizes_are_refused_in_row_form_only(clie
         ("POST", "/v1/models/scale/metadata"),
         ("GET", "/v1/models/scale/versions/1/labels/stable"),
         ("POST", "/v1/models/scale/versions/1/labels/stable:predict"),
-        ("GET", "/v1/models/scale/versions/x"),
         ("GET", "/v1/models/scale:explain"),
         ("GET", "/v1/other"),
     ],
@@ -452,6 +451,13 @@ async def test_inconsistent_output_batch_sizes_are_refused_in_row_form_only(clie
 async def test_bad_paths_and_methods_under_v1_are_malformed_requests(client, method, path):
     response = await client.request(method, path, content=b"{}")
     assert_error(response, 400, f"Malformed request: {method} {path}")
+
+
+async def test_a_version_that_is_no_number_is_400_as_on_grpc_issue_14(client):
+    response = await client.get("/v1/models/scale/versions/x")
+    assert_error(
+        response, 400, 'model version must be a non-negative integer of at most 19 digits, got "x"'
+    )
 
 
 async def test_paths_outside_the_apis_are_404_not_found(client):

@@ -13,7 +13,7 @@ from pyserving.api.rest.v2 import split_body
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.protocols.request import parse_version
-from pyserving.protocols.tensors import check_declared, check_shape
+from pyserving.protocols.tensors import BYTES_ELEMENT_SIZE, check_declared, check_shape
 from pyserving.protocols.tensors import encode_raw as encode_tensor
 from pyserving.protocols.tensors import raw_tensor as decode_tensor
 
@@ -158,7 +158,7 @@ def test_check_shape_accepts_zero_sized_and_returns_a_tuple():
         ("a", "FP32", (8,), "got FP32 [8]"),
         ("z", "FP32", (2, 4), "Sent extra: {z}"),
         ("a", "FP32", (1 << 13, 4), "takes 131072 bytes, over the limit of 65536 bytes"),
-        ("s", "BYTES", (1 << 14,), "BYTES [16384] takes 131072 bytes"),
+        ("s", "BYTES", (1 << 14,), f"BYTES [16384] takes {16384 * BYTES_ELEMENT_SIZE} bytes"),
     ],
 )
 def test_check_declared_holds_a_declaration_against_the_signature_issue_14(

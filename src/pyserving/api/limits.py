@@ -13,7 +13,7 @@ import threading
 
 from pyserving.errors import Unavailable
 
-__all__ = ["RequestBytesBudget"]
+__all__ = ["RequestBytesBudget", "Reservation"]
 
 
 class RequestBytesBudget:
@@ -39,14 +39,15 @@ class RequestBytesBudget:
         """Bytes reserved now."""
         return self._used
 
-    def reserve_nowait(self, size_bytes: int) -> None:
+    def reserve_nowait(self, size_bytes: int, held_bytes: int = 0) -> None:
         """Count `size_bytes` more in flight; raises Unavailable (503 / UNAVAILABLE) when that
-        would pass the capacity while other requests are in flight."""
+        would pass the capacity while other requests are in flight (`held_bytes`: what the
+        caller's own request holds already, which is not another request)."""
         if size_bytes <= 0 or not self.capacity_bytes:
             return
         with self._lock:
             used = self._used
-            if used and used + size_bytes > self.capacity_bytes:
+            if used > held_bytes and used + size_bytes > self.capacity_bytes:
                 raise Unavailable(
                     f"the server holds {used} bytes of requests in flight; {size_bytes} more"
                     f" would pass its budget of {self.capacity_bytes}"
@@ -60,3 +61,35 @@ class RequestBytesBudget:
             return
         with self._lock:
             self._used -= size_bytes
+
+
+class Reservation:
+    """What one request holds in a budget (its body, then what decoding it builds), released
+    together when it is answered.
+
+    Thread-safety: `reserve` may be called from any thread (a codec thread decoding the request).
+    Ownership: the request's edge calls `release` once, when it has answered; a `reserve` after
+    that raises Unavailable, so decoding that outlives its request cannot hold bytes for ever.
+    """
+
+    __slots__ = ("_budget", "_closed", "_held", "_lock")
+
+    def __init__(self, budget: RequestBytesBudget) -> None:
+        self._budget = budget
+        self._lock = threading.Lock()  # guards _held and _closed
+        self._held = 0
+        self._closed = False
+
+    def reserve(self, size_bytes: int) -> None:
+        """Hold `size_bytes` more for this request (`RequestBytesBudget.reserve_nowait`)."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the request was answered before it was decoded")
+            self._budget.reserve_nowait(size_bytes, self._held)
+            self._held += max(size_bytes, 0)
+
+    def release(self) -> None:
+        """Release everything this request holds; later reserves are refused."""
+        with self._lock:
+            held, self._held, self._closed = self._held, 0, True
+        self._budget.release(held)

@@ -123,6 +123,13 @@ def to_array(
         return np.zeros(parsed.shape, dtype)
     kind = parsed.dtype.kind
     target = dtype.kind
+    if kind in "iuf" and _has_bool(value):
+        # numpy reads true / false among numbers as 1 / 0; TF Serving refuses them
+        bad = _has_bool(value, True)  # the first kind found: true, else false
+        raise InvalidInput(
+            f"{what}: JSON Value: {_show(bad)} Type: {_json_type(bad)} is not of expected type:"
+            f" {_TF_TYPE_NAME[datatype]}"
+        )
     if target == "f":
         if kind not in "iuf":
             raise _type_error(what, parsed, datatype)
@@ -156,16 +163,20 @@ def bytes_to_json(array: np.ndarray, *, encoding: str, what: str) -> Any:
     return out.reshape(array.shape).tolist()
 
 
-def dumps(document: object, arrays: Iterable[np.ndarray] = ()) -> bytes:
+def dumps(
+    document: object, arrays: Iterable[np.ndarray] = (), literal_nonfinite: bool = True
+) -> bytes:
     """Serialise a response; `arrays` are the float tensors inside it, checked for NaN / ±Inf.
 
-    orjson would write non-finite floats as null; TF Serving writes NaN / Infinity literally, so
-    those documents take the standard library's slower path. The finiteness check runs only when
-    orjson's output contains `null` (where a non-finite float would be), which keeps the common
-    case at one orjson call: a numpy reduction per tensor costs more than the serialisation.
+    orjson writes non-finite floats as null, which is valid JSON (KServe V2 answers so). With
+    `literal_nonfinite` (TF Serving's REST API) they are written as TF Serving writes them,
+    NaN / Infinity literally, so those documents take the standard library's slower path. The
+    finiteness check runs only when orjson's output contains `null` (where a non-finite float
+    would be), which keeps the common case at one orjson call: a numpy reduction per tensor
+    costs more than the serialisation.
     """
     out = orjson.dumps(document, option=_ORJSON_OPTIONS, default=_orjson_default)
-    if b"null" not in out:
+    if not literal_nonfinite or b"null" not in out:
         return out
     for array in arrays:
         if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
@@ -223,6 +234,19 @@ def _type_error(what: str, parsed: np.ndarray, datatype: str) -> InvalidInput:
         f"{what}: JSON Value: {_show(bad)} Type: {_json_type(bad)} is not of expected type:"
         f" {_TF_TYPE_NAME[datatype]}"
     )
+
+
+def _has_bool(value: object, which: object = None) -> bool:
+    """True when the nested list `value` holds a JSON boolean (`which` one, if given)."""
+    if type(value) is bool:
+        return which is None or value is which
+    if type(value) is not list or not value:
+        return False
+    if type(value[0]) is list:
+        return any(_has_bool(item, which) for item in value)
+    if which is None:
+        return bool in map(type, value)
+    return any(item is which for item in value)
 
 
 def _is_number(value: object, target_kind: str) -> bool:

@@ -10,6 +10,7 @@ array is built.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,8 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "Limits",
+    "Reserve",
+    "decode_reserve",
     "parse_version",
 ]
 
@@ -45,6 +48,14 @@ class Limits(Protocol):
         """The most bytes one input tensor may take once decoded (`--max-request-bytes`)."""
         ...
 
+
+#: counts bytes a decoder is about to build in the server's in-flight budget before it builds
+#: them; raises Unavailable when the budget cannot hold them
+Reserve = Callable[[int], None]
+#: the current request's `Reserve`, set by the transport edge that answers it (None: nothing is
+#: counted: warmup, in-process callers). A codec reads it when it builds the request's decoder,
+#: so decoding counts against the request that asked for it on whatever thread it runs.
+decode_reserve: ContextVar[Reserve | None] = ContextVar("pyserving_decode_reserve", default=None)
 
 #: (signature, limits) → the request's arrays, checked against both before any is allocated
 Decoder = Callable[[Signature, Limits], dict[str, np.ndarray]]

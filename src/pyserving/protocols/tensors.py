@@ -15,31 +15,35 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import V2_TO_NUMPY, Signature
-from pyserving.protocols.request import Limits
+from pyserving.protocols.request import Limits, Reserve
 
 __all__ = [
     "MAX_RANK",
     "check_declared",
     "check_names",
     "check_shape",
+    "decoded_size",
     "encode_raw",
     "mismatch_message",
     "raw_tensor",
+    "reserve_decoded",
 ]
 
 #: the highest rank a request tensor may declare
 MAX_RANK = 32
-#: bytes counted per BYTES element when bounding a declared tensor (one object reference)
-BYTES_ELEMENT_SIZE = 8
+#: bytes one decoded BYTES element takes besides its payload: its reference in the object array
+#: and the header of its `bytes` object (an empty one is 33 bytes on CPython)
+BYTES_ELEMENT_SIZE = 8 + sys.getsizeof(b"")
 
 _LENGTH = struct.Struct("<I")
-# Bytes per element of each datatype when bounding a declaration.
+# Bytes per element of each datatype when bounding a declaration (BYTES: see decoded_size).
 _ITEM_SIZE: dict[str, int] = {
     name: BYTES_ELEMENT_SIZE if name == "BYTES" else dtype.itemsize
     for name, dtype in V2_TO_NUMPY.items()
@@ -95,10 +99,31 @@ def mismatch_message(sent: Iterable[str], wanted: Iterable[str]) -> str:
     )
 
 
+def decoded_size(datatype: str, count: int, payload: int = 0) -> int:
+    """Bytes `count` elements of `datatype` take once decoded; BYTES elements at their real cost
+    (`BYTES_ELEMENT_SIZE` each, plus `payload`: the bytes of their values, where known)."""
+    if datatype == "BYTES":
+        return count * BYTES_ELEMENT_SIZE + payload
+    return count * _ITEM_SIZE[datatype]
+
+
+def reserve_decoded(reserve: Reserve | None, size: int) -> None:
+    """Count `size` decoded bytes in the request's in-flight budget (`decode_reserve`) before
+    they are built; raises Unavailable when the budget cannot hold them."""
+    if reserve is not None and size > 0:
+        reserve(size)
+
+
 def check_declared(
-    signature: Signature, name: str, datatype: str, shape: tuple[int, ...], limits: Limits
+    signature: Signature,
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    limits: Limits,
+    payload: int = 0,
 ) -> int:
-    """Hold a declared input against `signature` and the byte limit; returns its element count.
+    """Hold a declared input against `signature` and the byte limit (its `decoded_size`, with
+    `payload` bytes of BYTES values); returns its element count.
 
     The mismatch message is InferenceService's, so a tensor refused here reads as one refused
     after decoding would.
@@ -118,7 +143,7 @@ def check_declared(
             f'input "{name}": expected {spec.describe()}, got {datatype} {list(shape)}'
         )
     count = math.prod(shape)
-    size = count * _ITEM_SIZE[datatype]
+    size = decoded_size(datatype, count, payload)
     if size > limits.max_tensor_bytes:
         raise InvalidInput(
             f'input "{name}": {datatype} {list(shape)} takes {size} bytes, over the limit of'

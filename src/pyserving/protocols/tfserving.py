@@ -10,6 +10,7 @@ signature defs and version status in `protocols.tf_metadata`."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
@@ -20,8 +21,15 @@ from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.proto import tf_types_pb2
 from pyserving.protocols.json_tensor import bytes_to_json, dumps, json_shape, to_array
-from pyserving.protocols.request import InferRequest, InferResponse, Limits
-from pyserving.protocols.tensors import check_declared, check_names, check_shape, raw_tensor
+from pyserving.protocols.request import InferRequest, InferResponse, Limits, Reserve, decode_reserve
+from pyserving.protocols.tensors import (
+    check_declared,
+    check_names,
+    check_shape,
+    decoded_size,
+    raw_tensor,
+    reserve_decoded,
+)
 
 __all__ = [
     "answer_spec",
@@ -109,19 +117,23 @@ def predict_from_proto(request: apis.PredictRequest, deadline: float | None) -> 
         if output in outputs:
             raise InvalidInput(f"duplicate output tensor name: {output[:80]}")
         outputs.append(output)
-    decode = functools.partial(_decode_protos, request.inputs)
+    decode = functools.partial(_decode_protos, request.inputs, decode_reserve.get())
     signature_name = request.model_spec.signature_name
+    # What decoding builds can pass what arrived many times over (one value fills a shape): the
+    # declared size decides whether it leaves the event loop.
+    size = max(request.ByteSize(), _declared_size(request.inputs))
     return InferRequest(
-        name,
-        decode,
-        version,
-        label,
-        signature_name,
-        outputs or None,
-        deadline,
-        None,
-        request.ByteSize(),
+        name, decode, version, label, signature_name, outputs or None, deadline, None, size
     )
+
+
+def _declared_size(tensors: Mapping[str, tf_types_pb2.TensorProto]) -> int:
+    """Bytes the tensors declare (unchecked: only to size the decoding work)."""
+    total = 0
+    for tensor in tensors.values():
+        count = math.prod(dim.size for dim in tensor.tensor_shape.dim)
+        total += decoded_size(_V2_NAME.get(tensor.dtype, "BYTES"), max(count, 0))
+    return total
 
 
 def predict_to_proto(response: InferResponse) -> apis.PredictResponse:
@@ -135,7 +147,10 @@ def predict_to_proto(response: InferResponse) -> apis.PredictResponse:
 
 
 def _decode_protos(
-    tensors: Mapping[str, tf_types_pb2.TensorProto], signature: Signature, limits: Limits
+    tensors: Mapping[str, tf_types_pb2.TensorProto],
+    reserve: Reserve | None,
+    signature: Signature,
+    limits: Limits,
 ) -> dict[str, np.ndarray]:
     # A protobuf map has no order: names are checked sorted, then in the signature's order.
     declared: dict[str, tuple[str, tuple[int, ...], tf_types_pb2.TensorProto]] = {}
@@ -151,11 +166,22 @@ def _decode_protos(
             raise InvalidInput(f"{what}: unsupported dtype {label}")
         declared[name] = (datatype, shape, tensor)
     check_names(signature, declared)
+    counts: dict[str, int] = {}
+    total = 0
+    for name in signature.input_names:
+        datatype, shape, tensor = declared[name]
+        # string values arrive in the message: its size bounds their bytes
+        payload = tensor.ByteSize() if tensor.dtype == _STRING else 0
+        counts[name] = check_declared(signature, name, datatype, shape, limits, payload)
+        total += decoded_size(datatype, counts[name], payload)
+    # Every input's decoded size is counted in the in-flight budget before any is built, so
+    # many small requests that fill large shapes cannot build more than the budget.
+    reserve_decoded(reserve, total)
     arrays: dict[str, np.ndarray] = {}
     for name in signature.input_names:
         datatype, shape, tensor = declared[name]
-        count = check_declared(signature, name, datatype, shape, limits)
-        arrays[name] = _tensor_values(tensor, datatype, shape, count, f'input "{name[:80]}"')
+        what = f'input "{name[:80]}"'
+        arrays[name] = _tensor_values(tensor, datatype, shape, counts[name], what)
     return arrays
 
 
@@ -241,10 +267,11 @@ def predict_from_json(
         )
     if not rows and "inputs" not in document:
         raise InvalidInput("Missing 'inputs' or 'instances' key")
+    reserve = decode_reserve.get()
     if rows:
-        decode = functools.partial(_rows_to_inputs, document["instances"], max_json_depth)
+        decode = functools.partial(_rows_to_inputs, document["instances"], max_json_depth, reserve)
     else:
-        decode = functools.partial(_columns_to_inputs, document["inputs"], max_json_depth)
+        decode = functools.partial(_columns_to_inputs, document["inputs"], max_json_depth, reserve)
     return InferRequest(name, decode, version, label, signature_name, None, deadline), rows
 
 
@@ -264,7 +291,12 @@ def is_b64(value: object) -> TypeGuard[dict[str, object]]:
 
 
 def _convert(
-    value: object, spec: TensorSpec, signature: Signature, depth: int, limits: Limits
+    value: object,
+    spec: TensorSpec,
+    signature: Signature,
+    depth: int,
+    limits: Limits,
+    reserve: Reserve | None,
 ) -> np.ndarray:
     """A JSON value (or a column of instances' values) as `spec`'s array; its shape is checked
     against the signature and the limits before numpy sees it."""
@@ -272,7 +304,8 @@ def _convert(
     if spec.datatype == "FP16":
         raise Unimplemented(f"{what}: Conversion of JSON Value to type half is not supported")
     shape = check_shape(json_shape(value, what, depth), what, limits)
-    check_declared(signature, spec.name, spec.datatype, shape, limits)
+    count = check_declared(signature, spec.name, spec.datatype, shape, limits)
+    reserve_decoded(reserve, decoded_size(spec.datatype, count))
     return to_array(
         value,
         spec.datatype,
@@ -284,7 +317,7 @@ def _convert(
 
 
 def _rows_to_inputs(
-    instances: object, depth: int, signature: Signature, limits: Limits
+    instances: object, depth: int, reserve: Reserve | None, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list, one element per example")
@@ -296,7 +329,7 @@ def _rows_to_inputs(
                 f"'instances' elements must be objects keyed by input name: signature"
                 f' "{signature.name}" has {len(specs)} inputs ({_names(signature.input_names)})'
             )
-        return {specs[0].name: _convert(instances, specs[0], signature, depth, limits)}
+        return {specs[0].name: _convert(instances, specs[0], signature, depth, limits, reserve)}
     wanted = set(signature.input_names)
     columns: dict[str, list[object]] = {spec.name: [] for spec in specs}
     for i, item in enumerate(instances):
@@ -316,12 +349,13 @@ def _rows_to_inputs(
         for key, column in columns.items():
             column.append(item[key])
     return {
-        spec.name: _convert(columns[spec.name], spec, signature, depth, limits) for spec in specs
+        spec.name: _convert(columns[spec.name], spec, signature, depth, limits, reserve)
+        for spec in specs
     }
 
 
 def _columns_to_inputs(
-    value: object, depth: int, signature: Signature, limits: Limits
+    value: object, depth: int, reserve: Reserve | None, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if isinstance(value, dict) and not is_b64(value):
@@ -329,14 +363,14 @@ def _columns_to_inputs(
         for spec in specs:
             if spec.name not in value:
                 raise InvalidInput(f"Missing named input: {spec.name} in 'inputs' object.")
-            inputs[spec.name] = _convert(value[spec.name], spec, signature, depth, limits)
+            inputs[spec.name] = _convert(value[spec.name], spec, signature, depth, limits, reserve)
         return inputs  # extra names are ignored, as TF Serving does
     if len(specs) != 1:
         raise InvalidInput(
             f"'inputs' must be an object keyed by input name: signature \"{signature.name}\""
             f" has {len(specs)} inputs ({_names(signature.input_names)})"
         )
-    return {specs[0].name: _convert(value, specs[0], signature, depth, limits)}
+    return {specs[0].name: _convert(value, specs[0], signature, depth, limits, reserve)}
 
 
 def _names(names: Iterable[str]) -> str:

@@ -22,13 +22,22 @@ from pyserving.errors import InvalidInput, ModelError
 from pyserving.platforms.signature import NUMPY_TO_V2, V2_TO_NUMPY, Signature
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols.json_tensor import bytes_to_json, dumps, to_array
-from pyserving.protocols.request import InferRequest, InferResponse, Limits, parse_version
+from pyserving.protocols.request import (
+    InferRequest,
+    InferResponse,
+    Limits,
+    Reserve,
+    decode_reserve,
+    parse_version,
+)
 from pyserving.protocols.tensors import (
     check_declared,
     check_names,
     check_shape,
+    decoded_size,
     encode_raw,
     raw_tensor,
+    reserve_decoded,
 )
 
 __all__ = [
@@ -54,6 +63,9 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+_CONTENTS_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
+#: the largest V2 integer parameter (InferParameter.int64_param)
+_MAX_INT64 = 2**63 - 1
 _NO_PARAMETERS: Mapping[str, object] = MappingProxyType({})
 #: (message subject, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value,
 #: or an `InferTensorContents` message
@@ -97,7 +109,9 @@ def request_from_json(
             name = item["name"]
             flags.append(_requested_output(name, names, item.get("parameters"), binary_default))
             names.append(name)
-    decode = functools.partial(_decode_json_inputs, inputs, binary, max_json_depth)
+    decode = functools.partial(
+        _decode_json_inputs, inputs, binary, max_json_depth, decode_reserve.get()
+    )
     signature_name = _signature_name(parameters)
     request = InferRequest(
         model, decode, version, None, signature_name, names, deadline, request_id
@@ -116,7 +130,7 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
     for item in request.outputs:
         _requested_output(item.name, names, _proto_parameters(item.parameters), False)
         names.append(item.name)
-    decode = functools.partial(_decode_proto_inputs, request)
+    decode = functools.partial(_decode_proto_inputs, request, decode_reserve.get())
     return InferRequest(
         request.model_name,
         decode,
@@ -169,10 +183,14 @@ def _timeout_deadline(parameters: Mapping[str, object], deadline: float | None) 
     timeout_us = parameters.get("timeout")
     if timeout_us is None:
         return deadline
-    if type(timeout_us) is not int or timeout_us < 0:
+    if type(timeout_us) is not int or not 0 <= timeout_us <= _MAX_INT64:
+        # JSON parsers read integers past 64 bits as floats: show them as the integer sent
+        shown = timeout_us
+        if type(shown) is float and shown.is_integer():
+            shown = int(shown)
         raise InvalidInput(
-            "parameter 'timeout' must be a non-negative integer (microseconds), got"
-            f" {_show(timeout_us)}"
+            "parameter 'timeout' must be a non-negative integer (microseconds) of at most"
+            f" 2^63 - 1, got {_show(shown)}"
         )
     own = time.monotonic() + timeout_us / 1e6
     return own if deadline is None else min(own, deadline)
@@ -211,7 +229,12 @@ def _declare_input(
 
 
 def _decode_json_inputs(
-    items: list[object], binary: memoryview, max_depth: int, signature: Signature, limits: Limits
+    items: list[object],
+    binary: memoryview,
+    max_depth: int,
+    reserve: Reserve | None,
+    signature: Signature,
+    limits: Limits,
 ) -> dict[str, np.ndarray]:
     declared: dict[str, _Declared] = {}
     offset = 0
@@ -257,15 +280,39 @@ def _decode_json_inputs(
             f"binary data: {len(binary) - offset} bytes after the last binary input are not"
             " described by any input's binary_data_size"
         )
-    check_names(signature, declared)
+    counts = _check_declared(declared, signature, limits, reserve)
     arrays: dict[str, np.ndarray] = {}
     for name, (what, datatype, shape, data) in declared.items():
-        count = check_declared(signature, name, datatype, shape, limits)
         if isinstance(data, memoryview):
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
-            arrays[name] = _json_data(data, datatype, shape, count, what, max_depth, limits)
+            arrays[name] = _json_data(data, datatype, shape, counts[name], what, max_depth, limits)
     return arrays
+
+
+def _check_declared(
+    declared: Mapping[str, _Declared], signature: Signature, limits: Limits, reserve: Reserve | None
+) -> dict[str, int]:
+    """Hold every declared input against the signature and the limits, then count what decoding
+    them builds in the in-flight budget (before any is built); returns their element counts."""
+    check_names(signature, declared)
+    counts: dict[str, int] = {}
+    total = 0
+    for name, (_, datatype, shape, data) in declared.items():
+        # the bytes of BYTES values: what arrived for them (raw bytes or a contents message)
+        payload = 0
+        if datatype == "BYTES":
+            payload = len(data) if isinstance(data, memoryview) else _payload(data)
+        counts[name] = check_declared(signature, name, datatype, shape, limits, payload)
+        total += decoded_size(datatype, counts[name], payload)
+    reserve_decoded(reserve, total)
+    return counts
+
+
+def _payload(data: object) -> int:
+    """Bytes BYTES values sent as a contents message hold (JSON strings are counted in the body
+    they were parsed from)."""
+    return data.ByteSize() if isinstance(data, pb.InferTensorContents) else 0
 
 
 def _json_data(
@@ -295,7 +342,7 @@ def _json_data(
 
 
 def _decode_proto_inputs(
-    request: pb.ModelInferRequest, signature: Signature, limits: Limits
+    request: pb.ModelInferRequest, reserve: Reserve | None, signature: Signature, limits: Limits
 ) -> dict[str, np.ndarray]:
     raw = request.raw_input_contents
     inputs = request.inputs
@@ -323,14 +370,13 @@ def _decode_proto_inputs(
                     " raw_input_contents"
                 )
             declared[name] = (what, item.datatype, shape, item.contents)
-    check_names(signature, declared)
+    counts = _check_declared(declared, signature, limits, reserve)
     arrays: dict[str, np.ndarray] = {}
     for name, (what, datatype, shape, data) in declared.items():
-        count = check_declared(signature, name, datatype, shape, limits)
         if isinstance(data, memoryview):
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
-            arrays[name] = _typed_contents(data, datatype, shape, count, what)
+            arrays[name] = _typed_contents(data, datatype, shape, counts[name], what)
     return arrays
 
 
@@ -340,6 +386,13 @@ def _typed_contents(
     field = _CONTENTS_FIELD[datatype]
     values = getattr(contents, field)
     if len(values) != count:
+        for other in _CONTENTS_FIELDS:
+            if other != field and len(getattr(contents, other)):
+                # data of another type: say so, as REST does for JSON data of the wrong type
+                raise InvalidInput(
+                    f"{what}: {datatype} data goes in contents.{field}, but the request has"
+                    f" {len(getattr(contents, other))} values in contents.{other}"
+                )
         raise InvalidInput(
             f"{what}: shape {list(shape)} needs {count} elements, data has {len(values)}"
         )
@@ -365,7 +418,6 @@ def response_to_json(
     """(REST body, JSON header length when binary outputs follow it, else None)."""
     outputs: list[dict[str, object]] = []
     blobs: list[bytes] = []
-    floats: list[np.ndarray] = []
     results = response.outputs
     flags = binary_flags if binary_flags is not None else [binary_default] * len(results)
     for (output, array), binary in zip(results.items(), flags, strict=True):
@@ -384,9 +436,7 @@ def response_to_json(
                 array.reshape(-1), encoding="utf8", what=f'output "{output}"'
             )
         else:
-            flat = array.reshape(-1)
-            entry["data"] = flat
-            floats.append(flat)
+            entry["data"] = array.reshape(-1)
         outputs.append(entry)
     document: dict[str, object] = {
         "model_name": response.model,
@@ -395,7 +445,9 @@ def response_to_json(
     if response.id is not None:
         document["id"] = response.id
     document["outputs"] = outputs
-    header = dumps(document, floats)
+    # NaN / ±Infinity become null: the body stays JSON that any parser reads (a client that
+    # needs them asks for binary outputs)
+    header = dumps(document, literal_nonfinite=False)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

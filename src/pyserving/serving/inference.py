@@ -303,6 +303,9 @@ class InferenceService:
             return await call.result(deadline)
         except BaseException:
             if call.abandon():  # still running on its thread
+                stuck = self.executor.stuck_reason(handle.id.name)
+                if stuck is not None:  # its readiness says so too (model_ready)
+                    logger.warning("model %s is not ready: %s", handle.id.name, stuck)
                 await self._keep_alive(handle, call)
             raise
         finally:
@@ -469,13 +472,22 @@ class InferenceService:
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """True when `name` (or that version of it) is AVAILABLE and its execution threads are
-        not all stuck in calls past their deadline."""
+        not all stuck in calls past their deadline (`model_not_ready_reason`)."""
+        return self.model_not_ready_reason(name, version) is None
+
+    def model_not_ready_reason(self, name: str, version: int | None = None) -> str | None:
+        """Why `name` (or that version of it) is not ready: no AVAILABLE version, or every one of
+        its execution threads stuck in a call past its deadline; None when it is ready."""
         versions = self._manager.available_versions(name)
-        available = bool(versions) if version is None else version in versions
-        return available and self.executor.stuck_reason(name) is None
+        if not (versions if version is None else version in versions):
+            return (
+                "no AVAILABLE version" if version is None else f"version {version} is not AVAILABLE"
+            )
+        return self.executor.stuck_reason(name)
 
     def is_ready(self, configured_names: Iterable[str]) -> bool:
-        """True when every name in `configured_names` is ready (`model_ready`)."""
+        """True when every name in `configured_names` has an AVAILABLE version (the server's
+        readiness: `not_ready_reasons`)."""
         return not self.not_ready_reasons(configured_names)
 
     def available_versions(self, name: str) -> list[int]:
@@ -487,19 +499,21 @@ class InferenceService:
         return self._manager.stream_names()
 
     def not_ready(self, configured_names: Iterable[str]) -> list[str]:
-        """The names in `configured_names` that are not ready (`model_ready`)."""
+        """The names in `configured_names` that have no AVAILABLE version."""
         return list(self.not_ready_reasons(configured_names))
 
     def not_ready_reasons(self, configured_names: Iterable[str]) -> dict[str, str]:
-        """Model name → why it is not ready, for the names in `configured_names` that are not."""
+        """Model name → why the server is not ready for it, for the names in `configured_names`
+        that have no AVAILABLE version.
+
+        A model whose threads are all stuck is not ready itself (`model_ready`) but leaves the
+        server ready: one client able to hang one model must not take every replica out of the
+        load balancer, where the other models still answer.
+        """
         reasons: dict[str, str] = {}
         for name in configured_names:
             if not self._manager.available_versions(name):
                 reasons[name] = "no AVAILABLE version"
-            else:
-                stuck = self.executor.stuck_reason(name)
-                if stuck is not None:
-                    reasons[name] = stuck
         return reasons
 
     # --- helpers ----------------------------------------------------------------------------

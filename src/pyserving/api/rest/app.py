@@ -46,13 +46,14 @@ import orjson
 from pyserving import metrics
 from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, require_control
-from pyserving.api.limits import RequestBytesBudget
+from pyserving.api.limits import RequestBytesBudget, Reservation
 from pyserving.api.rest import openapi, status_page, tfserving, v2
+from pyserving.api.rest.http_connection import ANSWERED_STATUS
 from pyserving.api.rest.v2 import HEADER_LENGTH
 from pyserving.core.monitor import why_unavailable
 from pyserving.errors import InvalidInput, NotFound, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
-from pyserving.protocols.request import parse_version
+from pyserving.protocols.request import decode_reserve, parse_version
 from pyserving.serving import tracing
 from pyserving.serving.execution import run_off_loop, run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -110,13 +111,13 @@ def create_app(service: InferenceService, options: RestOptions | None = None) ->
 _V1_LIST = re.compile(r"/v1/models/?", re.IGNORECASE)
 _V1_MODEL = re.compile(
     r"/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?",
     re.IGNORECASE,
 )
 _V2_REPOSITORY_MODEL = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)")
 _V2_MODEL = re.compile(
-    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?(?P<action>/ready|/infer|/config)?"
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer|/config)?"
 )
 
 _JSON = b"application/json"
@@ -125,8 +126,9 @@ _PAGE_PATHS = frozenset(("/", "/status", "/status.json", "/openapi.json"))
 _METRICS_CONTENT_TYPE = metrics.CONTENT_TYPE.encode()
 #: the status counted (and access-logged) for a client that left before its body arrived
 _CLIENT_CLOSED = 499
-#: request bytes the current request holds in the in-flight budget; released when it is answered
-_reserved_bytes: ContextVar[int] = ContextVar("pyserving_reserved_bytes", default=0)
+#: what the current request holds in the in-flight budget (its body, then what decoding it
+#: builds); released when it is answered
+_reservation: ContextVar[Reservation | None] = ContextVar("pyserving_reservation", default=None)
 #: the model the current request names (None: none); set by the routes, read by `_observe`
 _request_model: ContextVar[str | None] = ContextVar("pyserving_request_model", default=None)
 _OCTET_STREAM = b"application/octet-stream"
@@ -152,7 +154,12 @@ class _HttpError(Exception):
 
 
 class _Disconnected(Exception):
-    """The client went away before sending its whole body: answer nothing."""
+    """The client went away before sending its whole body, or the listener answered for us (a
+    malformed body: `status`): answer nothing."""
+
+    def __init__(self, status: int = 0) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class _RestApp:
@@ -200,13 +207,15 @@ class _RestApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            # Set for every request: a pipelined one may start in the previous one's context.
+            reservation = None if self._budget is None else Reservation(self._budget)
+            _reservation.set(reservation)
+            decode_reserve.set(None if reservation is None else reservation.reserve)
             try:
                 await self._http(scope, receive, send)
             finally:
-                reserved = _reserved_bytes.get()
-                if reserved and self._budget is not None:
-                    self._budget.release(reserved)
-                    _reserved_bytes.set(0)  # a pipelined request may start in this context
+                if reservation is not None:
+                    reservation.release()
         elif kind == "lifespan":
             await _lifespan(receive, send)
         elif kind == "websocket":
@@ -230,8 +239,8 @@ class _RestApp:
             status, body, headers = exc.http_status, _error(exc.message), [(b"content-type", _JSON)]
         except _HttpError as exc:
             status, body, headers = exc.status, exc.body, [(b"content-type", _JSON), *exc.headers]
-        except _Disconnected:
-            self._observe(scope, method, path, _CLIENT_CLOSED, started)
+        except _Disconnected as exc:
+            self._observe(scope, method, path, exc.status or _CLIENT_CLOSED, started)
             return
         except asyncio.CancelledError:
             # Only a server shutdown cancels a request (the drain timed out): answer, then stop.
@@ -324,7 +333,7 @@ class _RestApp:
         name = _segment(name)
         label = _segment(label) if label is not None else None
         _request_model.set(name)
-        version = parse_version(version_text) if version_text is not None else None
+        version = _version(version_text)
         service = self._service
         if verb is None:
             if method != "GET":
@@ -378,7 +387,7 @@ class _RestApp:
         name, version_text, action = match.groups()
         name = _segment(name)
         _request_model.set(name)
-        version = parse_version(version_text) if version_text is not None else None
+        version = _version(version_text)
         if action == "/infer":
             _require(method, "POST")
             body, header_length = await self._read_body(scope, receive)
@@ -397,10 +406,11 @@ class _RestApp:
             return _ok(v2.model_metadata(service, name, version))
         if action == "/config":
             return _ok(v2.model_config(service, name, version))
-        if service.model_ready(name, version):
+        reason = service.model_not_ready_reason(name, version)
+        if reason is None:
             return _ok(orjson.dumps({"name": name, "ready": True}))
         what = f'model "{name}"' + (f" version {version}" if version is not None else "")
-        return 400, _error(f"{what} is not ready"), [(b"content-type", _JSON)]
+        return 400, _error(f"{what} is not ready: {reason}"), [(b"content-type", _JSON)]
 
     def _why_not_ready(self, name: str, reason: str) -> str:
         """`reason`, with what status knows of `name`'s versions when none is AVAILABLE."""
@@ -468,13 +478,12 @@ class _RestApp:
                 header_length = value
             elif key == b"content-encoding":
                 encoding = value.strip().lower()
-        budget = self._budget
+        reservation = _reservation.get()
         # What the body will hold is reserved before it is read: refused at once, unread.
         reserved = 0
-        if budget is not None and declared:
-            budget.reserve_nowait(declared)
+        if reservation is not None and declared:
+            reservation.reserve(declared)
             reserved = declared
-            _reserved_bytes.set(reserved)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -483,16 +492,15 @@ class _RestApp:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        raise _Disconnected
+                        raise _Disconnected(message.get(ANSWERED_STATUS, 0))
                     chunk = message.get("body", b"")
                     if chunk:
                         size += len(chunk)
                         if size > limit:
                             raise _too_large(limit)
-                        if budget is not None and size > reserved:
-                            budget.reserve_nowait(size - reserved)
+                        if reservation is not None and size > reserved:
+                            reservation.reserve(size - reserved)
                             reserved = size
-                            _reserved_bytes.set(reserved)
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -511,6 +519,8 @@ class _RestApp:
         if encoding and encoding != b"identity":
             # Its cost grows with the (decompressed) body: never on the event loop.
             body = await run_off_loop(_decompress, body, encoding, limit)
+            if reservation is not None:
+                reservation.reserve(len(body))  # held beside the compressed body
         return body, header_length
 
 
@@ -552,6 +562,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _version(text: str | None) -> int | None:
+    """A path's version segment (any text: the routes leave it to this) as gRPC reads a
+    `model_version`, so that both transports refuse the same text with the same 400."""
+    return None if text is None else parse_version(_segment(text))
 
 
 def _require(method: str, allowed: str) -> None:

@@ -11,6 +11,7 @@ import collections
 import email.utils
 import http
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import httptools
 if TYPE_CHECKING:
     from pyserving.api.rest.http_server import HttpServer
 
-__all__ = ["Connection", "plain_response"]
+__all__ = ["ANSWERED_STATUS", "Connection", "plain_response"]
 
 logger = logging.getLogger("pyserving.http")
 
@@ -36,6 +37,11 @@ AsgiApp = Callable[
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+#: a Host value: uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2), IPv6 literals included
+_HOST = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
+#: the key of an `http.disconnect` message carrying the status the server answered for the app
+#: (a malformed body), so that the app logs what was sent rather than a client that left
+ANSWERED_STATUS = "pyserving.answered_status"
 
 
 class Connection(asyncio.Protocol):
@@ -318,7 +324,7 @@ class Connection(asyncio.Protocol):
         answer = plain_response(status, message)
         request, self._parsing = self._parsing, None
         if request is not None and request is self._running:
-            request.fail(answer)
+            request.fail(answer, status)
             self.close()
         elif self._running is None:
             self.write(answer)
@@ -409,12 +415,14 @@ class _Request:
         self._disconnected = True
         self._wake()
 
-    def fail(self, answer: bytes) -> None:
-        """The body cannot be parsed: send `answer` unless a response has begun; the app's reads
-        see a disconnect from now on and what it sends is dropped."""
+    def fail(self, answer: bytes, status: int) -> None:
+        """The body cannot be parsed: send `answer` (of `status`) unless a response has begun;
+        the app's reads see a disconnect (saying `status` was answered) from now on and what it
+        sends is dropped."""
         self._failed = self._disconnected = True
         if not self.response_started:
             self.response_started = self.response_complete = True
+            self.status = status
             self._connection.write(answer)
         self._wake()
 
@@ -436,6 +444,8 @@ class _Request:
             finally:
                 self._waiter = None
         if self._disconnected or self.response_complete:
+            if self._failed and self.status:
+                return {"type": "http.disconnect", ANSWERED_STATUS: self.status}
             return {"type": "http.disconnect"}
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -508,7 +518,8 @@ class _Request:
 def _framing_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> str | None:
     """Why a request's headers cannot be served (a 400), or None.
 
-    HTTP/1.1 requires exactly one Host (RFC 9112 §3.2); two could route one request two ways.
+    HTTP/1.1 requires exactly one Host (RFC 9112 §3.2); two could route one request two ways,
+    and one that is not a host name or address (empty, spaces) names no server.
     Only the `chunked` transfer coding is implemented, and a body in any other coding cannot be
     framed (RFC 9112 §6.1).
     """
@@ -517,6 +528,9 @@ def _framing_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> s
     for name, value in headers:
         if name == b"host":
             hosts += 1
+            if _HOST.fullmatch(value.strip(b" \t")) is None:
+                shown = value.decode("latin-1")[:80].encode("unicode_escape").decode("ascii")
+                return f"invalid Host header {shown!r}"
         elif name == b"transfer-encoding":
             codings.extend(c.strip().lower() for c in value.split(b","))
     if hosts > 1:
