@@ -151,6 +151,9 @@ def test_forty_models_through_a_budget_of_ten_issue_20(many_models):
         entry = next(e for e in index if e["name"] == "od_7")
         assert (entry["state"], entry["reason"]) == ("UNAVAILABLE", "not loaded")
         assert client.get("/v2/models/od_7/ready").status_code != 200
+        status = client.get("/v1/models/od_7")
+        assert status.status_code == 200, status.text
+        assert "AVAILABLE" not in status.text
 
     order = [i for i in range(MODELS) for _ in range(2000 // MODELS)]
     random.Random(20).shuffle(order)

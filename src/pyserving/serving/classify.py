@@ -74,7 +74,7 @@ async def classify(
     deadline: float | None = None,
 ) -> ClassifyResult:
     """Classify `examples` with the model's classify signature (see the module docstring)."""
-    with service.acquire(name, version, label) as handle:
+    with await service.acquire_loaded(name, version, label, deadline) as handle:
         signature = _choose(handle.servable.signatures, signature_name, CLASSIFY_METHOD)
         inputs = _inputs(handle.servable, signature, examples, context)
         wanted = [n for n in ("classes", "scores") if signature.output(n) is not None]
@@ -113,7 +113,7 @@ async def regress(
     deadline: float | None = None,
 ) -> RegressResult:
     """Regress `examples` with the model's regress signature (see the module docstring)."""
-    with service.acquire(name, version, label) as handle:
+    with await service.acquire_loaded(name, version, label, deadline) as handle:
         signature = _choose(handle.servable.signatures, signature_name, REGRESS_METHOD)
         if signature.output("outputs") is None:
             raise InvalidInput(f'signature "{signature.name}" has no "outputs" output')

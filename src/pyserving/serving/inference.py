@@ -461,6 +461,8 @@ class InferenceService:
                 raise NotFound(f"Unrecognized servable version label: {label}")
             version = resolved
         states = self._manager.monitor.states(name)
+        if not states and version is None and self._is_on_demand(name):
+            return []  # known, never loaded yet: TF's states have no "unloaded" to report
         if not states:
             raise NotFound(f"Could not find any versions of model {name}")
         if version is None:
@@ -469,6 +471,9 @@ class InferenceService:
         if not found:
             raise NotFound(f"Could not find version {version} of model {name}")
         return found
+
+    def _is_on_demand(self, name: str) -> bool:
+        return self.on_demand is not None and self.on_demand.is_on_demand(name)
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """True when `name` (or that version of it) is AVAILABLE and its execution threads are
