@@ -15,7 +15,9 @@ from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.core.scheduler import RetryScheduler
 from pyserving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from pyserving.metrics import REGISTRY
+from pyserving.serving.config import ConfigError, ModelServerConfig, parse_config_text
 from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
+from pyserving.serving.server_core import ServerCore, ServerOptions
 from tests.fakes import FakeLoader, ManualClock, item, wait_until
 
 SIZE = 100
@@ -281,6 +283,16 @@ def test_a_new_version_of_an_unloaded_model_stays_unloaded_issue_20(rig_factory)
     assert [loader.id.version for loader in rig.made["poll_a"]] == [2, 3]
 
 
+def test_a_model_that_stops_being_on_demand_loads_at_once_issue_20(rig_factory):
+    rig = rig_factory(None, {"sw_a": None})
+    rig.add("sw_a")
+    assert rig.loads("sw_a") == 0
+    rig.gate.configure({})  # a reload made it `load: always`
+    wait_until(lambda: rig.manager.available_versions("sw_a") == [1], what="loaded")
+    rig.add("sw_a", 2)  # from now on its lists go straight through
+    wait_until(lambda: rig.manager.available_versions("sw_a") == [2], what="swapped")
+
+
 def test_settings_come_from_the_load_key_issue_20():
     models = [
         ("a", {"load": "on_demand", "idle_unload_seconds": 30}),
@@ -288,3 +300,50 @@ def test_settings_come_from_the_load_key_issue_20():
         ("c", {}),
     ]
     assert on_demand_settings(models) == {"a": 30.0, "b": None}
+
+
+def test_the_load_key_is_checked_and_the_top_level_one_is_the_default_issue_20(tmp_path):
+    def parse(text: str) -> ModelServerConfig:
+        return parse_config_text(text, tmp_path / "models.yaml")
+
+    config = parse(
+        "load: on_demand\nmodels:\n  - {name: a, base_path: /m/a, idle_unload_seconds: 5}\n"
+        "  - {name: b, base_path: /m/b, load: always}\n"
+    )
+    assert on_demand_settings([(m.name, m.options) for m in config.models]) == {"a": 5.0}
+    with pytest.raises(ConfigError, match="load must be always or on_demand"):
+        parse("models:\n  - {name: a, base_path: /m/a, load: lazy}\n")
+    with pytest.raises(ConfigError, match="idle_unload_seconds must be a number above 0"):
+        parse("models:\n  - {name: a, base_path: /m/a, load: on_demand, idle_unload_seconds: 0}\n")
+    with pytest.raises(ConfigError, match="idle_unload_seconds needs load: on_demand"):
+        parse("models:\n  - {name: a, base_path: /m/a, idle_unload_seconds: 3}\n")
+
+
+def test_server_core_is_ready_without_loading_on_demand_models_issue_20(tmp_path):
+    base = tmp_path / "table"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "table.csv").write_text("1,2.0\n3,4.0\n")
+    config = parse_config_text(
+        f"load: on_demand\nmodels:\n  - {{name: lazy, base_path: {base}}}\n"
+        f"  - {{name: eager, base_path: {base}, load: always}}\n",
+        tmp_path / "models.yaml",
+    )
+    core = ServerCore(ServerOptions(model_config=config, file_system_poll_wait_seconds=0))
+    core.start()
+    try:
+        assert core.model_names() == ["eager"]
+        assert core.is_ready()
+        assert core.manager.available_versions("lazy") == []
+        assert "lazy" in core.service.model_names()
+        assert core.service.model_status("lazy") == []
+        lazy = [e for e in core.repository_index() if e["name"] == "lazy"]
+        assert lazy == [
+            {"name": "lazy", "version": "1", "state": "UNAVAILABLE", "reason": "not loaded"}
+        ]
+        core.load_model("lazy")  # model control does not wait: it loads on its first request
+        assert asyncio.run(core.on_demand.ensure("lazy", None)) is True
+        core.on_demand.unpin("lazy")
+        assert core.manager.available_versions("lazy") == [1]
+        assert [e["state"] for e in core.repository_index() if e["name"] == "lazy"] == ["READY"]
+    finally:
+        core.stop()

@@ -438,6 +438,8 @@ class ServerCore:
         deadline = time.monotonic() + self.options.initial_load_timeout_s
         failed: list[str] = []
         for name in names:
+            if self.on_demand.is_on_demand(name):
+                continue  # loads on its first request
             monitor.wait_until(
                 functools.partial(self._available_or_settled, name),
                 max(0.0, deadline - time.monotonic()),
