@@ -120,8 +120,9 @@ def predict_from_proto(request: apis.PredictRequest, deadline: float | None) -> 
     decode = functools.partial(_decode_protos, request.inputs, decode_reserve.get())
     signature_name = request.model_spec.signature_name
     # What decoding builds can pass what arrived many times over (one value fills a shape): the
-    # declared size decides whether it leaves the event loop.
-    size = max(request.ByteSize(), _declared_size(request.inputs))
+    # declared size decides whether it leaves the event loop (a message whose data does not
+    # match it is refused before its data is read). Not ByteSize(): it walks every value.
+    size = _declared_size(request.inputs)
     return InferRequest(
         name, decode, version, label, signature_name, outputs or None, deadline, None, size
     )
@@ -170,8 +171,11 @@ def _decode_protos(
     total = 0
     for name in signature.input_names:
         datatype, shape, tensor = declared[name]
-        # string values arrive in the message: its size bounds their bytes
-        payload = tensor.ByteSize() if tensor.dtype == _STRING else 0
+        # string values arrive in the message: its size bounds their bytes (not counted for a
+        # value count that decoding refuses: that would walk the values for nothing)
+        payload = 0
+        if tensor.dtype == _STRING and len(tensor.string_val) == math.prod(shape):
+            payload = tensor.ByteSize()
         counts[name] = check_declared(signature, name, datatype, shape, limits, payload)
         total += decoded_size(datatype, counts[name], payload)
     # Every input's decoded size is counted in the in-flight budget before any is built, so

@@ -10,6 +10,7 @@ is) and decoded only once the signature has accepted the declaration."""
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Container, Mapping, Sequence
 from types import MappingProxyType
@@ -140,8 +141,19 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
         names or None,
         deadline,
         request.id or None,
-        request.ByteSize(),
+        _declared_size(request.inputs),
     )
+
+
+def _declared_size(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> int:
+    """Bytes the inputs declare (unchecked): whether decoding them leaves the event loop. Data
+    that does not match its declaration is refused before it is read; not ByteSize(), which
+    walks every value on the loop."""
+    total = 0
+    for item in inputs:
+        datatype = item.datatype if item.datatype in V2_TO_NUMPY else "BYTES"
+        total += decoded_size(datatype, max(math.prod(item.shape), 0))
+    return total
 
 
 def _parameters(value: object, what: str) -> dict[str, object]:
@@ -302,17 +314,19 @@ def _check_declared(
         # the bytes of BYTES values: what arrived for them (raw bytes or a contents message)
         payload = 0
         if datatype == "BYTES":
-            payload = len(data) if isinstance(data, memoryview) else _payload(data)
+            payload = len(data) if isinstance(data, memoryview) else _payload(data, shape)
         counts[name] = check_declared(signature, name, datatype, shape, limits, payload)
         total += decoded_size(datatype, counts[name], payload)
     reserve_decoded(reserve, total)
     return counts
 
 
-def _payload(data: object) -> int:
+def _payload(data: object, shape: tuple[int, ...]) -> int:
     """Bytes BYTES values sent as a contents message hold (JSON strings are counted in the body
-    they were parsed from)."""
-    return data.ByteSize() if isinstance(data, pb.InferTensorContents) else 0
+    they were parsed from); 0 for a value count decoding refuses (not worth walking them)."""
+    if isinstance(data, pb.InferTensorContents) and len(data.bytes_contents) == math.prod(shape):
+        return data.ByteSize()
+    return 0
 
 
 def _json_data(
