@@ -177,6 +177,9 @@ def test_forty_models_through_a_budget_of_ten_issue_20(many_models):
     with httpx.Client(base_url=server.url, timeout=60) as client:
         metrics = client.get("/metrics").text
         index = client.post("/v2/repository/index", json={}).json()
+        memory_json = client.get("/status.json").json()["server"]["memory"]
+    assert memory_json["budget_bytes"] == budget
+    assert 0 < memory_json["used_bytes"] <= budget
     loaded = {e["name"] for e in index if e["name"].startswith("od_") and e["state"] == "READY"}
     loads = _metric_sum(metrics, "pyserving_model_loads_total", "od_")
     evictions = _metric_sum(metrics, "pyserving_model_evictions_total", "od_")

@@ -30,6 +30,7 @@ from pyserving.batching import BatchingOptions, BatchingPolicy, BatchScheduler, 
 from pyserving.core.handle import ServableHandle
 from pyserving.core.ids import ServableRequest
 from pyserving.core.monitor import VersionStatus
+from pyserving.core.resources import ResourceTracker
 from pyserving.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -81,6 +82,9 @@ class _Manager(Protocol):
     def available_versions(self, name: str) -> list[int]: ...
 
     def stream_names(self) -> list[str]: ...
+
+    @property
+    def resources(self) -> ResourceTracker: ...
 
 
 class OnDemand(Protocol):
@@ -471,6 +475,12 @@ class InferenceService:
         if not found:
             raise NotFound(f"Could not find version {version} of model {name}")
         return found
+
+    def memory(self) -> tuple[int, int | None]:
+        """Bytes the loaded versions hold against the budget, and the budget (None: unlimited:
+        `--total_model_memory_limit_bytes`)."""
+        resources = self._manager.resources
+        return resources.used_bytes, resources.total_bytes
 
     def _is_on_demand(self, name: str) -> bool:
         return self.on_demand is not None and self.on_demand.is_on_demand(name)

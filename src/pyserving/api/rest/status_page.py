@@ -92,7 +92,14 @@ def status_json(
                 "batches": {"count": count, "rows": rows},
             }
         )
-    server = {"name": "pyserving", "version": server_version, "time": time.time()}
+    used, budget = service.memory()
+    server = {
+        "name": "pyserving",
+        "version": server_version,
+        "time": time.time(),
+        # --total_model_memory_limit_bytes (null: unlimited) and what loaded versions hold
+        "memory": {"used_bytes": used, "budget_bytes": budget},
+    }
     return orjson.dumps({"server": server, "models": models})
 
 
