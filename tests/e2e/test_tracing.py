@@ -14,6 +14,8 @@ import yaml
 
 from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.proto import tf_serving_apis_pb2 as tfs
+from pyserving.proto import tf_types_pb2
 from pyserving.serving import tracing
 from tests.e2e.otlp_receiver import OtlpReceiver
 from tests.e2e.server import ServerProcess, free_port
@@ -194,3 +196,27 @@ def test_the_server_imports_no_opentelemetry_when_off_issue_22():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_tf_grpc_predict_is_traced_too_issue_22(server, receiver):
+    trace_id, parent = "2af7651916cd43dd8448eb211c80319e", "d7ad6b7169203333"
+    request = tfs.PredictRequest()
+    request.model_spec.name = "mlp"
+    tensor = request.inputs["input"]
+    tensor.dtype = tf_types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=4)
+    tensor.float_val.extend(ROW)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        predict = channel.unary_unary(
+            "/tensorflow.serving.PredictionService/Predict",
+            request_serializer=tfs.PredictRequest.SerializeToString,
+            response_deserializer=tfs.PredictResponse.FromString,
+        )
+        answer = predict(
+            request, metadata=[("traceparent", traceparent(trace_id, parent))], timeout=30
+        )
+    assert answer.model_spec.name == "mlp"
+    root, children, _ = server_span_with_children(receiver, trace_id, "tfserving-grpc mlp")
+    assert root.parent_span_id.hex() == parent and attributes(root)["rpc.system"] == "grpc"
+    assert children["execute"].start_time_unix_nano >= root.start_time_unix_nano
