@@ -15,6 +15,8 @@ import grpc
 import httpx
 import yaml
 
+from pyserving.proto import grpc_service_pb2 as v2pb
+from pyserving.proto import grpc_service_pb2_grpc as v2grpc
 from pyserving.proto import prediction_service_pb2_grpc as tf_grpc
 from pyserving.proto import tf_serving_apis_pb2 as tfs
 from pyserving.proto import tf_types_pb2
@@ -130,6 +132,52 @@ def test_tf_one_value_fills_count_what_they_build_in_the_inflight_budget_issue_1
         # Answered: the budget is free again.
         response = stub.Predict(fill_request("gated", FILL), timeout=30)
         assert response.outputs["x"].tensor_shape.dim[0].size == FILL
+        assert server.stop() == 0, server.log()
+    finally:
+        (version / "release").touch()
+        channel.close()
+        server.stop()
+
+
+def test_stream_messages_count_what_decoding_them_builds_issue_14(tmp_path):
+    version, config = write_gated(tmp_path, "gated", instances=4)
+    grpc_port = free_port()
+    # A held fill (8 MiB) and a 4 MiB stream message fit; what decoding the message builds
+    # (4 MiB more) does not.
+    server = ServerProcess(
+        f"--model_config_file={config}",
+        "--file_system_poll_wait_seconds=0",
+        f"--port={grpc_port}",
+        f"--max_inflight_request_bytes={FILL_BYTES + (6 << 20)}",
+        f"--max_request_bytes={FILL_BYTES}",
+    )
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{grpc_port}", options=[("grpc.max_receive_message_length", -1)]
+    )
+    try:
+        server.wait_ready()
+        held: list = [None]
+
+        def predict() -> None:
+            held[0] = tf_grpc.PredictionServiceStub(channel).Predict(
+                fill_request("gated", FILL), timeout=60
+            )
+
+        caller = threading.Thread(target=predict)
+        caller.start()
+        wait_until(lambda: entered(version) == 1, 30, "a fill held by the gated model")
+        message = v2pb.ModelInferRequest(model_name="gated")
+        tensor = message.inputs.add(name="x", datatype="FP64", shape=[FILL // 2])
+        tensor.contents.fp64_contents.extend([1.0] * (FILL // 2))
+        stream = v2grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter([message]), timeout=20
+        )
+        answers = list(stream)
+        assert len(answers) == 1 and "--max-inflight-request-bytes" in answers[0].error_message
+        assert entered(version) == 1
+        (version / "release").touch()
+        caller.join(30)
+        assert held[0] is not None
         assert server.stop() == 0, server.log()
     finally:
         (version / "release").touch()

@@ -2,7 +2,7 @@
 
 `limit_handlers` wraps each method handler of a generic handler so that:
 - calls are admitted by our own count, not grpc's `maximum_concurrent_rpcs`: past
-  `max_calls` a call is RESOURCE_EXHAUSTED, and client-streaming calls (ModelStreamInfer) also
+  `max_calls` a call is RESOURCE_EXHAUSTED, and streaming calls (ModelStreamInfer, Watch) also
   count against the smaller `max_stream_calls`, so idle streams cannot take every slot; health
   and readiness calls (`HEALTH_METHODS`) have a pool of their own, so a full server still
   answers its probes;
@@ -43,11 +43,11 @@ __all__ = ["HEALTH_METHODS", "CallLimits", "limit_handlers"]
 #: a generic RPC handler (grpc's stubs make it generic; grpc itself does not)
 Handler = Any
 
-#: probes served from their own pool: a server full of calls still says it is alive
+#: probes served from their own pool: a server full of calls still says it is alive. Unary
+#: only: a health Watch lasts as long as its client likes, so it is a streaming call like others.
 HEALTH_METHODS = frozenset(
     {
         "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
         "/inference.GRPCInferenceService/ServerLive",
         "/inference.GRPCInferenceService/ServerReady",
         "/inference.GRPCInferenceService/ModelReady",
@@ -230,7 +230,7 @@ def _stream_stream(
     async def handle(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         known_models.set(limits.is_known)
         try:
-            end = limits.admit(method, streaming=method not in HEALTH_METHODS)
+            end = limits.admit(method, streaming=True)
         except ResourceExhausted as exc:
             text = exc.message
         else:
@@ -266,9 +266,13 @@ async def _limited_messages(requests: AsyncIterator[Any], limits: CallLimits) ->
         if budget is None or not isinstance(message, bytes):
             yield message
             continue
-        size = len(message)
-        budget.reserve_nowait(size)
+        # The message, then what decoding it builds (`decode_reserve`: the handler answers one
+        # message before it asks for the next, in this task's context), until the answer.
+        reservation = Reservation(budget)
+        reservation.reserve(len(message))
+        decode_reserve.set(reservation.reserve)
         try:
             yield message
         finally:
-            budget.release(size)
+            decode_reserve.set(None)
+            reservation.release()
