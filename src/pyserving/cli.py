@@ -400,7 +400,7 @@ def _add_transport_flags(serve: argparse.ArgumentParser) -> None:
         "--grpc-max-streaming-calls",
         type=_non_negative_int,
         default=grpc_defaults.max_streaming_calls,
-        help="gRPC streaming calls (ModelStreamInfer) open at once; more get"
+        help="gRPC streaming calls (ModelStreamInfer, health Watch) open at once; more get"
         " RESOURCE_EXHAUSTED; they count in --grpc-max-concurrent-rpcs too; 0 = no bound",
     )
 

@@ -54,7 +54,7 @@ class GrpcOptions:
     #: calls served at once, server-wide; more are RESOURCE_EXHAUSTED; 0 = no bound (health
     #: and readiness calls have a pool of the same size of their own)
     max_concurrent_rpcs: int = 1024
-    #: client-streaming calls (ModelStreamInfer) open at once, within max_concurrent_rpcs
+    #: streaming calls (ModelStreamInfer, health Watch) open at once, within max_concurrent_rpcs
     max_streaming_calls: int = 256
     #: a unary call's request message must arrive within this long; 0 = no limit
     request_timeout_s: float = 30.0
