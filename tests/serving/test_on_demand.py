@@ -222,6 +222,28 @@ def test_a_model_loaded_for_a_waiting_request_stays_until_it_takes_its_handle_is
     assert rig.loaded() == {"pin_b"}
 
 
+def test_a_load_waiting_for_room_gives_up_when_the_server_stops_issue_20(rig_factory):
+    rig = rig_factory(SIZE, dict.fromkeys(["stop_a", "stop_b"]), room_wait_s=300)
+    rig.add("stop_a")
+    rig.add("stop_b")
+    rig.ensure("stop_a")
+    errors: list[BaseException] = []
+
+    def load_b() -> None:
+        try:
+            rig.ensure("stop_b")
+        except ResourceExhausted as exc:
+            errors.append(exc)
+
+    with rig.manager.get_handle(ServableRequest("stop_a", None)):
+        loading = threading.Thread(target=load_b)
+        loading.start()
+        wait_until(lambda: "stop_b" in rig.gate._flights, what="the load to wait for room")
+        rig.gate.close()
+        loading.join(10)
+        assert not loading.is_alive() and len(errors) == 1
+
+
 def test_an_always_loaded_model_is_never_evicted_issue_20(rig_factory):
     rig = rig_factory(2 * SIZE, dict.fromkeys(["alw_a", "alw_b"]))
     rig.add("alw_fixed")  # not on demand

@@ -101,6 +101,7 @@ class OnDemandModels(Generic[T]):
         #: name → clock() of its last request; written without a lock (a stamp, last one wins)
         self.last_used: dict[str, float] = {}
         self._idle_timer: ScheduledCall | None = None
+        self._closed = False  # set once by close(): loads waiting for room give up
         self._pool = ThreadPoolExecutor(max_workers=load_threads, thread_name_prefix="pyserving-od")
         self._unsubscribe = manager.bus.subscribe(self._on_event)
 
@@ -288,7 +289,8 @@ class OnDemandModels(Generic[T]):
         while needed > total - resources.used_bytes:
             victim = self._lru_victim(exclude=name)
             short = needed - (total - resources.used_bytes)
-            if victim is None and time.monotonic() < give_up and self._could_free(name) >= short:
+            waiting = time.monotonic() < give_up and not self._closed
+            if victim is None and waiting and self._could_free(name) >= short:
                 # Only models in use could make room: their requests are short, so wait for one
                 # to be released (polled: releasing a handle signals nothing) rather than fail.
                 time.sleep(_ROOM_POLL_S)
@@ -402,6 +404,7 @@ class OnDemandModels(Generic[T]):
     def close(self) -> None:
         """Stop the idle timer and the load threads (waiters get what their loads end with)."""
         self._unsubscribe()
+        self._closed = True
         with self._lock:
             self._settings = {}
             if self._idle_timer is not None:
