@@ -222,3 +222,57 @@ def test_a_held_model_is_never_evicted_and_a_broken_one_spares_the_others_issue_
         again = client.post("/v2/models/broken/infer", json=_body())
         assert again.status_code == 503
         assert client.post("/v2/models/od_0/infer", json=_body()).status_code == 200
+
+
+def test_grpc_infer_loads_on_demand_and_reports_load_errors_issue_20(tmp_path):
+    """V2 gRPC: a request loads its model (evicting the other under a budget of one), a broken
+    model answers UNAVAILABLE with the reason; the gRPC status codes of INTERFACE §13."""
+    import grpc
+
+    from pyserving.proto import grpc_service_pb2 as pb
+    from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
+    from tests.e2e.server import free_port
+
+    size = 0
+    for i in range(2):
+        size = _onnx_model(tmp_path / f"g_{i}" / "1", float(i + 1))
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "load: on_demand\nmodels:\n"
+        + "".join(
+            f"  - {{name: {n}, base_path: {tmp_path / n}}}\n" for n in ("g_0", "g_1", "broken")
+        )
+    )
+    grpc_port = free_port()
+    server = ServerProcess(
+        f"--model_config_file={config}",
+        f"--total_model_memory_limit_bytes={int(1.5 * 1.2 * size)}",
+        f"--port={grpc_port}",
+        "--file_system_poll_wait_seconds=0",
+    )
+
+    def infer(stub: pb_grpc.GRPCInferenceServiceStub, name: str) -> float:
+        request = pb.ModelInferRequest(model_name=name)
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        tensor.contents.fp32_contents.extend([1, 0, 0, 0])
+        reply = stub.ModelInfer(request, timeout=60)
+        return float(np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)[0])
+
+    try:
+        server.wait_ready()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert infer(stub, "g_0") == 1.0
+            assert infer(stub, "g_1") == 2.0  # evicts g_0: the budget holds one
+            assert infer(stub, "g_0") == 1.0
+            with pytest.raises(grpc.RpcError) as broken:
+                infer(stub, "broken")
+            assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "could not be loaded" in broken.value.details()
+            assert infer(stub, "g_1") == 2.0
+        metrics = httpx.get(server.url + "/metrics").text
+        assert _metric_sum(metrics, "pyserving_model_evictions_total", "g_") == 3
+    finally:
+        server.stop()
