@@ -21,6 +21,7 @@ from google.protobuf import text_format
 from pyserving.errors import FailedPrecondition, InvalidInput
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving import request_log
+from pyserving.serving.config_keys import proto_field_hint, unknown_key_message
 from pyserving.sources.storage_path import VersionPolicy
 
 __all__ = [
@@ -113,6 +114,10 @@ def parse_config_text(text: str, path: str | os.PathLike[str]) -> ModelServerCon
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"model config file {path} is not valid YAML: {exc}") from exc
+        # before the parser: `basepath:` is an unknown key, not a missing base_path
+        unknown = unknown_key_message(text)
+        if unknown is not None:
+            raise ConfigError(f"model config file {path}, {unknown}")
         return parse_config(document, root)
     try:
         return parse_text_proto(text, root)
@@ -137,7 +142,8 @@ def parse_text_proto(text: str, root: Path) -> ModelServerConfig:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"not a valid text-format ModelServerConfig: {exc}") from exc
+        hint = proto_field_hint(str(exc))
+        raise ConfigError(f"not a valid text-format ModelServerConfig: {exc}{hint}") from exc
     return config_from_proto(message, root)
 
 

@@ -40,7 +40,7 @@ MODEL_KEYS: Mapping[str, str] = {
     "idle_unload_seconds": "on-demand loading",
     "allow_python": "python platform",
     "class": "python platform",
-    "allow_pickle": "sklearn platform",
+    "allow_pickle": "sklearn and torch platforms",
     "trusted_types": "sklearn platform",
     "intra_op_num_threads": "onnx platform",
     "num_threads": "xgboost and lightgbm platforms",
