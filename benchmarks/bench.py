@@ -46,7 +46,8 @@ from pyserving.demo import make_mlp
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk_post.lua"
 GRPC_LOAD = HERE / "grpc_load.py"
-PEERS_HOME = HERE.parent.parent / "shared" / "bench-peers"
+#: the peer harness (not part of this repository); --peers needs BENCH_PEERS_HOME to name it
+PEERS_HOME = Path(os.environ.get("BENCH_PEERS_HOME", "bench-peers-not-set"))
 PROTOCOLS = ("TF REST predict (row)", "V2 REST JSON", "V2 REST binary", "V2 gRPC", "TF gRPC")
 MODELS = {"small": ("mlp", (64, 256, 256, 10)), "heavy": ("heavy", (512, 2048, 2048, 10))}
 BATCHING_PARAMETERS = """\
@@ -546,6 +547,8 @@ def _swap(args, wrk, work, server, model, base_path, staging, x) -> dict:
 
 
 def load_run_bench():
+    if not (PEERS_HOME / "run_bench.py").is_file():
+        sys.exit("--peers needs BENCH_PEERS_HOME set to the peer harness's directory")
     spec = importlib.util.spec_from_file_location("run_bench", PEERS_HOME / "run_bench.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
