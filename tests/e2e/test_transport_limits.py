@@ -23,6 +23,7 @@ import pytest
 
 from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as v2
+from tests.e2e.h2_raw import RawH2Connection
 from tests.e2e.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -280,6 +281,24 @@ def test_one_inflight_budget_covers_rest_and_grpc_issue_14(server, channel) -> N
         assert grpc_code(unary(channel), infer_request()) == grpc.StatusCode.OK  # small: fits
     wait_until(lambda: inflight_bytes(server) == 0, what="the budget to empty")
     assert grpc_code(unary(channel), infer_request(extra_bytes=over)) == grpc.StatusCode.OK
+
+
+def test_half_sent_grpc_calls_are_held_in_the_budget_issue_14(server) -> None:
+    """A unary message still arriving after a second holds --max-request-bytes in the budget (grpc
+    says nothing of its size before it is whole): of three calls that send 60 kB of a declared
+    900 kB and stop, one holds the budget and the others are refused. Before, all three sat in
+    grpc's buffers outside the budget until the request timeout."""
+    port = int(server.grpc_address.rpartition(":")[2])
+    streams = (1, 3, 5)
+    with RawH2Connection("127.0.0.1", port) as conn:
+        for stream_id in streams:
+            conn.half_call(stream_id, INFER, declared=900_000, sent=60_000)
+        wait_until(
+            lambda: sum(conn.ended[s].is_set() for s in streams) == len(streams) - 1,
+            what="all calls but one to be refused",
+        )
+        assert inflight_bytes(server) >= MAX_REQUEST_BYTES
+    wait_until(lambda: inflight_bytes(server) == 0, what="the budget to empty")
 
 
 def test_serve_help_lists_the_transport_limits_issue_14() -> None:

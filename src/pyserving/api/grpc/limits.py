@@ -71,8 +71,11 @@ class CallLimits:
         max_calls: int = 0,
         max_stream_calls: int = 0,
         request_timeout_s: float | None = None,
+        max_message_bytes: int = 0,
     ) -> None:
         self.budget = budget
+        #: --max-request-bytes: what a unary message still arriving holds in the budget
+        self.max_message_bytes = max_message_bytes
         self.stream_message_timeout_s = stream_message_timeout_s or None
         self.request_timeout_s = request_timeout_s or None
         #: 0 = no bound
@@ -168,20 +171,44 @@ def _nothing() -> None:
     pass
 
 
-async def _receive_one(context: Context, timeout_s: float | None) -> bytes:
+#: a unary message still arriving after this long is held in the budget at its largest size
+_SLOW_MESSAGE_S = 1.0
+
+
+async def _receive_one(
+    context: Context,
+    timeout_s: float | None,
+    budget: RequestBytesBudget | None,
+    stand_in_bytes: int,
+) -> bytes:
     """A unary call's request message; DeadlineExceeded when it is not all there in time.
+
+    grpc buffers a message until it is whole and says nothing of its size before, so one still
+    arriving after `_SLOW_MESSAGE_S` holds `stand_in_bytes` (the largest message allowed) in the
+    budget until it is there: Unavailable when that does not fit. Half-sent calls then cost the
+    server at most the budget, not calls x --max-request-bytes; quick ones are not held.
 
     Read with `context.read`, not the handler's request iterator: that async generator would
     stay suspended holding the message for as long as the call's frames live.
     """
+    read = asyncio.ensure_future(context.read())
+    held = 0
     try:
         async with asyncio.timeout(timeout_s):
-            message = await context.read()
+            done, _ = await asyncio.wait((read,), timeout=_SLOW_MESSAGE_S)
+            if not done and budget is not None:
+                budget.reserve_nowait(stand_in_bytes)
+                held = stand_in_bytes
+            message = await read
     except TimeoutError:
         raise DeadlineExceeded(
             f"the request message did not arrive within {timeout_s:g} s"
             " (--grpc-request-timeout-seconds)"
         ) from None
+    finally:
+        read.cancel()  # when it is not done: the call is refused or cancelled
+        if held and budget is not None:
+            budget.release(held)
     if not isinstance(message, bytes):  # grpc.aio.EOF: the client half-closed without one
         raise InvalidInput("the call ended without a request message")
     return message
@@ -197,7 +224,7 @@ def _unary(behavior: Callable[..., Any], method: str, limits: CallLimits) -> Cal
         reservation = None
         try:
             end = limits.admit(method, streaming=False)
-            message = await _receive_one(context, timeout_s)
+            message = await _receive_one(context, timeout_s, budget, limits.max_message_bytes)
             if budget is not None:
                 # The message, then what decoding it builds (`decode_reserve`), until the answer.
                 reservation = Reservation(budget)

@@ -105,6 +105,7 @@ class GrpcServer:
             max_calls=options.max_concurrent_rpcs,
             max_stream_calls=options.max_streaming_calls,
             request_timeout_s=options.request_timeout_s,
+            max_message_bytes=options.max_message_bytes,
         )
         names = ready_names or service.model_names
         self._health = health.HealthServicer(
