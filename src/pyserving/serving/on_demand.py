@@ -142,7 +142,7 @@ class OnDemandModels(Generic[T]):
             return sorted(item.id.version for item in self._held.get(name, ()))
 
     def aspire_versions(self, name: str, versions: Sequence[ServableData[T]]) -> None:
-        """The adapter's callback: on-demand models' lists are kept (and forwarded only while
+        """The source's callback: on-demand models' lists are kept (and forwarded only while
         loaded, so a new version of a loaded model swaps in as usual); others go straight on."""
         forward: Sequence[ServableData[T]] | None = versions
         with self._lock:
