@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from pyserving.core.ids import ServableData, ServableId, ServableState, ServableStateEvent
@@ -222,10 +222,12 @@ class OnDemandModels(Generic[T]):
             error = Unavailable(f'model "{name}": loading on demand failed: {exc}')
         with self._lock:
             self._flights.pop(name, None)
-        if error is None:
-            flight.set_result(None)
-        else:
-            flight.set_exception(error)
+        # close() may have settled it already (a stopping server answers every waiter)
+        with contextlib.suppress(InvalidStateError):
+            if error is None:
+                flight.set_result(None)
+            else:
+                flight.set_exception(error)
 
     def _activate(self, name: str) -> None:
         with self._room_lock:
@@ -411,3 +413,9 @@ class OnDemandModels(Generic[T]):
                 self._idle_timer.cancel()
         self._scheduler.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        # a flight whose job was cancelled before it ran would leave its waiters waiting
+        with self._lock:
+            pending = list(self._flights.values())
+        for flight in pending:
+            with contextlib.suppress(InvalidStateError):
+                flight.set_exception(Unavailable("the server is stopping"))
