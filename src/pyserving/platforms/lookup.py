@@ -17,35 +17,50 @@ first row; a table of strings only has its first line read as data unless `heade
 Signature "serving_default": `keys` [-1] → `values` [-1] or [-1, dim], and `found` BOOL [-1].
 A missing key gets the config's `default` (a scalar or a list of `dim` numbers; zeros or b""
 when unset) and `found` false.
+
+Big tables (docs/big-tables.md): `shard: {index: i, count: n}` loads only shard i's rows (INT64
+key k: k mod n; BYTES key k: crc32(k) mod n) and answers other keys as missing. A version whose
+directory holds `delta.yaml` (`base: <version>`) is its base version plus this directory's rows
+(added or replacing) less the keys of its optional `deleted.txt`; it shares the base's rows (no
+copy), so the base must be loaded when the delta loads, and a delta may be the base of another.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import yaml
 
 from pyserving.errors import FailedPrecondition
 from pyserving.platforms.common import FileLoader
+from pyserving.platforms.lookup_files import Shard, read_keys, read_table
+from pyserving.platforms.lookup_index import KeyIndex
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, v2_datatype
 
-__all__ = ["TABLE_FILES", "LookupLoader", "LookupServable"]
+__all__ = ["DELETED_FILE", "DELTA_FILE", "TABLE_FILES", "LookupLoader", "LookupServable"]
 
 TABLE_FILES = ("table.tsv", "table.csv", "table.npz", "table.parquet")
-# Python's per-entry cost of the dict index of a string-keyed table, beyond the key bytes
-_DICT_ENTRY_BYTES = 120
+DELTA_FILE = "delta.yaml"
+DELETED_FILE = "deleted.txt"
 
-_log = logging.getLogger(__name__)
+# Loaded tables by (model name, the directory holding its versions, version), so that a delta
+# finds its base. Weak: an entry never keeps a table alive; unload removes it explicitly too.
+_LOADED: weakref.WeakValueDictionary[tuple[str, str, int], LookupServable] = (
+    weakref.WeakValueDictionary()
+)
+_LOADED_LOCK = threading.Lock()  # guards _LOADED
 
 
 class LookupLoader(FileLoader):
-    """Reads a table file into memory. Config keys: `default`, `key_type` (`int` | `string`),
-    `header` (true | false; unset = detected, text tables only).
+    """Reads a table file (or a delta on a loaded version) into memory. Config keys: `default`,
+    `key_type` (`int` | `string`), `header` (true | false; unset = detected, text tables only),
+    `shard` ({index, count}).
 
     Thread-safety: as Loader.
     """
@@ -57,50 +72,105 @@ class LookupLoader(FileLoader):
         file = next((path for path in candidates if os.path.isfile(path)), None)
         if file is None:
             raise FailedPrecondition(f"no {' / '.join(TABLE_FILES)} in {directory}")
-        name = os.path.basename(file)
-        keys: Sequence[Any] | np.ndarray
-        if name == "table.npz":
-            keys, values = _read_npz(file)
-        elif name == "table.parquet":
-            keys, values = _read_parquet(file)
-        else:
-            header = self.config.get("header")
-            if header not in (None, True, False):
-                raise FailedPrecondition(f"header must be true or false, not {header!r}")
-            keys, values = _read_text(file, "\t" if name == "table.tsv" else ",", header)
+        header = self.config.get("header")
+        if header not in (None, True, False):
+            raise FailedPrecondition(f"header must be true or false, not {header!r}")
         key_type = self.config.get("key_type")
         if key_type not in (None, "int", "string"):
             raise FailedPrecondition(f"key_type must be int or string, not {key_type!r}")
-        return LookupServable(_normalise_keys(keys, key_type), values, self.config.get("default"))
+        base = self._delta_base(directory)
+        if base is not None and key_type is None:  # a delta's keys are its base's kind
+            key_type = "string" if base.string_keys else "int"
+        shard = _shard_setting(self.config.get("shard"))
+        keys, values = read_table(file, header, key_type, shard)
+        deleted = None
+        if base is not None and os.path.isfile(os.path.join(directory, DELETED_FILE)):
+            deleted = read_keys(os.path.join(directory, DELETED_FILE), base.string_keys)
+        servable = LookupServable(
+            keys, values, self.config.get("default"), base=base, deleted=deleted
+        )
+        with _LOADED_LOCK:
+            _LOADED[self._table_id(self.servable_id.version)] = servable
+        servable.on_unload = self._forget
+        return servable
+
+    def _delta_base(self, directory: str) -> LookupServable | None:
+        """The loaded base version this version's `delta.yaml` names; None when not a delta."""
+        file = os.path.join(directory, DELTA_FILE)
+        if not os.path.isfile(file):
+            return None
+        try:
+            with open(file, encoding="utf-8") as stream:
+                document = yaml.safe_load(stream)
+        except (OSError, yaml.YAMLError) as exc:
+            raise FailedPrecondition(f"{DELTA_FILE}: cannot read it: {exc}") from exc
+        base = document.get("base") if isinstance(document, dict) else None
+        if not isinstance(base, int) or isinstance(base, bool) or base >= self.servable_id.version:
+            raise FailedPrecondition(
+                f"{DELTA_FILE} must say base: <an earlier version> (got {base!r})"
+            )
+        with _LOADED_LOCK:
+            table = _LOADED.get(self._table_id(base))
+        if table is None:
+            raise FailedPrecondition(
+                f"version {self.servable_id.version} is a delta on version {base}, which is not"
+                f" loaded: load version {base} first (a version policy that keeps both, e.g."
+                " latest with num_versions 2, or all)"
+            )
+        return table
+
+    def _table_id(self, version: int) -> tuple[str, str, int]:
+        return (self.servable_id.name, os.path.dirname(self.path.rstrip("/")), version)
+
+    def _forget(self, servable: LookupServable) -> None:
+        key = self._table_id(self.servable_id.version)
+        with _LOADED_LOCK:
+            if _LOADED.get(key) is servable:
+                del _LOADED[key]
 
 
 class LookupServable(Servable):
-    """An immutable in-memory table; lookups are vectorised for INT64 keys.
+    """An immutable in-memory table, or a delta layered on a base table it shares (no copy);
+    lookups are vectorised for INT64 and BYTES keys.
 
-    Thread-safety: `run` may be called from many threads (the table is never modified).
+    Thread-safety: `run` may be called from many threads (no layer is ever modified).
+    Ownership: a delta keeps its base's rows alive after the base version unloads.
     """
 
     platform = "lookup"
+    string_keys: bool
+    values_dtype: np.dtype[Any]
 
-    def __init__(self, keys: np.ndarray, values: np.ndarray, default: Any = None) -> None:
+    def __init__(
+        self,
+        keys: np.ndarray,
+        values: np.ndarray,
+        default: Any = None,
+        base: LookupServable | None = None,
+        deleted: np.ndarray | None = None,
+    ) -> None:
         if len(keys) != len(values):
             raise FailedPrecondition(f"{len(keys)} keys but {len(values)} values")
-        self.string_keys = keys.dtype == object
-        if self.string_keys:
-            self._index = {key: i for i, key in enumerate(keys.tolist())}
-            if len(self._index) != len(keys):
-                raise FailedPrecondition("the table has duplicate keys")
-            self._sorted_keys = keys
-            self._order = np.arange(len(keys))
-        else:
-            self._order = np.argsort(keys, kind="stable")
-            self._sorted_keys = keys[self._order]
-            if len(keys) > 1 and np.any(self._sorted_keys[1:] == self._sorted_keys[:-1]):
-                raise FailedPrecondition("the table has duplicate keys")
+        if base is not None and (
+            values.dtype != base.values_dtype or values.shape[1:] != base.row_shape
+        ):
+            raise FailedPrecondition(
+                f"the delta's values are {values.dtype} {list(values.shape[1:])}, its base's"
+                f" {base.values_dtype} {list(base.row_shape)}: a delta must keep the value type"
+            )
+        self._index = KeyIndex(keys)
+        self.string_keys = self._index.string_keys if base is None else base.string_keys
+        if base is not None and len(keys) and self._index.string_keys != base.string_keys:
+            raise FailedPrecondition("the delta's keys are not of its base's key type")
         self._values = values
+        self._base = base
+        self._deleted = KeyIndex(deleted) if deleted is not None and len(deleted) else None
+        self.values_dtype = values.dtype
+        self.row_shape: tuple[int, ...] = tuple(values.shape[1:])
         self._default = _default_row(values, default)
+        self.on_unload: Any = None  # set by LookupLoader: forgets this table for deltas
         key_spec = TensorSpec("keys", "BYTES" if self.string_keys else "INT64", (-1,))
-        value_spec = TensorSpec("values", v2_datatype(values.dtype), (-1, *values.shape[1:]))
+        value_spec = TensorSpec("values", v2_datatype(values.dtype), (-1, *self.row_shape))
         self._signatures = {
             DEFAULT_SIGNATURE: Signature(
                 DEFAULT_SIGNATURE, (key_spec,), (value_spec, TensorSpec("found", "BOOL", (-1,)))
@@ -116,35 +186,53 @@ class LookupServable(Servable):
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = inputs["keys"]
-        rows = self._rows(keys)
-        found = rows >= 0
-        values = self._values[np.where(found, rows, 0)] if len(self._values) else None
-        if values is None:
-            values = np.repeat(self._default[np.newaxis], len(keys), axis=0)
-        elif not found.all():
+        values = np.empty((len(keys), *self.row_shape), dtype=self.values_dtype)
+        found = self._fill(keys, np.arange(len(keys)), values)
+        if not found.all():
             values[~found] = self._default
         return {"values": values, "found": found}
 
-    def _rows(self, keys: np.ndarray) -> np.ndarray:
-        if self.string_keys:
-            index = self._index
-            return np.fromiter(
-                (index.get(k.encode() if isinstance(k, str) else k, -1) for k in keys.tolist()),
-                dtype=np.int64,
-                count=len(keys),
-            )
-        if not len(self._sorted_keys):
-            return np.full(len(keys), -1, dtype=np.int64)
-        positions = np.searchsorted(self._sorted_keys, keys)
-        clipped = np.minimum(positions, len(self._sorted_keys) - 1)
-        hit = self._sorted_keys[clipped] == keys
-        return np.where(hit, self._order[clipped], -1)
+    def _fill(self, keys: np.ndarray, slots: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the rows of `keys` found in this table (or its bases) into `out[slots]`;
+        returns which were found."""
+        rows = self._index.rows(keys)
+        found = rows >= 0
+        if found.any():
+            out[slots[found]] = self._values[rows[found]]
+        if self._base is None or found.all():
+            return found
+        rest = np.flatnonzero(~found)
+        if self._deleted is not None:  # deleted here: missing, whatever the base holds
+            rest = rest[self._deleted.rows(keys[rest]) < 0]
+        if len(rest):
+            found[rest] = self._base._fill(keys[rest], slots[rest], out)
+        return found
+
+    def unload(self) -> None:
+        if self.on_unload is not None:
+            self.on_unload(self)
 
     def memory_bytes(self) -> int | None:
-        size = self._values.nbytes + self._sorted_keys.nbytes + self._order.nbytes
-        if self.string_keys:
-            size += sum(len(k) + _DICT_ENTRY_BYTES for k in self._index)
+        """This layer's rows and index plus every base layer it keeps alive (counted again when
+        the base version is loaded too: the budget errs on the safe side)."""
+        size = self._values.nbytes + self._index.nbytes()
+        if self._deleted is not None:
+            size += self._deleted.nbytes()
+        if self._base is not None:
+            size += self._base.memory_bytes() or 0
         return int(size)
+
+
+def _shard_setting(setting: Any) -> Shard | None:
+    if setting is None:
+        return None
+    index = setting.get("index") if isinstance(setting, dict) else None
+    count = setting.get("count") if isinstance(setting, dict) else None
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise FailedPrecondition(
+            f"shard must be {{index: i, count: n}} with 0 <= i < n, not {setting!r}"
+        )
+    return index, count
 
 
 def _default_row(values: np.ndarray, default: Any) -> np.ndarray:
@@ -164,157 +252,3 @@ def _default_row(values: np.ndarray, default: Any) -> np.ndarray:
         raise FailedPrecondition(
             f"default {default!r} does not fit the table's values {list(row_shape)}: {exc}"
         ) from exc
-
-
-def _normalise_keys(keys: Sequence[Any] | np.ndarray, key_type: str | None) -> np.ndarray:
-    array = np.asarray(keys)
-    if key_type != "string" and array.dtype.kind in "iu":
-        return array.astype(np.int64)
-    texts = [k if isinstance(k, bytes) else str(k) for k in array.tolist()]
-    if key_type != "string":
-        try:
-            return np.array([int(t) for t in texts], dtype=np.int64)
-        except ValueError:
-            if key_type == "int":
-                raise FailedPrecondition("key_type is int but some keys are not integers") from None
-    return np.array([t if isinstance(t, bytes) else t.encode() for t in texts], dtype=object)
-
-
-def _values_array(columns: list[list[Any]]) -> np.ndarray:
-    try:
-        numeric = np.array(columns, dtype=np.float32).T
-    except ValueError:
-        if len(columns) != 1:
-            raise FailedPrecondition(
-                "value columns must be numeric (several columns make a vector)"
-            ) from None
-        vectors = _vector_column(columns[0])
-        if vectors is not None:
-            return vectors
-        return np.array([str(v).encode() for v in columns[0]], dtype=object)
-    if numeric.ndim == 3:  # one column of equal-length lists (parquet list<float>)
-        return np.ascontiguousarray(numeric[:, :, 0].T)
-    return numeric[:, 0].copy() if numeric.shape[1] == 1 else np.ascontiguousarray(numeric)
-
-
-def _numbers(value: Any) -> list[float] | None:
-    """`value` as a list of numbers (one number, a list, or text such as `0.1,0.2` / `0.1 0.2` /
-    `[0.1, 0.2]`), or None when it is not one."""
-    if isinstance(value, list | tuple | np.ndarray):
-        items: Sequence[Any] = list(value)
-    else:
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        text = text.strip()
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        items = text.split(",") if "," in text else text.split()
-    try:
-        return [float(item) for item in items] if items else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _vector_column(column: list[Any]) -> np.ndarray | None:
-    """One value column whose every value is a list of numbers → FP32 [rows, dim]; None when
-    some value is not numbers (the column is then text). Lists of different lengths fail."""
-    rows: list[list[float]] = []
-    for value in column:
-        numbers = _numbers(value)
-        if numbers is None:
-            return None
-        if rows and len(numbers) != len(rows[0]):
-            raise FailedPrecondition(
-                f"row {len(rows) + 1} holds {len(numbers)} numbers, the first {len(rows[0])}:"
-                " a vector column needs the same length in every row"
-            )
-        rows.append(numbers)
-    return np.array(rows, dtype=np.float32)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_header(first: list[str], rest: list[list[str]]) -> bool:
-    """Whether `first` cannot be a data row of the table whose other rows are `rest`."""
-    if not rest:
-        return False
-    if not _is_int(first[0]) and all(_is_int(row[0]) for row in rest):
-        return True
-    return any(
-        _numbers(first[column]) is None and all(_numbers(row[column]) is not None for row in rest)
-        for column in range(1, len(first))
-    )
-
-
-def _read_text(
-    file: str, delimiter: str, header: bool | None = None
-) -> tuple[list[str], np.ndarray]:
-    name = os.path.basename(file)
-    with open(file, encoding="utf-8", newline="") as stream:
-        rows = [
-            (number, row)
-            for number, row in enumerate(csv.reader(stream, delimiter=delimiter), 1)
-            if row
-        ]
-    if not rows:
-        raise FailedPrecondition(f"{name} is empty: it needs a key column and a value column")
-    width = len(rows[0][1])
-    if width < 2:
-        raise FailedPrecondition(
-            f"{name} line {rows[0][0]}: {width} column; a table needs a key column and at least"
-            " one value column"
-        )
-    for line_number, row in rows:
-        if len(row) != width:
-            raise FailedPrecondition(
-                f"{name} line {line_number}: {len(row)} columns, line {rows[0][0]} has {width}"
-            )
-    if header is None:
-        header = _is_header(rows[0][1], [row for _, row in rows[1:]])
-        if not header and all(_numbers(field) is None for field in rows[0][1]):
-            _log.info(
-                "%s: the first line %r is read as data (set header: true if it is a header)",
-                file,
-                rows[0][1],
-            )
-    data = [row for _, row in rows[1:]] if header else [row for _, row in rows]
-    keys = [row[0] for row in data]
-    columns = [[row[column] for row in data] for column in range(1, width)]
-    if not keys:
-        return keys, np.zeros((0,) if width == 2 else (0, width - 1), np.float32)
-    return keys, _values_array(columns)
-
-
-def _read_npz(file: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(file, allow_pickle=False) as archive:
-        if "keys" not in archive or "values" not in archive:
-            raise FailedPrecondition(
-                f"table.npz must hold arrays 'keys' and 'values' (has {', '.join(archive.files)})"
-            )
-        keys, values = archive["keys"], archive["values"]
-    if values.dtype.kind in "SU":
-        texts = [v.encode() if isinstance(v, str) else v for v in values.tolist()]
-        values = np.array(texts, dtype=object)
-    return keys, values
-
-
-def _read_parquet(file: str) -> tuple[list[Any], np.ndarray]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise FailedPrecondition(
-            'table.parquet needs pyarrow: pip install "pyserving[lookup]"'
-        ) from exc
-    table = pq.read_table(file)
-    if table.num_columns < 2:
-        raise FailedPrecondition("table.parquet needs a key column and at least one value column")
-    keys = table.column(0).to_pylist()
-    columns = [table.column(i).to_pylist() for i in range(1, table.num_columns)]
-    if not keys:
-        return keys, np.zeros((0,) if len(columns) == 1 else (0, len(columns)), np.float32)
-    return keys, _values_array(columns)
