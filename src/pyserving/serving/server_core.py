@@ -7,10 +7,11 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Protocol
 
 from pyserving.batching import BatchingPolicy, load_batching_parameters
 from pyserving.core.ids import ServableData, ServableState, ServableStateEvent
@@ -38,7 +39,7 @@ from pyserving.serving.monitoring import LifecycleMetrics
 from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
 from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
 from pyserving.sources.adapter import PlatformAdapter
-from pyserving.sources.base import connect
+from pyserving.sources.base import AspiredVersionsCallback, connect
 from pyserving.sources.cache import ModelCache, ModelCacheOptions, default_cache_dir
 from pyserving.sources.storage_path import (
     ServableToMonitor,
@@ -100,6 +101,17 @@ class ServerOptions:
         raise ConfigError("nothing to serve: give --model_base_path or --model_config_file")
 
 
+class PolledSource(Protocol):
+    """What ServerCore needs of its source: StoragePathSource, or a worker's source that the
+    supervisor feeds (`--workers`, pyserving.workers)."""
+
+    def set_aspired_versions_callback(self, callback: AspiredVersionsCallback[str]) -> None: ...
+    def poll_once(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def update_config(self, options: StoragePathSourceOptions) -> None: ...
+
+
 class ServerCore:
     """Builds and owns the serving stack for one model config, and changes that config at run time.
 
@@ -113,7 +125,16 @@ class ServerCore:
     start. None of them may run on the event loop.
     """
 
-    def __init__(self, options: ServerOptions, registry: PlatformRegistry | None = None) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        registry: PlatformRegistry | None = None,
+        *,
+        source_factory: Callable[[StoragePathSourceOptions], PolledSource] | None = None,
+        service_manager: Callable[[Manager], Any] | None = None,
+    ) -> None:
+        """`source_factory` and `service_manager` (what the InferenceService sees of the
+        Manager) let a `--workers` worker take its versions from the supervisor."""
         self.options = options
         self._registry = registry if registry is not None else DEFAULT_REGISTRY
         # The config file's text as last read by the poller (None: not from a file).
@@ -146,7 +167,7 @@ class ServerCore:
         self._unloaded: set[str] = set()  # explicitly unloaded; stay so until load_model
         self._label_map = LabelMap.from_config(self.config)
         self.service = InferenceService(
-            self.manager,
+            self.manager if service_manager is None else service_manager(self.manager),
             InferenceOptions(max_tensor_bytes=options.max_request_bytes),
             label_resolver=self.resolve_label,
             batching=batching_policy(options, self.config),
@@ -184,7 +205,7 @@ class ServerCore:
         )
         self.on_demand.configure(_on_demand_settings(self.config))
         self.service.on_demand = self.on_demand
-        self._source = StoragePathSource(self._source_options_locked())
+        self._source = (source_factory or StoragePathSource)(self._source_options_locked())
         connect(self._source, self.on_demand.aspire_versions)
         self._adapter.set_aspired_versions_callback(self.manager.aspire_versions)
         self._stop_polling = threading.Event()
