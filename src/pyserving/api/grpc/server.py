@@ -75,6 +75,9 @@ class GrpcOptions:
     server_version: str = ""
     #: `--ssl_config_file`: serve TLS (mutual with client_verify); None = plain text
     tls: TlsConfig | None = None
+    #: share the port with the other `--workers` processes (SO_REUSEPORT); off, a second
+    #: server on the port fails to start instead
+    reuse_port: bool = False
 
 
 class GrpcServer:
@@ -173,7 +176,7 @@ def _core_options(options: GrpcOptions) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", options.max_concurrent_streams),
         ("grpc.keepalive_time_ms", int(options.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout_s * 1000)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(options.reuse_port)),
         ("grpc.max_allowed_incoming_connections", options.max_connections),
         ("grpc.server_handshake_timeout_ms", int(options.handshake_timeout_s * 1000)),
     ]
