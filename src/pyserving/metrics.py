@@ -156,6 +156,14 @@ REQUEST_LOGS_DROPPED = Counter(
     ["model"],
     registry=REGISTRY,
 )
+#: one pipeline step's time within a pipeline request: queueing for its model and running
+PIPELINE_STEP_DURATION = Histogram(
+    "pyserving_pipeline_step_duration_seconds",
+    "Time one step of a pipeline took within a pipeline request (its queue and its run).",
+    ("pipeline", "step"),
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 #: spans the OpenTelemetry export queue dropped (a slow or absent collector; issue 22)
 TRACE_SPANS_DROPPED = Counter(
     "pyserving_trace_spans_dropped",

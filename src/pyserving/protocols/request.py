@@ -9,7 +9,7 @@ array is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -91,6 +91,8 @@ class InferResponse:
     signature_name: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+    #: response parameters (V2 `parameters`), e.g. the versions a pipeline's steps ran on
+    parameters: Mapping[str, str] | None = None
 
     @property
     def nbytes(self) -> int:

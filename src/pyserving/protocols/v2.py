@@ -458,6 +458,8 @@ def response_to_json(
     }
     if response.id is not None:
         document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = dict(response.parameters)
     document["outputs"] = outputs
     # NaN / ±Infinity become null: the body stays JSON that any parser reads (a client that
     # needs them asks for binary outputs)
@@ -472,6 +474,8 @@ def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(
         model_name=response.model, model_version=str(response.version), id=response.id or ""
     )
+    for key, value in (response.parameters or {}).items():
+        out.parameters[key].string_param = value
     raw = out.raw_output_contents
     for name, array in response.outputs.items():
         out.outputs.add(name=name, datatype=_datatype(name, array), shape=array.shape)

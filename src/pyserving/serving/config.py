@@ -22,6 +22,13 @@ from pyserving.errors import FailedPrecondition, InvalidInput
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving import request_log
 from pyserving.serving.config_keys import proto_field_hint, unknown_key_message
+from pyserving.serving.pipeline_config import (
+    PIPELINE_ENTRY_KEYS,
+    PipelineError,
+    PipelineSpec,
+    check_pipelines,
+    parse_pipeline,
+)
 from pyserving.sources.storage_path import VersionPolicy
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "parse_config",
     "parse_config_text",
     "parse_text_proto",
+    "pipeline_specs",
     "single_model_config",
 ]
 
@@ -179,6 +187,11 @@ def check_transition(old: ModelServerConfig, new: ModelServerConfig) -> None:
     """Raise FailedPrecondition when `new` changes the platform of a model `old` has."""
     for model in new.models:
         before = old.get(model.name)
+        if before is not None and ("pipeline" in before.options) != ("pipeline" in model.options):
+            raise FailedPrecondition(
+                f"model {model.name} cannot change between a pipeline and a model with files;"
+                " remove it in one reload and add it back in the next"
+            )
         if before is not None and before.platform != model.platform:
             raise FailedPrecondition(
                 f"Illegal to change a model's platform. For model {model.name} platform was"
@@ -196,7 +209,36 @@ def _checked(models: tuple[ModelConfig, ...]) -> ModelServerConfig:
         if model.name in seen:
             raise ConfigError(f'model "{model.name}" is configured twice; names must be unique')
         seen.add(model.name)
+    pipelines = pipeline_specs(models)
+    if pipelines:
+        on_demand = (m.name for m in models if m.options.get("load") == "on_demand")
+        try:
+            check_pipelines(pipelines, seen, on_demand)
+        except PipelineError as exc:
+            raise ConfigError(exc.message) from None
     return ModelServerConfig(models)
+
+
+def pipeline_specs(models: Iterable[ModelConfig]) -> dict[str, PipelineSpec]:
+    """Pipeline name → its definition, for the models that are pipelines."""
+    return {
+        m.name: spec for m in models if isinstance(spec := m.options.get("pipeline"), PipelineSpec)
+    }
+
+
+def _parse_pipeline_model(entry: Mapping[str, object], name: str) -> ModelConfig:
+    """A pipeline's entry (docs/pipelines.md): no base path; its steps are the models."""
+    extra = set(entry) - PIPELINE_ENTRY_KEYS
+    if extra:
+        raise ConfigError(
+            f'model "{name}": a pipeline takes only name and pipeline, not'
+            f" {', '.join(sorted(map(str, extra)))} (set those on its steps' models)"
+        )
+    try:
+        spec = parse_pipeline(entry["pipeline"], name)
+    except PipelineError as exc:
+        raise ConfigError(exc.message) from None
+    return ModelConfig(name=name, base_path="", options={"pipeline": spec})
 
 
 def _check_name(name: object, where: str) -> str:
@@ -211,6 +253,8 @@ def _parse_model(
     if not isinstance(entry, Mapping):
         raise ConfigError(f"models[{index}] must be a mapping")
     name = _check_name(entry.get("name"), f"models[{index}]")
+    if "pipeline" in entry:
+        return _parse_pipeline_model(entry, name)
     # `load:` at the top level is every model's default (issue 20); on_demand models load on
     # their first request (serving/on_demand.py)
     load = entry.get("load", default_load)

@@ -47,6 +47,7 @@ MODEL_KEYS: Mapping[str, str] = {
     "header": "lookup platform",
     "key_type": "lookup platform",
     "default": "lookup platform",
+    "pipeline": "pipelines",
 }
 
 #: a key whose value is a mapping with fixed keys → those keys (None: the value's keys are free)
@@ -56,6 +57,7 @@ _NESTED: Mapping[str, frozenset[str] | None] = {
     "labels": None,
     "traffic": None,
     "logging": LOGGING_KEYS,
+    "pipeline": frozenset({"steps", "outputs"}),
 }
 _POLICY_NESTED: Mapping[str, frozenset[str]] = {
     "latest": frozenset({"num_versions"}),

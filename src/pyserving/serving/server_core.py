@@ -30,6 +30,7 @@ from pyserving.serving.config import (
     config_from_proto,
     load_config_file,
     parse_config_text,
+    pipeline_specs,
     single_model_config,
 )
 from pyserving.serving.control_roots import ControlRoots
@@ -37,6 +38,7 @@ from pyserving.serving.inference import InferenceOptions, InferenceService
 from pyserving.serving.labels import LabelMap, check_label_changes
 from pyserving.serving.monitoring import LifecycleMetrics
 from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
+from pyserving.serving.pipeline_source import PipelineSource
 from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
 from pyserving.sources.adapter import PlatformAdapter
 from pyserving.sources.base import AspiredVersionsCallback, connect
@@ -147,7 +149,7 @@ class ServerCore:
         check_platforms(self.config, self._registry.known_platforms())
         # Model control may only point at what the operator configured (docs/operations.md).
         self._control_roots = ControlRoots(
-            (m.base_path for m in self.config.models), options.model_control_roots
+            (m.base_path for m in self.config.models if m.base_path), options.model_control_roots
         )
         self.manager = Manager(
             ManagerOptions(
@@ -208,6 +210,9 @@ class ServerCore:
         self._source = (source_factory or StoragePathSource)(self._source_options_locked())
         connect(self._source, self.on_demand.aspire_versions)
         self._adapter.set_aspired_versions_callback(self.manager.aspire_versions)
+        # pipelines have no files: they serve while their steps do (serving/pipeline_source.py)
+        self._pipelines = PipelineSource(self.manager, self.service.acquire)
+        self._pipelines.configure(pipeline_specs(self.config.models))
         self._stop_polling = threading.Event()
         self._config_poller: threading.Thread | None = None
 
@@ -250,10 +255,18 @@ class ServerCore:
         started = time.perf_counter()
         self._source.poll_once()
         deadline = time.monotonic() + self.options.initial_load_timeout_s
+        pipelines = self._pipelines
         for name in self.model_names():
+            if pipelines.is_pipeline(name):
+                continue  # aspired once their steps serve: waited for below
             remaining = max(0.0, deadline - time.monotonic())
             if not self.manager.monitor.wait_until_settled(name, remaining):
                 logger.warning("model %s: no version settled within the initial load wait", name)
+        pipelines.start()
+        pipelines.wait_until_settled(
+            [n for n in self.model_names() if pipelines.is_pipeline(n)],
+            max(0.0, deadline - time.monotonic()),
+        )
         logger.info(
             "initial load finished in %.2fs: %s",
             time.perf_counter() - started,
@@ -276,6 +289,7 @@ class ServerCore:
     def stop(self, timeout_s: float | None = 60.0) -> bool:
         """Stop polling and unload every version; True when everything unloaded in time."""
         self._stop_polling.set()
+        self._pipelines.stop()
         poller = self._config_poller
         if poller is not None and poller is not threading.current_thread():
             poller.join()
@@ -323,6 +337,7 @@ class ServerCore:
             self.on_demand.configure(_on_demand_settings(config))
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())
+            self._pipelines.configure(pipeline_specs(config.models))
         logger.info(
             "model config applied: %s (added: %s, removed: %s)",
             ", ".join(config.names()) or "no models",
@@ -439,7 +454,7 @@ class ServerCore:
                     m.name, m.base_path, m.version_policy, m.servable_versions_always_present
                 )
                 for m in self.config.models
-                if m.name not in self._unloaded
+                if m.name not in self._unloaded and "pipeline" not in m.options
             ),
             file_system_poll_wait_seconds=self.options.file_system_poll_wait_seconds,
             version_ready_marker=self.options.version_ready_marker,
@@ -461,6 +476,8 @@ class ServerCore:
         for name in names:
             if self.on_demand.is_on_demand(name):
                 continue  # loads on its first request
+            if self._pipelines.is_pipeline(name):
+                self._pipelines.wait_until_settled([name], max(0.0, deadline - time.monotonic()))
             monitor.wait_until(
                 functools.partial(self._available_or_settled, name),
                 max(0.0, deadline - time.monotonic()),

@@ -1,0 +1,156 @@
+"""Pipelines at request time: one request runs every step of a pipeline on one snapshot of
+versions.
+
+`PipelineServable` is what a pipeline's version holds in the Manager, so status, metadata, labels
+and readiness treat it like any model. `InferenceService` sees it (`run_steps`) and, instead of a
+model call, awaits `run_steps`: handles on every step are taken first and released only when the
+answer is complete, so a version swap mid-request never mixes versions; each step then runs
+through `InferenceService.run` like a request of its own (its model's execution threads, or its
+Batcher). Steps of one level (see `PipelineSpec.levels`) run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pyserving.core.handle import ServableHandle
+from pyserving.errors import ServingError, Unimplemented
+from pyserving.metrics import PIPELINE_STEP_DURATION
+from pyserving.platforms.servable import Servable
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
+from pyserving.serving.pipeline_config import PipelineSpec, Step
+
+if TYPE_CHECKING:
+    from pyserving.serving.inference import InferenceService
+
+__all__ = ["STEP_VERSIONS_PARAMETER", "PipelineServable"]
+
+#: the response parameter that lists the version each step ran on, as JSON: {"step": version}
+STEP_VERSIONS_PARAMETER = "pipeline_step_versions"
+
+
+class PipelineServable(Servable):
+    """One version of a pipeline: its definition and the signature derived from its steps'.
+
+    Thread-safety: immutable; `run_steps` may be awaited concurrently on any event loop.
+    Ownership: holds no step handle between requests (each request takes and releases its own).
+    """
+
+    platform = "pipeline"
+    version_batching = False  # a pipeline is never batched itself; its steps may be
+
+    def __init__(self, spec: PipelineSpec, signature: Signature) -> None:
+        self.spec = spec
+        self._signatures = {DEFAULT_SIGNATURE: signature}
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        return self._signatures
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Only reached through APIs that call a servable directly (classify, regress).
+        raise Unimplemented(f'pipeline "{self.spec.name}" answers predict and infer requests only')
+
+    async def run_steps(
+        self,
+        service: InferenceService,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline: float | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Run every step on one snapshot of versions; return the wanted outputs and the version
+        each step ran on (step name → version).
+
+        Raises what a step's acquire or run raises (NotFound, InvalidInput, DeadlineExceeded,
+        Unavailable, ModelError, ...), its message prefixed with the step. A cancelled request
+        cancels its steps (their model calls are abandoned as `InferenceService.run` does).
+        """
+        spec = self.spec
+        with contextlib.ExitStack() as held:
+            handles: dict[str, tuple[ServableHandle, Signature]] = {}
+            for step in spec.steps:  # every handle before any step runs: one snapshot
+                try:
+                    handle = held.enter_context(
+                        await service.acquire_loaded(step.model, step.version, step.label, deadline)
+                    )
+                    handles[step.name] = (handle, service.signature(handle, None))
+                except ServingError as exc:
+                    raise _name_step(exc, spec, step) from None
+            produced: dict[str, dict[str, np.ndarray]] = {}
+            for level in spec.levels:
+                if len(level) == 1:
+                    step = level[0]
+                    produced[step.name] = await self._run_step(
+                        service, step, handles[step.name], inputs, produced, deadline
+                    )
+                    continue
+                results = await _gather(
+                    [
+                        self._run_step(
+                            service, step, handles[step.name], inputs, produced, deadline
+                        )
+                        for step in level
+                    ]
+                )
+                for step, result in zip(level, results, strict=True):
+                    produced[step.name] = result
+            versions = {name: handle.id.version for name, (handle, _) in handles.items()}
+        wires = spec.outputs
+        outputs = {}
+        for name in output_names:
+            wire = wires[name]
+            assert wire.step is not None  # outputs always name a step (parse_pipeline)
+            outputs[name] = produced[wire.step][wire.tensor]
+        return outputs, versions
+
+    async def _run_step(
+        self,
+        service: InferenceService,
+        step: Step,
+        held: tuple[ServableHandle, Signature],
+        inputs: Mapping[str, np.ndarray],
+        produced: Mapping[str, Mapping[str, np.ndarray]],
+        deadline: float | None,
+    ) -> dict[str, np.ndarray]:
+        handle, signature = held
+        step_inputs = {
+            name: inputs[wire.tensor] if wire.step is None else produced[wire.step][wire.tensor]
+            for name, wire in step.inputs.items()
+        }
+        started = time.perf_counter()
+        try:
+            return await service.run(handle, signature, step_inputs, None, deadline)
+        except ServingError as exc:
+            raise _name_step(exc, self.spec, step) from None
+        finally:
+            PIPELINE_STEP_DURATION.labels(self.spec.name, step.name).observe(
+                time.perf_counter() - started
+            )
+
+
+async def _gather(
+    calls: Sequence[Coroutine[Any, Any, dict[str, np.ndarray]]],
+) -> list[dict[str, np.ndarray]]:
+    """Run `calls` (coroutines) as tasks; the first failure cancels the others and is raised
+    once they have finished (so no step still uses a handle the caller is about to release)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+
+
+def _name_step(exc: ServingError, spec: PipelineSpec, step: Step) -> ServingError:
+    """`exc` with its message prefixed by the pipeline and step: same class, same status."""
+    exc.message = f'pipeline "{spec.name}" step "{step.name}" (model "{step.model}"): {exc.message}'
+    exc.args = (exc.message,)
+    return exc
