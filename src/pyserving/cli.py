@@ -35,6 +35,7 @@ from pyserving.serving.config import ModelConfig, ModelServerConfig
 from pyserving.serving.monitoring import watch_event_loop_lag
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from pyserving.sources.storage_path import VersionPolicy
+from pyserving.workers.hooks import WorkerHooks
 
 logger = logging.getLogger("pyserving")
 
@@ -307,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_transport_flags(serve)
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="serving processes sharing both ports under one supervisor (auto: one per CPU this"
+        " process may use); 1 = one process, no supervisor",
+    )
+    serve.add_argument(
         "--demo",
         action="store_true",
         help="write the demo repository to a new private temp dir, serve it, remove it at exit",
@@ -412,6 +421,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    return _positive_int(text)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:  # also refuses nan
@@ -488,9 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _write_demo(args.dir)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, args_in)
     build_parser().print_help()
     return 2
+
+
+def serve_as_worker(argv: Sequence[str], worker: WorkerHooks) -> int:
+    """`pyserving serve` in a `--workers` worker: the supervisor's serve command line."""
+    return _serve(build_parser().parse_args(list(argv)), worker=worker)
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -522,7 +546,11 @@ def _demo_config(root: Path) -> ModelServerConfig:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(
+    args: argparse.Namespace, argv: Sequence[str] = (), worker: WorkerHooks | None = None
+) -> int:
+    """Serve until SIGTERM; `argv` (the serve command line) starts the workers of a
+    `--workers` supervisor; `worker` is set in a worker process."""
     configure_logging(args.log_level, args.log_format, args.access_log)
     refused = tf_flags.check_refused(args)
     if refused is not None:
@@ -537,14 +565,18 @@ def _serve(args: argparse.Namespace) -> int:
     except (TlsConfigError, ControlTokenError) as exc:
         print(f"pyserving: {exc}", file=sys.stderr)
         return 2
-    demo_root: Path | None = None
-    if args.demo:
+    demo_root = worker.demo_root if worker is not None else None
+    if args.demo and demo_root is None:
         from pyserving.demo import write_private_demo_repository
 
         demo_root = write_private_demo_repository()
         logger.info("demo repository written to %s (removed at exit)", demo_root)
     try:
-        return _serve_models(args, tls, auth, demo_root)
+        if worker is None and args.workers != 1:
+            from pyserving.workers.supervisor import run_supervisor
+
+            return run_supervisor(args, argv, demo_root)
+        return _serve_models(args, tls, auth, demo_root, worker)
     finally:
         if demo_root is not None:
             shutil.rmtree(demo_root, ignore_errors=True)
@@ -555,6 +587,7 @@ def _serve_models(
     tls: TlsConfig | None,
     auth: ControlAuth | None,
     demo_root: Path | None,
+    worker: WorkerHooks | None = None,
 ) -> int:
     try:
         options = ServerOptions(
@@ -588,7 +621,7 @@ def _serve_models(
             model_control_roots=args.model_control_roots,
             allow_python_servables=args.allow_python_servables,
         )
-        core = ServerCore(options)
+        core = ServerCore(options) if worker is None else worker.build_core(options)
     except ServingError as exc:
         print(f"pyserving: {exc.message}", file=sys.stderr)
         return 2
@@ -598,7 +631,7 @@ def _serve_models(
     sock = None
     try:
         if options.rest_api_port:
-            sock = _bind(options.host, options.rest_api_port)
+            sock = _bind(options.host, options.rest_api_port, reuse_port=worker is not None)
     except OSError as exc:
         print(
             _port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
@@ -608,7 +641,7 @@ def _serve_models(
     if options.port:
         try:
             # Probed here: grpc reports a taken port only as a raw C-core log line.
-            _bind(options.host, options.port).close()
+            _bind(options.host, options.port, reuse_port=worker is not None).close()
         except OSError as exc:
             if sock is not None:
                 sock.close()
@@ -633,7 +666,7 @@ def _serve_models(
             " --model_config_file set `allow_python: true` on each model that needs it"
         )
     try:
-        _run_event_loop(_serve_listeners(core, options, sock, drain, tls, auth))
+        _run_event_loop(_serve_listeners(core, options, sock, drain, tls, auth, worker))
     except OSError as exc:  # the gRPC port could not be bound
         print(f"pyserving: {exc}", file=sys.stderr)
         return 2
@@ -676,10 +709,12 @@ def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # --workers: every worker listens on the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
@@ -806,6 +841,7 @@ async def _serve_listeners(
     drain: _Drain,
     tls: TlsConfig | None = None,
     auth: ControlAuth | None = None,
+    worker: WorkerHooks | None = None,
 ) -> None:
     """Serve REST (on `sock`) and gRPC until SIGTERM/SIGINT, then drain: readiness goes false,
     both listeners stop accepting, in-flight requests finish (bounded by `drain.timeout_s`;
@@ -817,7 +853,13 @@ async def _serve_listeners(
     rest: HttpServer | None = None
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(drain.requested.wait())]
     lag_watcher = asyncio.ensure_future(watch_event_loop_lag(metrics.EVENT_LOOP_LAG.observe))
+    control: Any = core if options.enable_model_control else None
+    if control is not None and worker is not None:
+        control = worker.model_control(core)
+    load_first = worker is not None and worker.load_before_listening
     try:
+        if load_first:
+            await asyncio.to_thread(core.start)
         if options.port:
             grpc_server = GrpcServer(
                 core.service,
@@ -825,17 +867,20 @@ async def _serve_listeners(
                     drain.limits.grpc,
                     host=options.host,
                     port=options.port,
+                    reuse_port=worker is not None,
                     server_version=__version__,
                     tls=tls,
                 ),
                 ready_names=core.model_names,
-                model_control=core if options.enable_model_control else None,
+                model_control=control,
                 request_budget=drain.limits.budget,
                 control_auth=auth,
             )
             await grpc_server.start()  # logs "gRPC API listening on HOST:PORT"
         if sock is not None:
-            rest = HttpServer(options=drain.limits.http, app=_rest_app(core, options, drain, auth))
+            rest = HttpServer(
+                options=drain.limits.http, app=_rest_app(core, options, drain, auth, control)
+            )
             ssl_context: ssl.SSLContext | None = tls.ssl_context() if tls is not None else None
             await rest.start(sock, ssl=ssl_context)
             host, port = sock.getsockname()[:2]
@@ -843,7 +888,10 @@ async def _serve_listeners(
             logger.info("REST API listening on %s://%s:%d", scheme, host, port)
         # Initial loads run off the event loop, so health/live answers while models load; a
         # daemon thread, so a SIGTERM during a long first load does not wait for it.
-        threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
+        if not load_first:
+            threading.Thread(target=core.start, name="pyserving-initial-load", daemon=True).start()
+        if worker is not None:
+            worker.serving(core, lambda: drain.limits.budget.used_bytes)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         drain.start()
         # Calls that were abandoned before the drain (deadline) are no drained requests.
@@ -865,7 +913,11 @@ async def _serve_listeners(
 
 
 def _rest_app(
-    core: ServerCore, options: ServerOptions, drain: _Drain, auth: ControlAuth | None = None
+    core: ServerCore,
+    options: ServerOptions,
+    drain: _Drain,
+    auth: ControlAuth | None = None,
+    control: Any = None,
 ) -> ASGIApp:
     return create_app(
         core.service,
@@ -874,7 +926,7 @@ def _rest_app(
             max_request_bytes=options.max_request_bytes,
             server_version=__version__,
             ready_names=core.model_names,
-            model_control=core if options.enable_model_control else None,
+            model_control=control,
             control_auth=auth,
             is_draining=drain.is_draining,
             access_log=drain.access_log,

@@ -1,0 +1,408 @@
+"""The `--workers N` supervisor: starts N workers, runs the Source for them, keeps them one server.
+
+It serves no request itself. Each worker binds both ports with SO_REUSEPORT (the kernel spreads
+connections) and runs its own Manager; the supervisor polls the model base paths and sends every
+worker the same aspired lists through an AspiredFeed, moves the gate (which version requests go
+to, which status shows), applies model control in every worker before answering it, replaces a
+worker that dies, and on SIGTERM drains them all. Metrics are prometheus-client's multiprocess
+files in a private directory: `/metrics` from any worker sums every worker's, those that exited
+included, so counters never go back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from pyserving.core.ids import ServableData
+from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
+from pyserving.workers.aspired_feed import AspiredFeed, Gate, WorkerReport, compute_gate
+from pyserving.workers.channel import Channel, ChannelClosed
+from pyserving.workers.worker import CHANNEL_FD_ENV
+
+logger = logging.getLogger("pyserving.workers")
+
+#: how long a gate change waits for a worker to apply it before going on without it
+_GATE_WAIT_S = 5.0
+#: a worker that dies before it listens is restarted after this, doubling up to the maximum
+_RESTART_BACKOFF_S = (0.5, 30.0)
+#: beyond the drain timeout, what a worker gets to unload its models before it is killed
+_STOP_GRACE_S = 30.0
+
+
+def run_supervisor(args: argparse.Namespace, argv: Sequence[str], demo_root: Path | None) -> int:
+    """Serve with `args.workers` processes until SIGTERM/SIGINT; 0 after a clean drain, 2 when
+    the first workers cannot start (a bad flag, config or port: they said why on stderr)."""
+    metrics_dir = tempfile.mkdtemp(prefix="pyserving-metrics-")  # 0700: this user's only
+    supervisor = Supervisor(
+        argv=list(argv),
+        workers=args.workers,
+        demo_root=demo_root,
+        metrics_dir=metrics_dir,
+        availability_preserving=args.version_transition_policy == "availability",
+        stop_timeout_s=args.drain_timeout_seconds + _STOP_GRACE_S,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: supervisor.request_stop(signum))
+    try:
+        return supervisor.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class _Worker:
+    """One worker process as the supervisor knows it.
+
+    Thread-safety: its reader thread writes `report`, `listening` and acks under the
+    supervisor's lock; the coordinator reads them under it.
+    """
+
+    def __init__(self, slot: int, process: subprocess.Popen[bytes], channel: Channel) -> None:
+        self.slot = slot
+        self.process = process
+        self.channel = channel
+        self.report = WorkerReport()
+        self.listening = False
+        self.fed = False  # has been sent the full feed (after its first poll)
+        self.options: StoragePathSourceOptions | None = None
+        self.gone = False
+        self.acked_gate = 0  # the last gate sequence number it applied
+        self.answers: dict[int, Any] = {}  # apply id → its answer
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, *message: Any) -> None:
+        with contextlib.suppress(ChannelClosed):  # it died: its reader thread reports it
+            self.channel.send(*message)
+
+
+class Supervisor:
+    """Starts, feeds, coordinates and replaces the workers (module docstring).
+
+    Thread-safety: one coordinator thread makes every feed and gate decision in the order
+    events arrive (`_events`); each worker has a reader thread; model-control calls run on
+    threads of their own, one at a time (`_control_lock`). `_lock` guards the worker table and
+    what the readers write into it; `_changed` wakes whoever waits on them.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        workers: int,
+        demo_root: Path | None,
+        metrics_dir: str,
+        availability_preserving: bool,
+        stop_timeout_s: float,
+    ) -> None:
+        self._argv = argv
+        self._count = workers
+        self._demo_root = demo_root
+        self._metrics_dir = metrics_dir
+        self._stop_timeout_s = stop_timeout_s
+        self._lock = threading.Lock()  # guards _workers, each _Worker's fields, _state
+        self._changed = threading.Condition(self._lock)
+        self._workers: dict[int, _Worker] = {}  # slot → its current worker
+        self._events: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._control_lock = threading.Lock()  # one model-control call at a time
+        self._feed = AspiredFeed(availability_preserving, self._broadcast_list)
+        self._source: StoragePathSource | None = None
+        self._source_options: StoragePathSourceOptions | None = None
+        self._source_started = False
+        self._gate_seq = 0
+        self._request_ids = 0
+        #: the config and unloaded models model control left (None: as started), for replacements
+        self._state: tuple[Any, frozenset[str]] | None = None
+        self._stopping = threading.Event()
+        self._exit_code = 0
+        self._restarts: dict[int, float] = {}  # slot → backoff of its next restart
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int) -> None:
+        """SIGTERM/SIGINT: drain every worker (a second signal kills them)."""
+        if self._stopping.is_set():
+            logger.warning("received %s again: killing the workers", signal.Signals(signum).name)
+            for worker in list(self._workers.values()):
+                _signal(worker, signal.SIGKILL)
+            return
+        logger.info("received %s: draining %d worker(s)", signal.Signals(signum).name, self._count)
+        self._stopping.set()
+        self._events.put(lambda: None)  # wake the coordinator
+
+    def run(self) -> int:
+        logger.info("starting %d workers (supervisor pid %d)", self._count, os.getpid())
+        for slot in range(self._count):
+            self._spawn(slot, load_before_listening=False)
+        while not self._stopping.is_set():
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                event()
+            except Exception:  # edge: the coordinator must outlive a bug in one event
+                logger.exception("supervisor event failed")
+        return self._stop_all()
+
+    def _stop_all(self) -> int:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            _signal(worker, signal.SIGTERM)
+        if self._source is not None:
+            self._source.stop()
+        deadline = time.monotonic() + self._stop_timeout_s
+        code = self._exit_code
+        for worker in workers:
+            try:
+                rc = worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.error("worker %d did not stop in time: killing it", worker.pid)
+                worker.process.kill()
+                rc = worker.process.wait()
+            if rc != 0 and code == 0:
+                code = 1
+        logger.info("every worker stopped")
+        return code
+
+    def _spawn(self, slot: int, load_before_listening: bool) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        env[CHANNEL_FD_ENV] = str(theirs.fileno())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyserving.workers.worker"],
+            env=env,
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it drains them
+        )
+        theirs.close()
+        worker = _Worker(slot, process, Channel(ours))
+        with self._lock:
+            self._workers[slot] = worker
+            state = self._state
+        worker.send(
+            "start",
+            {
+                "argv": self._argv,
+                "demo_root": self._demo_root,
+                "load_before_listening": load_before_listening,
+                "state": state,
+                "gate": self._feed.gate,
+            },
+        )
+        threading.Thread(
+            target=self._read, args=(worker,), name=f"pyserving-worker-{slot}", daemon=True
+        ).start()
+        logger.info("worker %d started (pid %d)", slot, process.pid)
+
+    def _read(self, worker: _Worker) -> None:
+        """The worker's messages: answers are recorded here, the rest become events."""
+        try:
+            while True:
+                kind, *args = worker.channel.receive()
+                if kind == "gate_applied":
+                    with self._lock:
+                        worker.acked_gate = max(worker.acked_gate, args[0])
+                        self._changed.notify_all()
+                elif kind == "applied":
+                    with self._lock:
+                        worker.answers[args[0]] = (args[1], args[2])
+                        self._changed.notify_all()
+                elif kind == "control":
+                    threading.Thread(
+                        target=self._control, args=(worker, *args), daemon=True
+                    ).start()
+                else:
+                    self._events.put(functools.partial(self._on_message, worker, (kind, *args)))
+        except ChannelClosed:
+            pass
+        rc = worker.process.wait()
+        self._events.put(functools.partial(self._on_gone, worker, rc))
+
+    # --- coordinator events --------------------------------------------------------------------
+
+    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind, *args = message
+        if worker.gone:
+            return
+        if kind == "source_options":
+            worker.options = args[0]
+            self._apply_source_options()
+        elif kind == "poll":
+            self._poll(worker, args[0])
+        elif kind == "report":
+            with self._lock:
+                worker.report, worker.listening = args
+                self._changed.notify_all()
+            if worker.listening:
+                self._restarts.pop(worker.slot, None)
+            self._sync_gate()
+
+    def _on_gone(self, worker: _Worker, rc: int) -> None:
+        with self._lock:
+            worker.gone = True
+            if self._workers.get(worker.slot) is worker:
+                del self._workers[worker.slot]
+            self._changed.notify_all()
+        worker.channel.close()
+        multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # its live gauges go
+        if self._stopping.is_set():
+            return
+        if rc == 2 and not worker.listening and not self._ever_listened():
+            logger.error("worker %d could not start (exit status 2): stopping", worker.slot)
+            self._exit_code = 2
+            self._stopping.set()
+            return
+        logger.error(
+            "worker %d (pid %d) exited with status %s: replacing it", worker.slot, worker.pid, rc
+        )
+        self._sync_gate()
+        delay = 0.0
+        if not worker.listening:  # died while starting: do not spin
+            delay = self._restarts.get(worker.slot, _RESTART_BACKOFF_S[0])
+            self._restarts[worker.slot] = min(delay * 2, _RESTART_BACKOFF_S[1])
+        threading.Timer(delay, lambda: self._events.put(lambda: self._respawn(worker.slot))).start()
+
+    def _respawn(self, slot: int) -> None:
+        if not self._stopping.is_set():
+            self._spawn(slot, load_before_listening=True)
+
+    def _ever_listened(self) -> bool:
+        with self._lock:
+            return any(w.listening for w in self._workers.values())
+
+    def _apply_source_options(self) -> None:
+        """Poll what the workers' configs monitor, once every live worker says the same."""
+        with self._lock:
+            # a worker still starting has said nothing yet; the others must agree
+            said = [w.options for w in self._workers.values() if w.options is not None]
+        options = said[0] if said else None
+        if options is None or any(o != options for o in said) or options == self._source_options:
+            return
+        if self._source is None:
+            self._source = StoragePathSource(options)
+            self._source.set_aspired_versions_callback(self._on_source_list)
+        else:
+            try:
+                self._source.update_config(options)
+            except ValueError as exc:
+                logger.error("model config change not applied to the source: %s", exc)
+                return
+        self._source_options = options
+
+    def _on_source_list(self, name: str, items: list[ServableData[str]]) -> None:
+        # Called inside poll_once / update_config (the coordinator) or by the polling thread.
+        self._events.put(lambda: self._on_list(name, items))
+
+    def _on_list(self, name: str, items: list[ServableData[str]]) -> None:
+        self._feed.aspire_versions(name, items)
+        self._sync_gate()
+
+    def _poll(self, worker: _Worker, request_id: int) -> None:
+        if self._source is not None:
+            self._source.poll_once()
+            if not self._source_started:
+                self._source_started = True
+                self._source.start()
+        # after the lists that poll queued: then the worker has what it asked for
+        self._events.put(lambda: self._answer_poll(worker, request_id))
+
+    def _answer_poll(self, worker: _Worker, request_id: int) -> None:
+        if not worker.fed:
+            worker.fed = True
+            for name, items in self._feed.current().items():
+                worker.send("aspire", name, items)
+        worker.send("answer", request_id, None)
+
+    def _broadcast_list(self, name: str, items: list[ServableData[str]]) -> None:
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.fed]
+        for worker in workers:
+            worker.send("aspire", name, items)
+
+    def _sync_gate(self) -> None:
+        """Move the gate to what the listening workers serve: `latest` in every worker first,
+        then `published`; then let replaced versions go where their successors settled."""
+        with self._lock:
+            reports = [w.report for w in self._workers.values() if w.listening]
+        gate = compute_gate(self._feed.names(), reports)
+        if gate is not None and gate != self._feed.gate:
+            routed = Gate(gate.latest, self._feed.gate.published)
+            if routed != self._feed.gate:
+                self._send_gate(routed)
+            self._send_gate(gate)
+            self._feed.set_gate(gate)
+        self._feed.release(reports)
+
+    def _send_gate(self, gate: Gate) -> None:
+        self._gate_seq += 1
+        seq = self._gate_seq
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.send("gate", seq, gate)
+        deadline = time.monotonic() + _GATE_WAIT_S
+        with self._lock:
+            applied = self._changed.wait_for(
+                lambda: all(w.gone or w.acked_gate >= seq for w in workers),
+                max(0.0, deadline - time.monotonic()),
+            )
+        if not applied:
+            logger.warning("a worker did not apply the gate within %gs", _GATE_WAIT_S)
+
+    # --- model control -------------------------------------------------------------------------
+
+    def _control(
+        self, origin: _Worker, request_id: int, method: str, args: tuple[Any, ...]
+    ) -> None:
+        """Apply one model-control call in every worker, then answer the one that received it
+        with the first error any worker met (None: applied everywhere)."""
+        with self._control_lock:
+            with self._lock:
+                self._request_ids += 1
+                apply_id = self._request_ids
+                workers = list(self._workers.values())
+            for worker in workers:
+                worker.send("apply", apply_id, method, args)
+            with self._lock:
+                self._changed.wait_for(
+                    lambda: all(w.gone or apply_id in w.answers for w in workers)
+                )
+                answers = [w.answers.pop(apply_id) for w in workers if apply_id in w.answers]
+                errors = [error for error, _state in answers if error is not None]
+                if answers and not errors:
+                    self._state = answers[0][1]
+            synced = threading.Event()
+
+            def sync() -> None:
+                self._sync_gate()
+                synced.set()
+
+            self._events.put(sync)
+            synced.wait(_GATE_WAIT_S * 2)
+        origin.send("answer", request_id, errors[0] if errors else None)
+
+
+def _signal(worker: _Worker, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        worker.process.send_signal(sig)
