@@ -2,13 +2,19 @@
 
 The metrics live in their own registry, not prometheus-client's global one, so embedding the
 server (or running several in one test process) never collides with the host's metrics.
+Under `--workers` (PROMETHEUS_MULTIPROC_DIR set by the supervisor before a worker starts), every
+value lives in prometheus-client's per-process files and `render` sums them over the workers; the
+gauges sum over the live workers only (`multiprocess_mode="livesum"`, ignored in one process).
 This module imports nothing from the package.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "BATCH_SIZE",
@@ -93,6 +99,7 @@ MODEL_VERSIONS = Gauge(
     "Versions of a model in each state.",
     ("model", "state"),
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 #: time from LOADING to AVAILABLE
 LOAD_DURATION = Histogram(
@@ -125,6 +132,7 @@ MODEL_MEMORY_BYTES = Gauge(
     "Memory counted against --total-model-memory-limit-bytes for each loaded version.",
     ("model", "version"),
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 
 #: how late the event loop resumed a task that slept (sampled every 0.1 s by the server)
@@ -140,12 +148,14 @@ PENDING_REQUESTS = Gauge(
     "pyserving_pending_requests",
     "Requests queued or running in the server.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 #: request bytes held in the server-wide in-flight budget, REST and gRPC (the server binds it)
 INFLIGHT_REQUEST_BYTES = Gauge(
     "pyserving_inflight_request_bytes",
     "Bytes of request bodies and messages the server holds now (--max-inflight-request-bytes).",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 
 #: sampled request-log lines dropped: the writer's queue was full or writing failed (issue 22)
@@ -173,8 +183,17 @@ TRACE_SPANS_DROPPED = Counter(
 
 
 def render() -> bytes:
-    """The registry in Prometheus' text exposition format."""
+    """The registry in Prometheus' text exposition format; under `--workers` the sum over every
+    worker's files (those of exited workers included, so counters never go back)."""
+    if _MULTIPROCESS_DIR:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, _MULTIPROCESS_DIR)
+        return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+#: read once: prometheus-client chose how to store values when it was imported
+_MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 def observe_request(
