@@ -8,6 +8,10 @@
         def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
         def unload(self) -> None: ...                    # optional
 
+`run` may instead be a generator (each yielded dict is one response of a stream), an `async def`
+(awaited on the event loop) or an async generator (streams on the loop): `run_kind` says which
+(docs/streaming.md).
+
 A `servable.py` runs as the server's user, so it loads only where the operator said so: the
 model config's `allow_python: true` (`--allow-python-servables` sets it for the `--model_base_path`
 model); without it the version fails to load, naming that key (docs/operations.md).
@@ -104,6 +108,7 @@ class PythonServable(Servable):
                 )
         self._signatures = dict(signatures)
         self.feature_names = getattr(instance, "feature_names", None)
+        self.run_kind = _run_kind(instance.run)
 
     @property
     def signatures(self) -> dict[str, Signature]:
@@ -112,6 +117,11 @@ class PythonServable(Servable):
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result: dict[str, np.ndarray] = self.instance.run(signature, inputs)
         return result
+
+    def start(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
+        """The user's `run` called: a generator, an async generator or a coroutine (by
+        `run_kind`); none of its code has run yet."""
+        return self.instance.run(signature, inputs)
 
     def unload(self) -> None:
         try:
@@ -124,6 +134,16 @@ class PythonServable(Servable):
     def memory_bytes(self) -> int | None:
         estimate = getattr(self.instance, "memory_bytes", None)
         return estimate() if callable(estimate) else None
+
+
+def _run_kind(run: Any) -> str:
+    if inspect.isasyncgenfunction(run):
+        return "async_generator"
+    if inspect.isgeneratorfunction(run):
+        return "generator"
+    if inspect.iscoroutinefunction(run):
+        return "coroutine"
+    return "function"
 
 
 def _import(module_name: str, file: str) -> ModuleType:

@@ -10,6 +10,13 @@ import numpy as np
 
 from pyserving.platforms.signature import Signature
 
+#: "function": `run` returns one dict of outputs, on an execution thread; "coroutine": `async
+#: def run` returns it, awaited on the event loop; "generator": `run` yields dicts (one response
+#: each) on an execution thread; "async_generator": `async def run` yields them on the loop
+RUN_KINDS = ("function", "coroutine", "generator", "async_generator")
+#: the kinds that stream: more than one response per request (serving/streaming.py)
+STREAMING_KINDS = frozenset(("generator", "async_generator"))
+
 
 class Servable(abc.ABC):
     """A loaded version clients compute with: named signatures and a `run` over numpy arrays.
@@ -23,6 +30,9 @@ class Servable(abc.ABC):
     #: the version's own `batching` setting from its `pyserving.yaml` (parameters, True or
     #: False), None when it has none; FileLoader sets it
     version_batching: Mapping[str, Any] | bool | None = None
+    #: how `run` answers (see RUN_KINDS): "function" returns the outputs (on an execution
+    #: thread); the python platform also has "coroutine", "generator" and "async_generator"
+    run_kind: str = "function"
 
     @property
     @abc.abstractmethod

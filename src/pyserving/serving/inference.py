@@ -15,7 +15,6 @@ runs on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import numpy as np
 
@@ -46,7 +45,6 @@ from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.protocols.tensors import mismatch_message
 from pyserving.serving import tracing
 from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
-from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER, PipelineServable
 from pyserving.serving.request_log import LogEntry, RequestLogs
 
 __all__ = [
@@ -58,6 +56,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pyserving.inference")
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 #: (model name, label) → version, or None for a label the model does not have
 LabelResolver = Callable[[str, str], int | None]
@@ -263,6 +264,11 @@ class InferenceService:
         """
         answered_version.set(handle.id.version)  # for the API edge's request metrics
         plan = self._plan(signature)
+        if handle.servable.run_kind != "function":  # a python servable's async def or generator
+            # imported here: the streaming module builds on this one
+            from pyserving.serving.streaming import run_unary
+
+            return await run_unary(self, handle, plan, inputs, output_names, deadline)
         plan.validate(inputs, self.options.max_tensor_elements)
         wanted = plan.outputs if output_names is None else plan.check_outputs(output_names)
         if deadline is not None and time.monotonic() >= deadline:
@@ -446,35 +452,9 @@ class InferenceService:
                 inputs = await run_sized(request.size, inputs, signature, self.options)
             if seen is not None:
                 seen.inputs = inputs
-            if isinstance(handle.servable, PipelineServable):
-                return await self._run_pipeline(handle.servable, handle, signature, inputs, request)
             outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
             version = handle.id.version
         return InferResponse(request.model, version, signature.name, outputs, request.id)
-
-    async def _run_pipeline(
-        self,
-        pipeline: PipelineServable,
-        handle: ServableHandle,
-        signature: Signature,
-        inputs: dict[str, np.ndarray],
-        request: InferRequest,
-    ) -> InferResponse:
-        """A pipeline's request: checked against the pipeline's signature, then its steps run
-        (each through `run`); the answer names the version each step ran on."""
-        plan = self._plan(signature)
-        plan.validate(inputs, self.options.max_tensor_elements)
-        wanted = plan.outputs if request.outputs is None else plan.check_outputs(request.outputs)
-        outputs, versions = await pipeline.run_steps(self, inputs, wanted, request.deadline)
-        answered_version.set(handle.id.version)  # the steps' runs set their own
-        return InferResponse(
-            request.model,
-            handle.id.version,
-            signature.name,
-            outputs,
-            request.id,
-            {STEP_VERSIONS_PARAMETER: json.dumps(versions, separators=(",", ":"))},
-        )
 
     # --- status -----------------------------------------------------------------------------
 
@@ -558,6 +538,25 @@ class InferenceService:
             if not self._manager.available_versions(name):
                 reasons[name] = "no AVAILABLE version"
         return reasons
+
+    # --- for the streaming request path (serving/streaming.py) -----------------------------
+
+    def plan(self, signature: Signature) -> _SignaturePlan:
+        """How requests of `signature` are validated and their outputs collected (cached)."""
+        return self._plan(signature)
+
+    def submit(self, model: str, fn: Callable[[*Args], T], *args: *Args) -> Call[T]:
+        """`fn(*args)` queued on `model`'s execution threads, counted as a pending request
+        until it leaves them. Raises Unavailable (too many pending, queue full, closing)."""
+        with self._pending_lock:
+            if self._pending >= self.options.max_pending_requests:
+                raise Unavailable(f"too many requests pending ({self._pending}); try again later")
+            self._pending += 1
+        try:
+            return self.executor.submit(model, fn, *args)
+        except BaseException:
+            self._leave_pending()
+            raise
 
     # --- helpers ----------------------------------------------------------------------------
 

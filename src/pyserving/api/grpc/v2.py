@@ -28,6 +28,7 @@ from pyserving.api.grpc.rpc import (
     stream_handler,
     unary_handler,
 )
+from pyserving.api.grpc.v2_stream import FINAL_RESPONSE, DecoupledStreams
 from pyserving.api.rest.v2 import index_from_service
 from pyserving.errors import NotFound
 from pyserving.proto import grpc_service_pb2 as pb
@@ -202,7 +203,9 @@ class V2Servicer:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Answers each request in order; a failed one gets `error_message`, the stream goes on."""
+        """Answers each request in order; a failed one gets `error_message`, the stream goes on.
+        A streaming servable answers several responses per request (v2_stream)."""
+        decoupled = DecoupledStreams(self._service, context)
         async for data in requests:
             started = time.perf_counter()
             model = ""
@@ -213,14 +216,21 @@ class V2Servicer:
                 finally:
                     del data  # not held by an error's frames (see release_frames)
                 model = request.model_name
-                response = await self._infer(request, deadline_of(context))
+                streams = await decoupled.open(request, deadline_of(context))
+                response = None if streams else await self._infer(request, deadline_of(context))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 code, message = error_status(exc)
                 release_frames(exc)  # the error's frames hold the request: see release_frames
             else:
+                if response is None:
+                    request = None  # type: ignore[assignment]  # not held while it streams
+                    async for part in decoupled.responses():
+                        yield part
+                    continue
                 observe(model, int(response.model_version), grpc.StatusCode.OK, started)
+                response.parameters[FINAL_RESPONSE].bool_param = True  # its only response
                 yield pb.ModelStreamInferResponse(infer_response=response)
                 continue
             request = None  # type: ignore[assignment]  # not held while the client reads

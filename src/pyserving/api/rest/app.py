@@ -12,6 +12,7 @@ Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF 
     POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control;
          with RestOptions.control_auth they need `Authorization: Bearer <token>`, else 401)
     POST /v2/models/{m}[/versions/{v}]/infer
+    POST /v2/models/{m}[/versions/{v}]/generate|/generate_stream   Triton's generate extension
     any  paths in RestOptions.extra_routes (e.g. /metrics)
     GET  /, /status (status page), /status.json (what it shows), /openapi.json (OpenAPI 3.1)
 
@@ -47,7 +48,7 @@ from pyserving import metrics
 from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.limits import RequestBytesBudget, Reservation
-from pyserving.api.rest import openapi, status_page, tfserving, v2
+from pyserving.api.rest import generate, openapi, status_page, tfserving, v2
 from pyserving.api.rest.http_connection import ANSWERED_STATUS
 from pyserving.api.rest.v2 import HEADER_LENGTH
 from pyserving.core.monitor import why_unavailable
@@ -117,7 +118,8 @@ _V1_MODEL = re.compile(
 )
 _V2_REPOSITORY_MODEL = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)")
 _V2_MODEL = re.compile(
-    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer|/config)?"
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+    r"(?P<action>/ready|/infer|/config|/generate|/generate_stream)?"
 )
 
 _JSON = b"application/json"
@@ -140,7 +142,8 @@ _READY = orjson.dumps({"ready": True})
 _AUTO_HEADER = 32 + zlib.MAX_WBITS
 
 Headers = list[tuple[bytes, bytes]]
-Response = tuple[int, bytes, Headers]
+#: a body is bytes, or an event stream the app sends part by part (`/generate_stream`)
+Response = tuple[int, "bytes | generate.EventStream", Headers]
 
 
 class _HttpError(Exception):
@@ -239,7 +242,7 @@ class _RestApp:
             status, body, headers = exc.http_status, _error(exc.message), [(b"content-type", _JSON)]
         except _HttpError as exc:
             status, body, headers = exc.status, exc.body, [(b"content-type", _JSON), *exc.headers]
-        except _Disconnected as exc:
+        except (_Disconnected, generate.ClientGone) as exc:
             self._observe(scope, method, path, exc.status or _CLIENT_CLOSED, started)
             return
         except asyncio.CancelledError:
@@ -254,6 +257,10 @@ class _RestApp:
             logger.exception("unhandled error answering %s %s", method, path)
             status, body = 500, _error(f"Internal error: {type(exc).__name__}: {exc}")
             headers = [(b"content-type", _JSON)]
+        if isinstance(body, generate.EventStream):
+            status = await body.send_to(send, headers)
+            self._observe(scope, method, path, status, started)
+            return
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -388,6 +395,12 @@ class _RestApp:
         name = _segment(name)
         _request_model.set(name)
         version = _version(version_text)
+        if action in ("/generate", "/generate_stream"):
+            _require(method, "POST")
+            body, _ = await self._read_body(scope, receive)
+            streamed = action == "/generate_stream"
+            deadline = self._deadline()
+            return await generate.answer(service, name, version, body, deadline, streamed, receive)
         if action == "/infer":
             _require(method, "POST")
             body, header_length = await self._read_body(scope, receive)

@@ -367,6 +367,7 @@ class _Request:
 
     __slots__ = (
         "_body",
+        "_body_delivered",
         "_connection",
         "_continue_sent",
         "_disconnected",
@@ -389,6 +390,7 @@ class _Request:
         self.keep_alive = keep_alive
         self._body: list[bytes] = []
         self.body_complete = False
+        self._body_delivered = False  # the last body message was received by the app
         self._disconnected = False
         self._failed = False  # the server answered for the app (a malformed body)
         self._waiter: asyncio.Future[None] | None = None
@@ -434,8 +436,16 @@ class _Request:
     # --- ASGI ----------------------------------------------------------------------------------
 
     async def receive(self) -> Message:
-        while not self._body and not self.body_complete and not self._disconnected:
-            if not self._continue_sent and (b"expect", b"100-continue") in self.scope["headers"]:
+        # Once the whole body was handed over, a receive waits for the client to go away (ASGI):
+        # a streaming answer watches for that while it writes.
+        while not self._disconnected and (
+            self._body_delivered or (not self._body and not self.body_complete)
+        ):
+            if (
+                not self._continue_sent
+                and not self._body_delivered
+                and (b"expect", b"100-continue") in self.scope["headers"]
+            ):
                 self._continue_sent = True
                 self._connection.write(_CONTINUE)
             self._waiter = self._connection.loop.create_future()
@@ -450,6 +460,7 @@ class _Request:
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
+        self._body_delivered = self.body_complete
         return {"type": "http.request", "body": body, "more_body": not self.body_complete}
 
     async def send(self, message: Message) -> None:
