@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pyserving.core.ids import ServableId
-from pyserving.errors import FailedPrecondition
+from pyserving.errors import FailedPrecondition, Unavailable
 from pyserving.platforms.lookup import LookupLoader, LookupServable
 from pyserving.platforms.lookup_index import KeyIndex, shard_of
 from pyserving.platforms.signature import DEFAULT_SIGNATURE
@@ -132,12 +132,12 @@ def test_delta_and_delta_on_delta_answer_like_the_rewritten_table(tmp_path: Path
 
 def test_a_delta_whose_base_is_not_loaded_fails_saying_so(tmp_path: Path) -> None:
     make_versions(tmp_path)
-    with pytest.raises(FailedPrecondition, match="delta on version 1, which is not loaded"):
+    with pytest.raises(Unavailable, match="delta on version 1, which is not loaded"):
         loader(tmp_path / "2", 2).load()
     base = loader(tmp_path / "1", 1)
     base.load()
     base.unload()  # unloaded again: no longer a base
-    with pytest.raises(FailedPrecondition, match="not loaded"):
+    with pytest.raises(Unavailable, match="not loaded"):
         loader(tmp_path / "2", 2).load()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pyserving.errors import FailedPrecondition
+from pyserving.errors import FailedPrecondition, Unavailable
 from pyserving.platforms.common import FileLoader
 from pyserving.platforms.lookup_files import Shard, read_keys, read_table
 from pyserving.platforms.lookup_index import KeyIndex
@@ -111,8 +111,8 @@ class LookupLoader(FileLoader):
             )
         with _LOADED_LOCK:
             table = _LOADED.get(self._table_id(base))
-        if table is None:
-            raise FailedPrecondition(
+        if table is None:  # retried: the base may be loading now (the manager retries loads)
+            raise Unavailable(
                 f"version {self.servable_id.version} is a delta on version {base}, which is not"
                 f" loaded: load version {base} first (a version policy that keeps both, e.g."
                 " latest with num_versions 2, or all)"

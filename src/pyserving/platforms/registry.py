@@ -80,6 +80,7 @@ _BUILTIN: dict[str, _BuiltinPlatform] = {
     ),
     "lookup": _BuiltinPlatform("lookup", None, "pyserving.platforms.lookup:LookupLoader"),
     "python": _BuiltinPlatform("python", None, "pyserving.platforms.python:PythonLoader"),
+    "shards": _BuiltinPlatform("shards", None, "pyserving.platforms.shards:ShardsLoader"),
 }
 
 

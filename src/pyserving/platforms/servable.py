@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
 from pyserving.platforms.signature import Signature
+
+#: the `time.monotonic()` deadline of the request whose `run` is on this thread (None: none);
+#: set around unbatched calls, for servables that call out to other servers (the shards router)
+current_deadline: ContextVar[float | None] = ContextVar("pyserving_run_deadline", default=None)
 
 #: "function": `run` returns one dict of outputs, on an execution thread; "coroutine": `async
 #: def run` returns it, awaited on the event loop; "generator": `run` yields dicts (one response

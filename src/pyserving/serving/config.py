@@ -241,6 +241,22 @@ def _parse_pipeline_model(entry: Mapping[str, object], name: str) -> ModelConfig
     return ModelConfig(name=name, base_path="", options={"pipeline": spec})
 
 
+def _check_router(entry: Mapping[str, object], name: str) -> None:
+    """A `platform: shards` entry: `shards` lists host:port addresses, `model` is a name."""
+    if "base_path" in entry:
+        raise ConfigError(f'model "{name}": a shards router takes shards, not base_path')
+    shards = entry.get("shards")
+    if (
+        not isinstance(shards, list)
+        or not shards
+        or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in shards)
+    ):
+        raise ConfigError(f'model "{name}": shards must list the shard servers as "host:port"')
+    model = entry.get("model", name)
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f'model "{name}": model (its name on the shards) must be a string')
+
+
 def _check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not name or "/" in name or ":" in name:
         raise ConfigError(f"{where}: 'name' must be a non-empty string without '/' or ':'")
@@ -268,7 +284,10 @@ def _parse_model(
     if idle is not None and load != "on_demand":
         raise ConfigError(f'model "{name}": idle_unload_seconds needs load: on_demand')
     base_path = entry.get("base_path")
-    if not isinstance(base_path, str) or not base_path:
+    if entry.get("platform") == "shards":  # a shard router has no files (docs/big-tables.md)
+        _check_router(entry, name)
+        base_path = ""
+    elif not isinstance(base_path, str) or not base_path:
         raise ConfigError(f'model "{name}": base_path is required')
     platform = entry.get("platform")
     if platform is not None and (not isinstance(platform, str) or not platform):
@@ -303,7 +322,7 @@ def _parse_model(
     }
     return ModelConfig(
         name=name,
-        base_path=_absolute(base_path, root),
+        base_path=_absolute(base_path, root) if base_path else "",
         platform=platform,
         version_policy=_parse_version_policy(entry.get("version_policy"), name),
         labels=dict(labels),

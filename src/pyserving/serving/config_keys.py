@@ -47,6 +47,9 @@ MODEL_KEYS: Mapping[str, str] = {
     "header": "lookup platform",
     "key_type": "lookup platform",
     "default": "lookup platform",
+    "shard": "lookup platform",
+    "shards": "shards platform",
+    "model": "shards platform",
     "pipeline": "pipelines",
 }
 
@@ -57,6 +60,7 @@ _NESTED: Mapping[str, frozenset[str] | None] = {
     "labels": None,
     "traffic": None,
     "logging": LOGGING_KEYS,
+    "shard": frozenset({"index", "count"}),
     "pipeline": frozenset({"steps", "outputs"}),
 }
 _POLICY_NESTED: Mapping[str, frozenset[str]] = {

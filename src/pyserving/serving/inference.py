@@ -39,7 +39,7 @@ from pyserving.errors import (
     ServingError,
     Unavailable,
 )
-from pyserving.platforms.servable import Servable
+from pyserving.platforms.servable import Servable, current_deadline
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.protocols.tensors import mismatch_message
@@ -672,6 +672,7 @@ def _execute(
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlineExceeded("Deadline exceeded while the request was queued")
     name = plan.signature.name
+    token = current_deadline.set(deadline)
     try:
         results = servable.run(name, inputs)
     except ServingError:
@@ -679,6 +680,8 @@ def _execute(
     except Exception as exc:
         logger.debug("servable raised on signature %s", name, exc_info=True)
         raise ModelError(str(exc) or type(exc).__name__) from exc
+    finally:
+        current_deadline.reset(token)
     return plan.collect(results, wanted)
 
 

@@ -19,6 +19,7 @@ from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.core.monitor import StateMonitor
 from pyserving.errors import FailedPrecondition, NotFound, ServingError
 from pyserving.platforms.registry import DEFAULT_REGISTRY, PlatformRegistry
+from pyserving.platforms.shards import SHARDS_PLATFORM
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.serving import request_log
 from pyserving.serving.config import (
@@ -43,6 +44,7 @@ from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
 from pyserving.sources.adapter import PlatformAdapter
 from pyserving.sources.base import AspiredVersionsCallback, connect
 from pyserving.sources.cache import ModelCache, ModelCacheOptions, default_cache_dir
+from pyserving.sources.shard_versions import RouterSpec, ShardVersionSource
 from pyserving.sources.storage_path import (
     ServableToMonitor,
     StoragePathSource,
@@ -210,6 +212,10 @@ class ServerCore:
         self._source = (source_factory or StoragePathSource)(self._source_options_locked())
         connect(self._source, self.on_demand.aspire_versions)
         self._adapter.set_aspired_versions_callback(self.manager.aspire_versions)
+        # shard routers have no files: their versions are those all their shards serve
+        self._shard_versions = ShardVersionSource(options.file_system_poll_wait_seconds)
+        connect(self._shard_versions, self.on_demand.aspire_versions)
+        self._shard_versions.configure(_routers(self.config))
         # pipelines have no files: they serve while their steps do (serving/pipeline_source.py)
         self._pipelines = PipelineSource(self.manager, self.service.acquire)
         self._pipelines.configure(pipeline_specs(self.config.models))
@@ -254,6 +260,7 @@ class ServerCore:
         (base paths, and the config file with `model_config_file_poll_wait_seconds`)."""
         started = time.perf_counter()
         self._source.poll_once()
+        self._shard_versions.poll_once()
         deadline = time.monotonic() + self.options.initial_load_timeout_s
         pipelines = self._pipelines
         for name in self.model_names():
@@ -276,6 +283,7 @@ class ServerCore:
         )
         if self.options.file_system_poll_wait_seconds > 0:
             self._source.start()
+            self._shard_versions.start()
         wait_s = self.options.model_config_file_poll_wait_seconds
         if self._config_text is not None and wait_s > 0 and not self._stop_polling.is_set():
             self._config_poller = threading.Thread(
@@ -294,6 +302,7 @@ class ServerCore:
         if poller is not None and poller is not threading.current_thread():
             poller.join()
         self._source.stop()
+        self._shard_versions.stop()
         self._model_cache.begin_shutdown()  # the next start reuses the cached copies
         self.on_demand.close()
         stopped = self.manager.stop(timeout_s)
@@ -337,6 +346,7 @@ class ServerCore:
             self.on_demand.configure(_on_demand_settings(config))
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())
+            self._shard_versions.configure(_routers(config))
             self._pipelines.configure(pipeline_specs(config.models))
         logger.info(
             "model config applied: %s (added: %s, removed: %s)",
@@ -455,6 +465,7 @@ class ServerCore:
                 )
                 for m in self.config.models
                 if m.name not in self._unloaded and "pipeline" not in m.options
+                if m.platform != SHARDS_PLATFORM  # routers: ShardVersionSource
             ),
             file_system_poll_wait_seconds=self.options.file_system_poll_wait_seconds,
             version_ready_marker=self.options.version_ready_marker,
@@ -561,6 +572,16 @@ def _adapter_settings(
         {m.name: m.platform for m in config.models if m.platform},
         {m.name: m.options for m in config.models},
     )
+
+
+def _routers(config: ModelServerConfig) -> RouterSpec:
+    """Each shard router's (model name on the shards, shard addresses)."""
+    routers = {}
+    for m in config.models:
+        shards = m.options.get("shards")
+        if m.platform == SHARDS_PLATFORM and isinstance(shards, list):  # the parser checked it
+            routers[m.name] = (str(m.options.get("model", m.name)), tuple(map(str, shards)))
+    return routers
 
 
 def _read_config_file(path: str) -> str:

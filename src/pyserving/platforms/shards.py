@@ -1,0 +1,282 @@
+"""The shards platform: a router that serves one table held by several shard servers.
+
+Model config (docs/big-tables.md): `platform: shards`, `shards: ["host:port", ...]` (the shard
+servers' V2 gRPC addresses, in shard index order) and optionally `model:` (the model's name on
+the shards; default the router's own). Each router version serves that version of the shards'
+model; `ShardVersionSource` aspires the versions every shard has AVAILABLE.
+
+A request's keys are split by shard (INT64 `k mod n`, BYTES `crc32(k) mod n`), sent to the shards
+at once (one ModelInfer per shard holding keys), and the answers are put back in request order.
+Any shard failing fails the whole request (503 / UNAVAILABLE naming the shard; never a partial
+answer). One deadline covers the whole fan-out: the request's own, else `_DEFAULT_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from pyserving.core.ids import ServableId
+from pyserving.core.loader import Loader
+from pyserving.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    ServingError,
+    Unavailable,
+)
+from pyserving.platforms.lookup_index import as_bytes_list, shard_of
+from pyserving.platforms.servable import Servable, current_deadline
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signature, TensorSpec
+from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+__all__ = ["SHARDS_PLATFORM", "ShardRouter", "ShardRoutes", "ShardsLoader", "routes_for"]
+
+SHARDS_PLATFORM = "shards"
+_DEFAULT_TIMEOUT_S = 30.0
+# a restarted shard is reached again within ~2 s (gRPC's default backoff grows to 120 s)
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 1 << 30),
+    ("grpc.max_send_message_length", 1 << 30),
+)
+
+
+class ShardRoutes:
+    """The live shard addresses of one router model and one reused channel per address.
+
+    Thread-safety: `update` and `close` may run while requests call `targets`; a request uses
+    the addresses it read (one tuple, replaced whole).
+    Ownership: ShardVersionSource creates, updates and closes it.
+    """
+
+    def __init__(self, model: str, addresses: Sequence[str]) -> None:
+        self._lock = threading.Lock()  # guards _stubs, _channels
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, GRPCInferenceServiceStub] = {}
+        self.model = model
+        self._targets: tuple[tuple[str, GRPCInferenceServiceStub], ...] = ()
+        self.update(model, addresses)
+
+    def targets(self) -> tuple[tuple[str, GRPCInferenceServiceStub], ...]:
+        """(address, stub) of every shard, in shard index order."""
+        return self._targets
+
+    def update(self, model: str, addresses: Sequence[str]) -> None:
+        """Use `addresses` (and shard model name `model`) from the next request on; channels to
+        addresses no longer listed are closed (a call still on one fails as UNAVAILABLE)."""
+        with self._lock:
+            for address in addresses:
+                if address not in self._stubs:
+                    channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                    self._channels[address] = channel
+                    self._stubs[address] = GRPCInferenceServiceStub(channel)
+            self.model = model
+            self._targets = tuple((a, self._stubs[a]) for a in addresses)
+            for gone in set(self._channels) - set(addresses):
+                self._stubs.pop(gone)
+                self._channels.pop(gone).close()
+
+    def close(self) -> None:
+        """Close every channel."""
+        with self._lock:
+            self._targets = ()
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+
+# route key (the version path ShardVersionSource emits) → its model's routes
+_ROUTES: dict[str, ShardRoutes] = {}
+_ROUTES_LOCK = threading.Lock()  # guards _ROUTES
+
+
+def routes_for(key: str, routes: ShardRoutes | None) -> None:
+    """Register `routes` under `key` (None: forget it); ShardsLoader finds them by its path."""
+    with _ROUTES_LOCK:
+        if routes is None:
+            _ROUTES.pop(key, None)
+        else:
+            _ROUTES[key] = routes
+
+
+class ShardsLoader(Loader):
+    """Builds a ShardRouter for one version: reads the shards' signature of that version.
+
+    Thread-safety: as Loader.
+    """
+
+    def __init__(
+        self, servable_id: ServableId, path: str, config: Mapping[str, Any] | None = None
+    ) -> None:
+        self.servable_id = servable_id
+        self.path = path
+
+    def estimate_resources(self) -> int:
+        return 0
+
+    def load(self) -> Servable:
+        with _ROUTES_LOCK:
+            routes = _ROUTES.get(self.path)
+        if routes is None or not routes.targets():
+            raise FailedPrecondition(f"model {self.servable_id.name}: no shards configured")
+        address, stub = routes.targets()[0]
+        request = pb.ModelMetadataRequest(name=routes.model, version=str(self.servable_id.version))
+        try:
+            metadata = stub.ModelMetadata(request, timeout=10.0)
+        except grpc.RpcError as exc:
+            raise Unavailable(f"shard 0 ({address}): {_describe(exc)}") from exc
+        signature = Signature(
+            DEFAULT_SIGNATURE,
+            tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs),
+            tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs),
+        )
+        if [t.name for t in signature.inputs] != ["keys"]:
+            raise FailedPrecondition(
+                f"model {routes.model} on the shards takes"
+                f" {', '.join(t.name for t in signature.inputs)}; a router needs one input, keys"
+            )
+        return ShardRouter(routes, self.servable_id.version, signature)
+
+    def unload(self) -> None:
+        """Nothing to release: the channels belong to the model's ShardRoutes."""
+
+
+class ShardRouter(Servable):
+    """One version of a sharded table, answered by fanning each request out to its shards.
+
+    Thread-safety: `run` may be called from many threads; it blocks its thread (not the event
+    loop) until every shard answered or the deadline passed.
+    Cancellation: the first failure cancels the other shards' calls.
+    """
+
+    platform = SHARDS_PLATFORM
+
+    def __init__(self, routes: ShardRoutes, version: int, signature: Signature) -> None:
+        self._routes = routes
+        self._version = str(version)
+        self._signatures = {DEFAULT_SIGNATURE: signature}
+        self._key_datatype = signature.inputs[0].datatype
+        self.version_batching = False  # one request is already one call per shard
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        return self._signatures
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = inputs["keys"].reshape(-1)
+        deadline = current_deadline.get()
+        if deadline is None:
+            deadline = time.monotonic() + _DEFAULT_TIMEOUT_S
+        targets = self._routes.targets()
+        owners = shard_of(keys, len(targets))
+        order = np.argsort(owners, kind="stable")
+        groups = np.split(order, np.cumsum(np.bincount(owners, minlength=len(targets)))[:-1])
+        calls: list[tuple[int, str, np.ndarray, Any]] = []
+        for index, ((address, stub), rows) in enumerate(zip(targets, groups, strict=True)):
+            if len(rows):
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    _cancel(calls)
+                    raise DeadlineExceeded("Deadline exceeded before the shards were called")
+                request = self._request(keys[rows])
+                calls.append(
+                    (index, address, rows, stub.ModelInfer.future(request, timeout=timeout))
+                )
+        outputs: dict[str, np.ndarray] = {}
+        try:
+            for index, address, rows, call in calls:
+                try:
+                    response = call.result()
+                except grpc.RpcError as exc:
+                    raise _shard_error(
+                        index, address, self._routes.model, self._version, exc
+                    ) from exc
+                for name, part in _decode(response, index, address).items():
+                    if name not in outputs:
+                        outputs[name] = _empty(part, len(keys))
+                    outputs[name][rows] = part
+        except BaseException:
+            _cancel(calls)
+            raise
+        if not calls:  # no keys: empty outputs of the signature's types
+            for spec in self._signatures[signature].outputs:
+                shape = (0, *(max(d, 0) for d in spec.shape[1:]))
+                outputs[spec.name] = np.empty(shape, V2_TO_NUMPY.get(spec.datatype, object))
+        return outputs
+
+    def _request(self, keys: np.ndarray) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name=self._routes.model, model_version=self._version)
+        tensor = request.inputs.add(name="keys", datatype=self._key_datatype, shape=[len(keys)])
+        if self._key_datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(as_bytes_list(keys))
+        else:
+            request.raw_input_contents.append(
+                np.ascontiguousarray(keys, dtype=V2_TO_NUMPY[self._key_datatype]).tobytes()
+            )
+        return request
+
+
+def _empty(part: np.ndarray, count: int) -> np.ndarray:
+    return np.empty((count, *part.shape[1:]), dtype=part.dtype)
+
+
+def _cancel(calls: list[Any]) -> None:
+    for call in calls:
+        call[3].cancel()
+
+
+def _decode(response: pb.ModelInferResponse, index: int, address: str) -> dict[str, np.ndarray]:
+    raw = response.raw_output_contents
+    if len(raw) != len(response.outputs):
+        raise Unavailable(f"shard {index} ({address}): an answer without raw output contents")
+    outputs = {}
+    for tensor, data in zip(response.outputs, raw, strict=True):
+        shape = tuple(tensor.shape)
+        if tensor.datatype == "BYTES":
+            outputs[tensor.name] = _decode_bytes(data).reshape(shape)
+        elif tensor.datatype == "BOOL":
+            outputs[tensor.name] = (np.frombuffer(data, np.uint8) != 0).reshape(shape)
+        else:
+            dtype = np.dtype(V2_TO_NUMPY[tensor.datatype]).newbyteorder("<")
+            outputs[tensor.name] = np.frombuffer(data, dtype).reshape(shape)
+    return outputs
+
+
+def _decode_bytes(data: bytes) -> np.ndarray:
+    items = []
+    offset = 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 4], "little")
+        items.append(data[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return np.array(items, dtype=object)
+
+
+def _shard_error(
+    index: int, address: str, model: str, version: str, exc: grpc.RpcError
+) -> ServingError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    where = f"shard {index} ({address})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{where} did not answer within the deadline")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(f"{where}: {_describe(exc)}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return Unavailable(f"{where} does not have version {version} of model {model}")
+    return Unavailable(f"{where} is unavailable: {_describe(exc)}")
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    if isinstance(exc, grpc.Call):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
