@@ -1,0 +1,189 @@
+"""Pipelines end to end (issue 19): a real `pyserving serve` with a lookup table feeding an ONNX MLP
+as the pipeline `scorer`. Over TF Serving REST and gRPC and KServe V2 REST and gRPC (real
+clients), the pipeline answers exactly what the two models answer called one after the other; a
+new MLP version swapped in under load costs no request, and every answer's step versions match
+its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from pyserving.demo import make_mlp
+from tests.e2e.server import ServerProcess, free_port
+from tests.fakes import wait_until
+
+CLIENTS = Path(__file__).with_name("pipeline_clients.py")
+KEYS = [3, 7, 150, 0, 42]  # 150 is not in the table
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline-repo")
+    values = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    (root / "features" / "1").mkdir(parents=True)
+    np.savez(root / "features/1/table.npz", keys=np.arange(100, dtype=np.int64), values=values)
+    make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(8, 16, 4))
+    (root / "models.yaml").write_text(
+        "models:\n"
+        "  - {name: features, base_path: features}\n"
+        "  - {name: mlp, base_path: mlp}\n"
+        "  - name: scorer\n"
+        "    pipeline:\n"
+        "      steps:\n"
+        "        - {model: features, inputs: {keys: user}}\n"
+        "        - {model: mlp, inputs: {input: features.values}}\n"
+        "      outputs: {score: mlp.output, known: features.found}\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
+    grpc_port = free_port()
+    proc = ServerProcess(
+        f"--model_config_file={repo / 'models.yaml'}",
+        f"--port={grpc_port}",
+        "--file_system_poll_wait_seconds=0.1",
+    )
+    proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def v2_infer(url: str, model: str, name: str, array: np.ndarray, datatype: str) -> dict[str, Any]:
+    body = {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+        ]
+    }
+    response = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def output(document: dict[str, Any], name: str, dtype: type) -> np.ndarray:
+    found = next(o for o in document["outputs"] if o["name"] == name)
+    return np.array(found["data"], dtype=dtype).reshape(found["shape"])
+
+
+def one_after_the_other(url: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """The features model, then the MLP on its values: (score, found, the MLP's version)."""
+    features = v2_infer(url, "features", "keys", keys, "INT64")
+    values = output(features, "values", np.float32)
+    mlp = v2_infer(url, "mlp", "input", values, "FP32")
+    return output(mlp, "output", np.float32), output(features, "found", bool), mlp["model_version"]
+
+
+def test_every_api_answers_what_the_two_models_answer_one_after_the_other(
+    server: ServerProcess,
+) -> None:
+    keys = np.array(KEYS, dtype=np.int64)
+    score, found, _ = one_after_the_other(server.url, keys)
+
+    v2 = v2_infer(server.url, "scorer", "user", keys, "INT64")
+    assert v2["model_version"] == "1"
+    assert json.loads(v2["parameters"]["pipeline_step_versions"]) == {"features": 1, "mlp": 1}
+    np.testing.assert_array_equal(output(v2, "score", np.float32), score)
+    np.testing.assert_array_equal(output(v2, "known", bool), found)
+
+    tf = httpx.post(
+        f"{server.url}/v1/models/scorer:predict", json={"inputs": {"user": KEYS}}, timeout=30
+    )
+    assert tf.status_code == 200, tf.text
+    np.testing.assert_array_equal(np.array(tf.json()["outputs"]["score"], np.float32), score)
+    np.testing.assert_array_equal(tf.json()["outputs"]["known"], found)
+
+    done = subprocess.run(
+        [sys.executable, str(CLIENTS), server.grpc_address, json.dumps(KEYS)],  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-4000:] + done.stderr[-4000:]
+    grpc = json.loads(lines[-1].removeprefix("RESULT "))
+    for api in ("tfserving", "triton"):
+        np.testing.assert_array_equal(np.array(grpc[api]["score"], np.float32), score)
+        np.testing.assert_array_equal(grpc[api]["known"], found)
+    assert grpc["tfserving"]["version"] == 1
+    assert grpc["triton"]["version"] == "1"
+    assert json.loads(grpc["triton"]["steps"]) == {"features": 1, "mlp": 1}
+    assert grpc["triton"]["inputs"] == [{"name": "user", "datatype": "INT64", "shape": ["-1"]}]
+
+    status = httpx.get(f"{server.url}/v1/models/scorer", timeout=10).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    metadata = httpx.get(f"{server.url}/v2/models/scorer", timeout=10).json()
+    assert [o["name"] for o in metadata["outputs"]] == ["score", "known"]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'pyserving_pipeline_step_duration_seconds_count{pipeline="scorer",step="mlp"}' in metrics
+
+
+def test_a_new_mlp_version_under_load_fails_no_request_and_never_mixes_versions(
+    server: ServerProcess, repo: Path
+) -> None:
+    keys = np.array(KEYS, dtype=np.int64)
+    expected = {"1": one_after_the_other(server.url, keys)[0]}
+    answers: list[tuple[int, dict[str, Any] | str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            body = {"inputs": [{"name": "user", "datatype": "INT64", "shape": [5], "data": KEYS}]}
+            while not stop.is_set():
+                response = http.post("/v2/models/scorer/infer", json=body)
+                ok = response.status_code == 200
+                answers.append((response.status_code, response.json() if ok else response.text))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(answers) >= 20, 30, "answers before the swap")
+        staging = repo / "staging"
+        make_mlp(staging / "model.onnx", seed=2, dims=(8, 16, 4))
+        os.rename(staging, repo / "mlp" / "2")  # the version appears whole
+        wait_until(lambda: _mlp_versions(server.url) == [2], 60, "MLP 2 alone")
+        seen = len(answers)
+        wait_until(lambda: len(answers) >= seen + 20, 30, "answers after the swap")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    expected["2"] = one_after_the_other(server.url, keys)[0]
+    failures = [a for a in answers if a[0] != 200]
+    assert not failures, failures[:3]
+    per_version = {"1": 0, "2": 0}
+    for _, document in answers:
+        assert isinstance(document, dict)
+        assert document["model_version"] == "1"
+        steps = json.loads(document["parameters"]["pipeline_step_versions"])
+        assert steps["features"] == 1
+        mlp = str(steps["mlp"])
+        per_version[mlp] += 1
+        np.testing.assert_array_equal(output(document, "score", np.float32), expected[mlp])
+    assert per_version["1"] > 0 and per_version["2"] > 0, per_version
+
+
+def _mlp_versions(url: str) -> list[int]:
+    states = httpx.get(f"{url}/v1/models/mlp", timeout=10).json()["model_version_status"]
+    return [int(s["version"]) for s in states if s["state"] == "AVAILABLE"]
