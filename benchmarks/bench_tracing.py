@@ -20,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -86,7 +89,20 @@ def start(work: Path, name: str, env: dict[str, str], logging: dict | None):
     log.close()
     url = f"http://127.0.0.1:{port}"
     bb.wait_ready(url, proc)
+    deadline = time.monotonic() + 60
+    while not model_ready(url):  # the server may be ready a moment before the model answers
+        if time.monotonic() > deadline:
+            raise SystemExit(f"model not ready in time ({name})")
+        time.sleep(0.1)
     return proc, url
+
+
+def model_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/v2/models/model/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def main() -> None:

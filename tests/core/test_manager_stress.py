@@ -73,7 +73,9 @@ def test_churn_never_serves_an_unloaded_version_and_leaks_nothing_issue_15(pool)
                     handle.servable.run()
                     served[0] += 1
             except NotFound:
-                pass
+                # Yield: 16 threads spinning on NotFound hold the GIL so long that every lock
+                # hand-off among the swappers waits out their time slices (a CI run took >300 s).
+                time.sleep(0.0005)
             except BaseException as exc:
                 errors.append(exc)
                 return
@@ -95,13 +97,21 @@ def test_churn_never_serves_an_unloaded_version_and_leaks_nothing_issue_15(pool)
         except BaseException as exc:
             errors.append(exc)
 
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-    swappers = [threading.Thread(target=swapper, args=(100 + i,)) for i in range(SWAPPERS)]
-    for thread in clients + swappers:
-        thread.start()
-    for thread in swappers:
-        thread.join(120)
-    stop.set()
+    # daemon threads and stop in `finally`: a failing run must not leave clients spinning (they
+    # kept the whole pytest process alive after a timeout)
+    clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
+    swappers = [
+        threading.Thread(target=swapper, args=(100 + i,), daemon=True) for i in range(SWAPPERS)
+    ]
+    try:
+        for thread in clients + swappers:
+            thread.start()
+        deadline = time.monotonic() + 200  # within pytest's 300 s, so this test reports itself
+        for thread in swappers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert not any(thread.is_alive() for thread in swappers), "swappers still running"
+    finally:
+        stop.set()
     for thread in clients:
         thread.join(30)
     assert not errors, errors[:3]
