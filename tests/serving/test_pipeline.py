@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,5 +259,27 @@ def test_wiring_that_does_not_fit_the_loaded_models_fails_the_load_naming_the_st
         )
         with pytest.raises(ServingError):
             infer(server, "wrong", {"user": KEYS})
+    finally:
+        server.stop()
+
+
+def test_the_example_pipeline_serves(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    (tmp_path / "pipeline.yaml").write_text((examples / "pipeline.yaml").read_text())
+    subprocess.run(
+        [sys.executable, str(examples / "pipeline_models.py"), str(tmp_path / "pipeline-models")],
+        check=True,
+        timeout=120,
+    )
+    server = ServerCore(
+        ServerOptions(
+            model_config_file=str(tmp_path / "pipeline.yaml"), file_system_poll_wait_seconds=0
+        )
+    )
+    try:
+        server.start()
+        answer = infer(server, "scorer", {"user": np.array([3, 7, 1000], np.int64)})
+        assert answer.outputs["scores"].shape == (3, 4)
+        assert answer.outputs["known_user"].tolist() == [True, True, False]
     finally:
         server.stop()
