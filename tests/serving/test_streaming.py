@@ -1,0 +1,205 @@
+"""serving/streaming.py: a generator's parts on the model's execution threads, closing it where it
+runs (after a running step returns), deadlines, async generators on the loop, and what the
+one-answer path does with each kind of `run` (issue 19). Races are provoked with events."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pyserving.errors import DeadlineExceeded, FailedPrecondition, ModelError
+from pyserving.platforms.servable import Servable
+from pyserving.platforms.signature import Signature, TensorSpec
+from pyserving.protocols.request import InferRequest
+from pyserving.serving.inference import InferenceService
+from pyserving.serving.streaming import open_stream
+from tests.fakes import wait_until
+from tests.serving.test_inference import FakeManager
+
+SIGNATURE = Signature(
+    "serving_default",
+    inputs=(TensorSpec("n", "INT32", (1,)),),
+    outputs=(TensorSpec("i", "INT32", (1,)),),
+)
+INPUTS = {"n": np.array([5], dtype=np.int32)}
+
+pytestmark = pytest.mark.asyncio
+
+
+class ScriptedServable(Servable):
+    """A python-like servable whose `start` returns what the test scripted."""
+
+    platform = "python"
+
+    def __init__(self, kind: str, start: Any) -> None:
+        self.run_kind = kind
+        self._start = start
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        return {"serving_default": SIGNATURE}
+
+    def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError("a streaming servable's run is never called as a function")
+
+    def start(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
+        return self._start()
+
+
+class Gate:
+    """A generator that yields part 0, then blocks in part 1 until released; notes where its
+    steps and its `finally` ran."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.finally_thread: int | None = None
+        self.step_thread: int | None = None
+
+    def generator(self) -> Iterator[dict[str, np.ndarray]]:
+        try:
+            yield {"i": np.array([0], np.int32)}
+            self.step_thread = threading.get_ident()
+            self.entered.set()
+            self.release.wait(10)
+            yield {"i": np.array([1], np.int32)}
+        finally:
+            self.finally_thread = threading.get_ident()
+
+
+def service_with(servable: Servable) -> tuple[InferenceService, FakeManager]:
+    manager = FakeManager().add("m", 1, servable)
+    return InferenceService(manager), manager
+
+
+def request(deadline: float | None = None) -> InferRequest:
+    return InferRequest("m", dict(INPUTS), deadline=deadline)
+
+
+async def test_closing_during_a_running_step_closes_the_generator_on_its_thread_after_it():
+    gate = Gate()
+    service, manager = service_with(ScriptedServable("generator", gate.generator))
+    try:
+        stream = await open_stream(service, request())
+        assert stream is not None
+        first = await stream.next_part()
+        assert first is not None and first["i"].tolist() == [0]
+        # the next part is computed ahead of the writer: it is running now
+        await asyncio.to_thread(gate.entered.wait, 10)
+        await stream.aclose()
+        assert gate.finally_thread is None  # not while the step runs
+        assert manager.in_flight("m", 1) == 1  # the version stays loaded meanwhile
+        gate.release.set()
+        wait_until(lambda: gate.finally_thread is not None, what="the generator's finally")
+        assert gate.finally_thread == gate.step_thread
+        wait_until(lambda: manager.in_flight("m", 1) == 0, what="the handle released")
+        wait_until(lambda: service.pending_requests == 0, what="no call pending")
+        assert await stream.next_part() is None
+    finally:
+        gate.release.set()
+        service.close()
+
+
+async def test_a_deadline_passing_in_a_running_step_fails_the_stream_and_closes_it():
+    gate = Gate()
+    service, manager = service_with(ScriptedServable("generator", gate.generator))
+    try:
+        # the step after the first blocks until the test releases it, after the deadline
+        stream = await open_stream(service, request(time.monotonic() + 1.0))
+        assert stream is not None
+        await stream.next_part()
+        await asyncio.to_thread(gate.entered.wait, 10)
+        with pytest.raises(DeadlineExceeded):
+            await stream.next_part()
+        gate.release.set()
+        wait_until(lambda: gate.finally_thread is not None, what="the generator's finally")
+        wait_until(lambda: manager.in_flight("m", 1) == 0, what="the handle released")
+    finally:
+        gate.release.set()
+        service.close()
+
+
+async def test_a_generator_that_raises_is_a_model_error_and_releases_the_version():
+    def failing() -> Iterator[dict[str, np.ndarray]]:
+        yield {"i": np.array([0], np.int32)}
+        raise RuntimeError("no more")
+
+    service, manager = service_with(ScriptedServable("generator", failing))
+    try:
+        stream = await open_stream(service, request())
+        assert stream is not None
+        await stream.next_part()
+        with pytest.raises(ModelError, match="no more"):
+            await stream.next_part()
+        wait_until(lambda: manager.in_flight("m", 1) == 0, what="the handle released")
+    finally:
+        service.close()
+
+
+async def test_an_async_generator_runs_on_the_loop_and_a_cancelled_reader_closes_it():
+    loop_thread = threading.get_ident()
+    seen: dict[str, Any] = {}
+    blocked = asyncio.Event()
+
+    async def parts() -> AsyncIterator[dict[str, np.ndarray]]:
+        seen["thread"] = threading.get_ident()
+        try:
+            yield {"i": np.array([0], np.int32)}
+            blocked.set()
+            await asyncio.sleep(30)
+            yield {"i": np.array([1], np.int32)}
+        finally:
+            seen["finally"] = True
+
+    service, manager = service_with(ScriptedServable("async_generator", parts))
+    try:
+        stream = await open_stream(service, request())
+        assert stream is not None
+        assert (await stream.next_part() or {})["i"].tolist() == [0]
+        assert seen["thread"] == loop_thread
+        reader = asyncio.ensure_future(stream.next_part())
+        await blocked.wait()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert seen["finally"] is True
+        assert manager.in_flight("m", 1) == 0
+    finally:
+        service.close()
+
+
+async def test_the_one_answer_path_refuses_generators_and_awaits_coroutines():
+    service, _ = service_with(ScriptedServable("generator", lambda: iter(())))
+    try:
+        with pytest.raises(FailedPrecondition, match="generate_stream"):
+            await service.infer(request())
+    finally:
+        service.close()
+
+    async def answer() -> dict[str, np.ndarray]:
+        await asyncio.sleep(0)
+        return {"i": np.array([7], np.int32)}
+
+    async def hang() -> dict[str, np.ndarray]:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+    service, _ = service_with(ScriptedServable("coroutine", answer))
+    try:
+        response = await service.infer(request())
+        assert response.outputs["i"].tolist() == [7]
+        assert await open_stream(service, request()) is None  # answered by infer instead
+    finally:
+        service.close()
+    service, _ = service_with(ScriptedServable("coroutine", hang))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await service.infer(request(time.monotonic() + 0.05))
+    finally:
+        service.close()
