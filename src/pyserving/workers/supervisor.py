@@ -82,6 +82,7 @@ class _Worker:
         self.listening = False
         self.fed = False  # has been sent the full feed (after its first poll)
         self.options: StoragePathSourceOptions | None = None
+        self.options_waiting: list[int] = []  # its requests to answer once options are polled
         self.gone = False
         self.acked_gate = 0  # the last gate sequence number it applied
         self.answers: dict[int, Any] = {}  # apply id → its answer
@@ -246,7 +247,9 @@ class Supervisor:
         if worker.gone:
             return
         if kind == "source_options":
-            worker.options = args[0]
+            request_id, worker.options = args
+            if request_id:
+                worker.options_waiting.append(request_id)
             self._apply_source_options()
         elif kind == "poll":
             self._poll(worker, args[0])
@@ -297,8 +300,22 @@ class Supervisor:
             # a worker still starting has said nothing yet; the others must agree
             said = [w.options for w in self._workers.values() if w.options is not None]
         options = said[0] if said else None
-        if options is None or any(o != options for o in said) or options == self._source_options:
+        if options is None or any(o != options for o in said):
             return
+        if options != self._source_options:
+            self._poll_new_options(options)
+        # after the lists the poll queued: then each waiting worker has them
+        self._events.put(self._answer_options)
+
+    def _answer_options(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            waiting, worker.options_waiting = worker.options_waiting, []
+            for request_id in waiting:
+                worker.send("answer", request_id, None)
+
+    def _poll_new_options(self, options: StoragePathSourceOptions) -> None:
         if self._source is None:
             self._source = StoragePathSource(options)
             self._source.set_aspired_versions_callback(self._on_source_list)

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -36,6 +37,8 @@ logger = logging.getLogger("pyserving.workers")
 
 #: the environment variable that names the worker's end of its socket pair
 CHANNEL_FD_ENV = "PYSERVING_WORKER_FD"
+#: how long a config change waits for every worker to monitor the same base paths
+_AGREE_TIMEOUT_S = 30.0
 #: how often the gauges that are functions of the live state are written (multiprocess metrics)
 _GAUGE_INTERVAL_S = 0.5
 
@@ -95,6 +98,7 @@ class WorkerLink:
     def serving(self, core: ServerCore, inflight_bytes: Callable[[], int]) -> None:
         self._listening = True
         self._changed.set()
+        logger.info("worker pid %d serving", os.getpid())
 
         def write_gauges() -> None:
             # multiprocess metrics read files: functions bound with set_function are not seen
@@ -189,7 +193,7 @@ class FedSource:
     def __init__(self, link: WorkerLink, options: StoragePathSourceOptions) -> None:
         self._link = link
         self._callback: AspiredVersionsCallback[str] | None = None
-        link.send("source_options", options)
+        link.send("source_options", 0, options)  # the link cannot read answers yet
 
     def set_aspired_versions_callback(self, callback: AspiredVersionsCallback[str]) -> None:
         self._callback = callback
@@ -209,9 +213,16 @@ class FedSource:
         pass
 
     def update_config(self, options: StoragePathSourceOptions) -> None:
-        """Tell the supervisor what this worker's config monitors now; it polls that once every
-        worker says the same."""
-        self._link.send("source_options", options)
+        """Tell the supervisor what this worker's config monitors now; returns once it polled
+        that (when every worker says the same) and this worker has the lists it sent, as
+        StoragePathSource.update_config does, or after a while without (it logs why)."""
+        try:
+            self._link.ask("source_options", options, timeout_s=_AGREE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning(
+                "the other workers did not apply the same model config within %gs",
+                _AGREE_TIMEOUT_S,
+            )
 
 
 class ControlProxy:
@@ -274,6 +285,8 @@ def main() -> int:
     """The worker process: read the supervisor's start message, then serve."""
     from pyserving.cli import serve_as_worker
 
+    # multiprocess metrics cannot drop a series; on_demand sets a removed one to 0 first
+    warnings.filterwarnings("ignore", "Removal of labels has not been implemented")
     channel = Channel(socket.socket(fileno=int(os.environ.pop(CHANNEL_FD_ENV))))
     kind, start = channel.receive()
     assert kind == "start"
