@@ -401,6 +401,8 @@ class OnDemandModels(Generic[T]):
             )
         elif event.state is ServableState.END:
             with contextlib.suppress(KeyError):  # it never loaded
+                # 0 first: under --workers (multiprocess metrics) remove() keeps the series
+                MODEL_MEMORY_BYTES.labels(name, version).set(0)
                 MODEL_MEMORY_BYTES.remove(name, version)
 
     def close(self) -> None:
