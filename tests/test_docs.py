@@ -114,6 +114,7 @@ def test_config_page_documents_every_model_key_issue_16() -> None:
         ("models.yaml", ["mlp", "twoio"]),
         ("models.config", ["mlp", "twoio"]),
         ("python.yaml", ["scale", "mlp"]),
+        ("streaming.yaml", ["generator"]),
     ],
 )
 def test_example_model_configs_load_issue_16(name: str, models: list[str]) -> None:

@@ -8,12 +8,15 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from pyserving.core.ids import ServableId
 from pyserving.errors import DeadlineExceeded, FailedPrecondition, ModelError
+from pyserving.platforms.python import PythonLoader
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.protocols.request import InferRequest
@@ -28,8 +31,6 @@ SIGNATURE = Signature(
     outputs=(TensorSpec("i", "INT32", (1,)),),
 )
 INPUTS = {"n": np.array([5], dtype=np.int32)}
-
-pytestmark = pytest.mark.asyncio
 
 
 class ScriptedServable(Servable):
@@ -82,6 +83,7 @@ def request(deadline: float | None = None) -> InferRequest:
     return InferRequest("m", dict(INPUTS), deadline=deadline)
 
 
+@pytest.mark.asyncio
 async def test_closing_during_a_running_step_closes_the_generator_on_its_thread_after_it():
     gate = Gate()
     service, manager = service_with(ScriptedServable("generator", gate.generator))
@@ -106,6 +108,7 @@ async def test_closing_during_a_running_step_closes_the_generator_on_its_thread_
         service.close()
 
 
+@pytest.mark.asyncio
 async def test_a_deadline_passing_in_a_running_step_fails_the_stream_and_closes_it():
     gate = Gate()
     service, manager = service_with(ScriptedServable("generator", gate.generator))
@@ -125,6 +128,7 @@ async def test_a_deadline_passing_in_a_running_step_fails_the_stream_and_closes_
         service.close()
 
 
+@pytest.mark.asyncio
 async def test_a_generator_that_raises_is_a_model_error_and_releases_the_version():
     def failing() -> Iterator[dict[str, np.ndarray]]:
         yield {"i": np.array([0], np.int32)}
@@ -142,6 +146,7 @@ async def test_a_generator_that_raises_is_a_model_error_and_releases_the_version
         service.close()
 
 
+@pytest.mark.asyncio
 async def test_an_async_generator_runs_on_the_loop_and_a_cancelled_reader_closes_it():
     loop_thread = threading.get_ident()
     seen: dict[str, Any] = {}
@@ -174,6 +179,7 @@ async def test_an_async_generator_runs_on_the_loop_and_a_cancelled_reader_closes
         service.close()
 
 
+@pytest.mark.asyncio
 async def test_the_one_answer_path_refuses_generators_and_awaits_coroutines():
     service, _ = service_with(ScriptedServable("generator", lambda: iter(())))
     try:
@@ -203,3 +209,20 @@ async def test_the_one_answer_path_refuses_generators_and_awaits_coroutines():
             await service.infer(request(time.monotonic() + 0.05))
     finally:
         service.close()
+
+
+def test_the_example_text_generator_streams_word_by_word():
+    version = Path(__file__).resolve().parents[2] / "examples" / "text-generator" / "1"
+    loader = PythonLoader(ServableId("generator", 1), str(version), {"allow_python": True})
+    servable = loader.load()
+    try:
+        assert servable.run_kind == "generator"
+        inputs = {
+            "text_input": np.array([b"the server"], dtype=object),
+            "max_tokens": np.array([3], dtype=np.int32),
+        }
+        parts = list(servable.start("serving_default", inputs))  # type: ignore[attr-defined]
+        assert len(parts) == 3
+        assert all(part["text_output"][0].startswith(b" ") for part in parts)
+    finally:
+        loader.unload()
