@@ -48,6 +48,10 @@ class PipelineServable(Servable):
     def __init__(self, spec: PipelineSpec, signature: Signature) -> None:
         self.spec = spec
         self._signatures = {DEFAULT_SIGNATURE: signature}
+        # each step's latency series, bound once (a labels() lookup per request costs ~6 µs)
+        self._step_durations = {
+            step.name: PIPELINE_STEP_DURATION.labels(spec.name, step.name) for step in spec.steps
+        }
 
     @property
     def signatures(self) -> dict[str, Signature]:
@@ -129,9 +133,7 @@ class PipelineServable(Servable):
         except ServingError as exc:
             raise _name_step(exc, self.spec, step) from None
         finally:
-            PIPELINE_STEP_DURATION.labels(self.spec.name, step.name).observe(
-                time.perf_counter() - started
-            )
+            self._step_durations[step.name].observe(time.perf_counter() - started)
 
 
 async def _gather(

@@ -202,33 +202,33 @@ def derive_signature(spec: PipelineSpec, steps: Mapping[str, Signature]) -> Sign
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _parse_step(entry: object, index: int, where: str) -> Step:
-    if not isinstance(entry, Mapping):
+def _parse_step(raw: object, index: int, where: str) -> Step:
+    if not isinstance(raw, Mapping):
         raise PipelineError(f"{where}: steps[{index}] must be a mapping with model and inputs")
-    model = entry.get("model")
+    model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise PipelineError(f"{where}: steps[{index}]: model must be a model name")
-    name = entry.get("name", model)
+    name = raw.get("name", model)
     if not isinstance(name, str) or not name or "." in name:
         raise PipelineError(f"{where}: steps[{index}]: name must be a string without '.'")
     at = f'{where}: step "{name}"'
-    unknown = set(entry) - _STEP_KEYS
+    unknown = set(raw) - _STEP_KEYS
     if unknown:
         raise PipelineError(
             f"{at}: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
             f" (known: {', '.join(sorted(_STEP_KEYS))})"
         )
-    version = entry.get("version")
+    version = raw.get("version")
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 0
     ):
         raise PipelineError(f"{at}: version must be a version number")
-    label = entry.get("label")
+    label = raw.get("label")
     if label is not None and (not isinstance(label, str) or not label):
         raise PipelineError(f"{at}: label must be a label name")
     if version is not None and label is not None:
         raise PipelineError(f"{at}: give a version or a label, not both")
-    inputs = entry.get("inputs")
+    inputs = raw.get("inputs")
     if not isinstance(inputs, Mapping) or not inputs:
         raise PipelineError(f"{at}: inputs must map the model's inputs to their sources")
     wires = {str(key): _parse_wire(text, f'{at}: input "{key}"') for key, text in inputs.items()}
