@@ -1,0 +1,313 @@
+"""`--workers 2` against one process, side by side, one run: what a second serving process buys.
+
+Same small MLP ([b,64]→256→256→10) and load generators as bench.py: wrk for V2 REST JSON,
+benchmarks/grpc_load.py for V2 gRPC, each at c=64 after a warm-up. Rows: pyserving with
+`--workers 1` and `--workers 2`; a Starlette floor (Starlette + uvicorn + orjson, the model run
+inline, nothing else) as one process and as `uvicorn --workers 2`. CPU counts the whole process
+tree (supervisor and workers); RSS and PSS are summed over it after the run (PSS shares pages
+between processes fairly, so the two-worker sum is the memory the second worker really adds).
+Also the time from `kill -9` of a worker to its replacement serving. Never part of pytest.
+
+    python benchmarks/bench_workers.py [--duration 5] [--warmup 2] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # wrk, grpc_load and parsing helpers
+
+from pyserving.demo import make_mlp
+
+FLOOR_APP = """\
+import os
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+SESSION = ort.InferenceSession(os.environ["MODEL"], options, providers=["CPUExecutionProvider"])
+
+
+async def infer(request):
+    body = orjson.loads(await request.body())
+    tensor = body["inputs"][0]
+    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    y = SESSION.run(None, {"input": x})[0]
+    out = {"model_name": "mlp", "outputs": [{"name": "output", "shape": list(y.shape),
+           "datatype": "FP32", "data": y.ravel().tolist()}]}
+    return Response(orjson.dumps(out), media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"])])
+"""
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and every process below it (workers run in sessions of their own)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def tree_cpu_s(root: int) -> float:
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_memory_mib(root: int) -> tuple[float, float]:
+    """(RSS, PSS) of the process tree in MiB, from /proc/PID/smaps_rollup."""
+    rss = pss = 0
+    for pid in tree_pids(root):
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
+        pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+    return rss / 1024, pss / 1024
+
+
+def start(command: list[str], log: Path, ready_url: str, env: dict[str, str] | None = None):
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"bench_workers: {command[:4]} exited:\n{log.read_text()[-3000:]}")
+        try:
+            request = urllib.request.Request(ready_url, data=None)
+            with urllib.request.urlopen(request, timeout=1) as answer:
+                if answer.status == 200:
+                    return proc
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.1)
+    stop(proc)
+    sys.exit(f"bench_workers: not ready:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    pids = tree_pids(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def load(proc, command: Callable[[float], list[str]], env, args: argparse.Namespace) -> dict:
+    """Warm up, then run `command(duration)` once, with the server tree's CPU per request."""
+    if args.warmup:
+        subprocess.run(command(args.warmup), env=env, capture_output=True)
+    cpu0, t0 = tree_cpu_s(proc.pid), time.monotonic()
+    done = subprocess.run(command(args.duration), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
+    result = bench.parse_result(done.stdout)
+    elapsed = time.monotonic() - t0
+    result["server_cpu_per_req_us"] = (
+        (tree_cpu_s(proc.pid) - cpu0) / max(1, result["rps"] * elapsed) * 1e6
+    )
+    result["rss_mib"], result["pss_mib"] = tree_memory_mib(proc.pid)
+    return result
+
+
+def replacement_s(proc, log: Path) -> float:
+    """kill -9 one worker; seconds until its replacement says it serves."""
+    started = re.findall(r"worker \d+ started \(pid (\d+)\)", log.read_text())
+    victim = int(started[0])
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 60:
+        text = log.read_text()
+        new = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", text)]
+        fresh = [p for p in new if str(p) not in started]
+        if fresh and f"worker pid {fresh[0]} serving" in text:
+            return time.monotonic() - killed
+        time.sleep(0.02)
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    wrk = bench.ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
+    model = make_mlp(work / "mlp" / "1" / "model.onnx", seed=1)
+    x = np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(1, 64)
+    body = work / "v2.json"
+    body.write_bytes(
+        orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+        )
+    )
+    (work / "floor_app.py").write_text(FLOOR_APP)
+    env = bench.wrk_env(body, {})
+    c, d = args.connections, args.duration
+    rows: list[tuple[str, str, dict]] = []
+    replaced: float | None = None
+    for workers in (1, 2):
+        rest, grpc_port = bench.free_port(), bench.free_port()
+        log = work / f"pyserving-{workers}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "pyserving",
+            "serve",
+            "--host=127.0.0.1",
+            f"--rest_api_port={rest}",
+            f"--port={grpc_port}",
+            "--model_name=mlp",
+            f"--model_base_path={work / 'mlp'}",
+            f"--workers={workers}",
+        ]
+        proc = start(command, log, f"http://127.0.0.1:{rest}/v2/health/ready")
+        try:
+            url = f"http://127.0.0.1:{rest}/v2/models/mlp/infer"
+            rest_load = functools.partial(bench.wrk_command, wrk, url, body, c)
+            rows.append(
+                (f"pyserving --workers {workers}", "V2 REST JSON", load(proc, rest_load, env, args))
+            )
+            target = f"127.0.0.1:{grpc_port}"
+            grpc_load = functools.partial(bench.grpc_command, target, "v2", "mlp", 64, c)
+            rows.append(
+                (f"pyserving --workers {workers}", "V2 gRPC", load(proc, grpc_load, None, args))
+            )
+            if workers == 2:
+                replaced = replacement_s(proc, log)
+        finally:
+            stop(proc)
+    for workers in (1, 2):
+        port = bench.free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "floor_app:app",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--no-access-log",
+            "--log-level=warning",
+            f"--workers={workers}",
+            "--app-dir",
+            str(work),
+        ]
+        floor_env = {**os.environ, "MODEL": str(model)}
+        url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+        proc = _start_floor(command, work / f"floor-{workers}.log", url, body, floor_env)
+        try:
+            rest_load = functools.partial(bench.wrk_command, wrk, url, body, c)
+            rows.append(
+                (
+                    f"Starlette floor, uvicorn --workers {workers}",
+                    "V2 REST JSON",
+                    load(proc, rest_load, env, args),
+                )
+            )
+        finally:
+            stop(proc)
+    print(f"\n## --workers, c={c}, {d:g} s per row, load {bench.loadavg()} (2 shared cores)\n")
+    print(
+        "| server | protocol | req/s | p50 ms | p99 ms | errors | server CPU µs/req"
+        " | RSS MiB | PSS MiB |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, proto, r in rows:
+        errors = sum(v for k, v in r.items() if k.startswith("err") and isinstance(v, int))
+        print(
+            f"| {name} | {proto} | {r['rps']:.0f} | {r.get('p50_ms', float('nan')):.2f} |"
+            f" {r.get('p99_ms', float('nan')):.2f} | {errors} | {r['server_cpu_per_req_us']:.0f} |"
+            f" {r['rss_mib']:.0f} | {r['pss_mib']:.0f} |"
+        )
+    rate = {(n, p): r["rps"] for n, p, r in rows}
+    json1 = rate[("pyserving --workers 1", "V2 REST JSON")]
+    json2 = rate[("pyserving --workers 2", "V2 REST JSON")]
+    floor2 = rate[("Starlette floor, uvicorn --workers 2", "V2 REST JSON")]
+    grpc1 = rate[("pyserving --workers 1", "V2 gRPC")]
+    grpc2 = rate[("pyserving --workers 2", "V2 gRPC")]
+    print(
+        f"\nV2 REST JSON: 2 workers ÷ 1 = {json2 / json1:.2f}x (goal ≥ 1.6x);"
+        f" ÷ uvicorn --workers 2 floor = {json2 / floor2:.2f}x (goal ≥ 1.0x)"
+    )
+    print(f"V2 gRPC: 2 workers ÷ 1 = {grpc2 / grpc1:.2f}x")
+    print(f"kill -9 of a worker → its replacement serving: {replaced:.2f} s")
+
+
+def _start_floor(command, log: Path, url: str, body: Path, env: dict[str, str]):
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, data=body.read_bytes(), method="POST")
+            with urllib.request.urlopen(request, timeout=1) as answer:
+                if answer.status == 200:
+                    return proc
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.1)
+    stop(proc)
+    sys.exit(f"bench_workers: the floor did not start:\n{log.read_text()[-3000:]}")
+
+
+if __name__ == "__main__":
+    main()
