@@ -15,6 +15,7 @@ runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.protocols.tensors import mismatch_message
 from pyserving.serving import tracing
 from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
+from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER, PipelineServable
 from pyserving.serving.request_log import LogEntry, RequestLogs
 
 __all__ = [
@@ -452,9 +454,35 @@ class InferenceService:
                 inputs = await run_sized(request.size, inputs, signature, self.options)
             if seen is not None:
                 seen.inputs = inputs
+            if isinstance(handle.servable, PipelineServable):
+                return await self._run_pipeline(handle.servable, handle, signature, inputs, request)
             outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
             version = handle.id.version
         return InferResponse(request.model, version, signature.name, outputs, request.id)
+
+    async def _run_pipeline(
+        self,
+        pipeline: PipelineServable,
+        handle: ServableHandle,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        request: InferRequest,
+    ) -> InferResponse:
+        """A pipeline's request: checked against the pipeline's signature, then its steps run
+        (each through `run`); the answer names the version each step ran on."""
+        plan = self._plan(signature)
+        plan.validate(inputs, self.options.max_tensor_elements)
+        wanted = plan.outputs if request.outputs is None else plan.check_outputs(request.outputs)
+        outputs, versions = await pipeline.run_steps(self, inputs, wanted, request.deadline)
+        answered_version.set(handle.id.version)  # the steps' runs set their own
+        return InferResponse(
+            request.model,
+            handle.id.version,
+            signature.name,
+            outputs,
+            request.id,
+            {STEP_VERSIONS_PARAMETER: json.dumps(versions, separators=(",", ":"))},
+        )
 
     # --- status -----------------------------------------------------------------------------
 
