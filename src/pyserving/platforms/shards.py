@@ -178,6 +178,8 @@ class ShardRouter(Servable):
         if deadline is None:
             deadline = time.monotonic() + _DEFAULT_TIMEOUT_S
         targets = self._routes.targets()
+        if not targets:  # the router is being removed or the server stops
+            raise Unavailable(f"model {self._routes.model}: no shards configured")
         owners = shard_of(keys, len(targets))
         order = np.argsort(owners, kind="stable")
         groups = np.split(order, np.cumsum(np.bincount(owners, minlength=len(targets)))[:-1])
@@ -202,6 +204,11 @@ class ShardRouter(Servable):
                         index, address, self._routes.model, self._version, exc
                     ) from exc
                 for name, part in _decode(response, index, address).items():
+                    if len(part) != len(rows):
+                        raise Unavailable(
+                            f"shard {index} ({address}) answered {len(part)} rows of {name!r}"
+                            f" for {len(rows)} keys"
+                        )
                     if name not in outputs:
                         outputs[name] = _empty(part, len(keys))
                     outputs[name][rows] = part
