@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import yaml
 from pyserving import ServerCore, ServerOptions
 from pyserving.core.ids import ServableState
 from pyserving.demo import make_mlp
-from pyserving.errors import InvalidInput, ModelError, ServingError
+from pyserving.errors import DeadlineExceeded, InvalidInput, ModelError, NotFound, ServingError
+from pyserving.metrics import BATCH_SIZE
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.config import load_config_file
 from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER
@@ -59,6 +61,32 @@ class Gate:
 """
 
 
+# Fails, but only once the gate has started (so a parallel gate is running when it fails).
+BOOM = """
+import os
+import time
+
+from pyserving.platforms import Signature, TensorSpec
+
+DIR = {dir!r}
+
+
+class Boom:
+    def __init__(self):
+        x = (TensorSpec("x", "FP32", (-1, 8)),)
+        self.signatures = {{"serving_default": Signature("serving_default", x, x)}}
+
+    def load(self, path):
+        pass
+
+    def run(self, signature, inputs):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(DIR, "started")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        raise ValueError("boom")
+"""
+
+
 def _write_models(root: Path) -> None:
     values = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
     (root / "features" / "1").mkdir(parents=True)
@@ -67,13 +95,16 @@ def _write_models(root: Path) -> None:
     make_mlp(root / "mlp/1/model.onnx", seed=1, dims=(8, 16, 4))
     (root / "gate" / "1").mkdir(parents=True)
     (root / "gate/1/servable.py").write_text(GATE.format(dir=str(root)))
+    (root / "boom" / "1").mkdir(parents=True)
+    (root / "boom/1/servable.py").write_text(BOOM.format(dir=str(root)))
 
 
-def _config(root: Path, pipelines: list[dict[str, object]]) -> Path:
+def _config(root: Path, pipelines: list[dict[str, object]], **mlp: object) -> Path:
     models: list[dict[str, object]] = [
         {"name": "features", "base_path": "features"},
-        {"name": "mlp", "base_path": "mlp"},
+        {"name": "mlp", "base_path": "mlp", **mlp},
         {"name": "gate", "base_path": "gate", "allow_python": True},
+        {"name": "boom", "base_path": "boom", "allow_python": True},
         *pipelines,
     ]
     path = root / "models.yaml"
@@ -283,3 +314,74 @@ def test_the_example_pipeline_serves(tmp_path: Path) -> None:
         assert answer.outputs["known_user"].tolist() == [True, True, False]
     finally:
         server.stop()
+
+
+FORK = {
+    "name": "fork",
+    "pipeline": {
+        "steps": [
+            {"model": "features", "inputs": {"keys": "user"}},
+            {"model": "gate", "inputs": {"x": "features.values"}},
+            {"model": "boom", "inputs": {"x": "features.values"}},
+        ],
+        "outputs": {"y": "gate.y", "z": "boom.x"},
+    },
+}
+
+
+def test_a_failing_step_cancels_its_parallel_steps_without_waiting_for_them(
+    core: ServerCore, repo: Path
+) -> None:
+    """`gate` and `boom` both read `features` and run together; boom fails while gate is still
+    running: the request fails at once with boom's error; gate's call finishes on its own thread
+    later (its version stays referenced until then)."""
+    core.apply_config(load_config_file(_config(repo, [SCORER, GATED, FORK])))
+    with pytest.raises(ModelError) as caught:
+        infer(core, "fork", {"user": KEYS})
+    assert caught.value.message == 'pipeline "fork" step "boom" (model "boom"): boom'
+    assert (repo / "started").exists() and not (repo / "release").exists()
+    assert core.service.executor.stuck_calls == 1  # gate, abandoned but still running
+    (repo / "release").touch()
+    wait_until(lambda: core.service.executor.stuck_calls == 0)
+    wait_until(lambda: core.service.pending_requests == 0)
+
+
+def test_the_deadline_covers_every_step_and_names_the_one_it_stopped(core: ServerCore) -> None:
+    with pytest.raises(DeadlineExceeded) as caught:
+        infer(core, "gated", {"user": KEYS}, deadline=time.monotonic() + 0.2)
+    assert caught.value.message.startswith('pipeline "gated" step "gate" (model "gate"): ')
+
+
+def test_a_step_with_batching_goes_through_its_batcher(repo: Path) -> None:
+    config = _config(repo, [SCORER], batching={"max_batch_size": 8, "batch_timeout_micros": 100})
+    server = ServerCore(
+        ServerOptions(model_config_file=str(config), file_system_poll_wait_seconds=0)
+    )
+    batches = BATCH_SIZE.labels("mlp")
+    try:
+        server.start()
+        before = _count(batches)
+        answer = infer(server, "scorer", {"user": KEYS})
+        assert _count(batches) == before + 1  # mlp's part ran as a batch
+        values = infer(server, "features", {"keys": KEYS}).outputs["values"]
+        np.testing.assert_array_equal(
+            answer.outputs["score"], infer(server, "mlp", {"input": values}).outputs["output"]
+        )
+    finally:
+        server.stop()
+
+
+def test_model_control_unloads_and_loads_a_pipeline(core: ServerCore) -> None:
+    core.unload_model("scorer")
+    assert core.service.available_versions("scorer") == []
+    assert core.service.available_versions("mlp") == [1]  # its steps stay
+    with pytest.raises(NotFound):
+        infer(core, "scorer", {"user": KEYS})
+    core.load_model("scorer")
+    assert core.service.available_versions("scorer") == [1]
+    assert infer(core, "scorer", {"user": KEYS}).version == 1
+
+
+def _count(histogram: object) -> float:
+    samples = histogram.collect()[0].samples  # type: ignore[attr-defined]
+    return next(s.value for s in samples if s.name.endswith("_count"))

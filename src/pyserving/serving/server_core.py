@@ -218,7 +218,7 @@ class ServerCore:
         self._shard_versions.configure(_routers(self.config))
         # pipelines have no files: they serve while their steps do (serving/pipeline_source.py)
         self._pipelines = PipelineSource(self.manager, self.service.acquire)
-        self._pipelines.configure(pipeline_specs(self.config.models))
+        self._serve_pipelines_locked()
         self._stop_polling = threading.Event()
         self._config_poller: threading.Thread | None = None
 
@@ -347,7 +347,7 @@ class ServerCore:
             self._adapter.update_config(*_adapter_settings(config))
             self._source.update_config(self._source_options_locked())
             self._shard_versions.configure(_routers(config))
-            self._pipelines.configure(pipeline_specs(config.models))
+            self._serve_pipelines_locked()
         logger.info(
             "model config applied: %s (added: %s, removed: %s)",
             ", ".join(config.names()) or "no models",
@@ -395,6 +395,7 @@ class ServerCore:
             if name in self._unloaded:
                 self._unloaded.discard(name)
                 self._source.update_config(self._source_options_locked())  # polls it at once
+                self._serve_pipelines_locked()
             else:
                 self._source.poll_once()  # new versions on disk load at once
         self._wait_for_available([name])
@@ -407,6 +408,7 @@ class ServerCore:
             self._require_configured(name)
             self._unloaded.add(name)
             self._source.update_config(self._source_options_locked())
+            self._serve_pipelines_locked()
         monitor = self.manager.monitor
         if not monitor.wait_until(
             lambda: not self.manager.available_versions(name) and _settled(monitor, name),
@@ -469,6 +471,12 @@ class ServerCore:
             ),
             file_system_poll_wait_seconds=self.options.file_system_poll_wait_seconds,
             version_ready_marker=self.options.version_ready_marker,
+        )
+
+    def _serve_pipelines_locked(self) -> None:
+        """Serve the configured pipelines, less those explicitly unloaded."""
+        self._pipelines.configure(
+            pipeline_specs(m for m in self.config.models if m.name not in self._unloaded)
         )
 
     def _require_configured(self, name: str) -> None:
