@@ -86,6 +86,16 @@ class NotFound(ServingError):
     code = Code.NOT_FOUND
 
 
+class ServableNotFound(NotFound):
+    """No AVAILABLE version answers `name` (at `version`; None: the latest): each protocol words
+    it its own way (TF Serving's text is the message; KServe V2 says it as Triton does)."""
+
+    def __init__(self, message: str, name: str, version: int | None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.version = version
+
+
 class PermissionDenied(ServingError):
     """The operation is disabled on this server (e.g. model control)."""
 

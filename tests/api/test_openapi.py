@@ -33,6 +33,7 @@ ROUTES = {
     ("get", "/v2"),
     ("get", "/v2/health/live"),
     ("get", "/v2/health/ready"),
+    ("get", "/v2/models/stats"),
     *(
         (method, f"/v2/models/{{model_name}}{form}{tail}")
         for form in ("", "/versions/{version}")

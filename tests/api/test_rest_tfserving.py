@@ -303,8 +303,8 @@ async def test_nan_and_infinity_are_accepted_and_written_literally(client):
         (
             "/v1/models/scale:predict",
             b'{"signature_name": "nope", "inputs": [1]}',
-            404,
-            ['Serving signature name: "nope" not found in signature def'],
+            400,
+            ['Serving signature key "nope" not found.'],
         ),
         (
             "/v1/models/scale:predict",

@@ -112,6 +112,7 @@ async def test_server_metadata_and_health(client):
     meta = (await client.get("/v2")).json()
     assert meta["name"] == "pyserving" and meta["version"] == "9.9"
     assert "binary_tensor_data" in meta["extensions"]
+    assert "statistics" in meta["extensions"]  # issue 16: GET /v2/models[/{m}]/stats
     assert (await client.get("/v2/health/live")).status_code == 200
     assert (await client.get("/v2/health/ready")).status_code == 200
 
@@ -163,8 +164,8 @@ async def test_model_metadata_lists_versions_platform_and_tensors(client):
         ],
     }
     assert (await client.get("/v2/models/addsub/versions/1")).status_code == 200
-    assert_error(await client.get("/v2/models/nope"), 404, "Latest(nope)")
-    assert_error(await client.get("/v2/models/addsub/versions/5"), 404, "Specific(addsub, 5)")
+    assert_error(await client.get("/v2/models/nope"), 404, "'nope' is not found")
+    assert_error(await client.get("/v2/models/addsub/versions/5"), 404, "'addsub' version 5 is")
 
 
 @pytest.mark.asyncio
@@ -179,7 +180,7 @@ async def test_model_ready_and_config(client):
 
 @pytest.mark.asyncio
 async def test_unknown_paths_are_404_and_wrong_methods_405(client):
-    for path in ("/v2/nothing", "/v2/models", "/v2/models/addsub/stats"):
+    for path in ("/v2/nothing", "/v2/models", "/v2/models/addsub/statistics"):
         response = await client.get(path)
         assert response.status_code == 404 and response.json() == {"error": "Not Found"}, path
     assert (await client.get("/v2/models/addsub/infer")).status_code == 405
@@ -461,9 +462,86 @@ async def test_v2_timeout_parameter_is_a_deadline():
 
 
 @pytest.mark.asyncio
-async def test_unknown_model_is_404(client):
-    response = await client.post("/v2/models/nope/infer", content=infer_body(GOOD_A, GOOD_B))
+async def test_unknown_model_or_version_is_404_in_tritons_words_issue_16(client):
+    body = infer_body(GOOD_A, GOOD_B)
+    unknown = "Request for unknown model: 'nope' is not found"
+    assert_error(await client.post("/v2/models/nope/infer", content=body), 404, unknown)
+    assert_error(await client.get("/v2/models/nope"), 404, unknown)
+    assert_error(await client.get("/v2/models/nope/config"), 404, unknown)
+    assert_error(await client.get("/v2/models/nope/stats"), 404, unknown)
+    for generate in ("generate", "generate_stream"):
+        response = await client.post(f"/v2/models/nope/{generate}", content=b'{"x": [1]}')
+        assert_error(response, 404, unknown)
+    version = "Request for unknown model: 'addsub' version 9 is not found"
+    response = await client.post("/v2/models/addsub/versions/9/infer", content=body)
+    assert assert_error(response, 404) == version
+    assert assert_error(await client.get("/v2/models/addsub/versions/9"), 404) == version
+    assert assert_error(await client.get("/v2/models/addsub/versions/9/stats"), 404) == version
+    # the TF Serving API keeps TF's words for the same miss
+    response = await client.post("/v1/models/nope:predict", content=b'{"instances": [1]}')
     assert_error(response, 404, "Servable not found for request: Latest(nope)")
+
+
+#: the keys of one `model_stats` entry and of its `inference_stats`, as Triton writes them
+STATS_KEYS = {
+    "name",
+    "version",
+    "last_inference",
+    "inference_count",
+    "execution_count",
+    "inference_stats",
+    "response_stats",
+    "batch_stats",
+    "memory_usage",
+}
+PHASES = {
+    "success",
+    "fail",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+    "cache_hit",
+    "cache_miss",
+}
+
+
+def stats_counts(document: dict[str, object]) -> dict[tuple[str, str], tuple[int, int]]:
+    entries = document["model_stats"]
+    assert isinstance(entries, list)
+    counts = {}
+    for entry in entries:
+        assert set(entry) == STATS_KEYS and set(entry["inference_stats"]) == PHASES, entry
+        phases = entry["inference_stats"]
+        counts[(entry["name"], entry["version"])] = (
+            phases["success"]["count"],
+            phases["fail"]["count"],
+        )
+    return counts
+
+
+@pytest.mark.asyncio
+async def test_statistics_per_model_version_and_server_in_tritons_shape_issue_16(client):
+    before = stats_counts((await client.get("/v2/models/addsub/stats")).json())
+    assert set(before) == {("addsub", "2"), ("addsub", "1")}
+    ok = await client.post("/v2/models/addsub/versions/1/infer", content=TWO)
+    assert ok.status_code == 200, ok.text
+    bad = await client.post("/v2/models/addsub/versions/1/infer", content=infer_body(GOOD_A))
+    assert bad.status_code == 400
+    after = stats_counts((await client.get("/v2/models/addsub/stats")).json())
+    ok_before, failed_before = before[("addsub", "1")]
+    assert after[("addsub", "1")] == (ok_before + 1, failed_before + 1)
+    assert after[("addsub", "2")] == before[("addsub", "2")]
+
+    one = (await client.get("/v2/models/addsub/versions/1/stats")).json()
+    assert stats_counts(one) == {("addsub", "1"): after[("addsub", "1")]}
+    assert one["model_stats"][0]["inference_count"] == after[("addsub", "1")][0]
+
+    every = stats_counts((await client.get("/v2/models/stats")).json())
+    assert {name for name, _ in every} == {"addsub", "scale", "strings", "half"}
+    assert every[("addsub", "1")] == after[("addsub", "1")]
+    assert (await client.post("/v2/models/stats")).status_code == 405
+    assert (await client.post("/v2/models/addsub/stats")).status_code == 405
 
 
 # --- a real socket: uvicorn (uvloop, httptools), tritonclient.http, httpx -------------------------
@@ -571,11 +649,18 @@ def test_tritonclient_unknown_model_and_bad_input_raise_with_status(triton_clien
     with pytest.raises(InferenceServerException) as info:
         triton_client.infer("nope", [triton_input("a", A, "FP32", True)])
     assert info.value.status() == "404"
-    assert "Latest(nope)" in info.value.message()
+    assert info.value.message() == "Request for unknown model: 'nope' is not found"
     with pytest.raises(InferenceServerException) as info:
         triton_client.infer("addsub", [triton_input("a", A.astype(np.int32), "INT32", True)])
     assert info.value.status() == "400"
     assert 'input "a"' in info.value.message() or "Missing but required" in info.value.message()
+
+
+def test_tritonclient_reads_the_statistics_issue_16(triton_client):
+    stats = triton_client.get_inference_statistics("scale", "1")
+    assert [(s["name"], s["version"]) for s in stats["model_stats"]] == [("scale", "1")]
+    every = triton_client.get_inference_statistics()
+    assert ("addsub", "2") in {(s["name"], s["version"]) for s in every["model_stats"]}
 
 
 def test_tf_rest_forms_and_errors_over_a_real_socket(server):

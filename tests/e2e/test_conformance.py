@@ -72,8 +72,10 @@ class Case:
 
 
 V2_CASES = {
-    "unknown-model": Case(404, "nope", model="nope"),
-    "unknown-version": Case(404, "twoio", version="7"),
+    "unknown-model": Case(404, "Request for unknown model: 'nope' is not found", model="nope"),
+    "unknown-version": Case(
+        404, "Request for unknown model: 'twoio' version 7 is not found", version="7"
+    ),
     "version-4300-digits": Case(400, "at most 19 digits", version="1" * 4300),
     "version-over-int64": Case(400, "2^63 - 1", version="9" * 19),
     "unknown-datatype": Case(
@@ -140,7 +142,7 @@ V2_CASES = {
         400, "'signature_name' must be a string", parameters={"signature_name": 3}
     ),
     "unknown-signature": Case(
-        404, 'Serving signature name: "other" not found', parameters={"signature_name": "other"}
+        400, 'Serving signature key "other" not found.', parameters={"signature_name": "other"}
     ),
     "count-mismatch": Case(400, 'input "a"', [Tensor("a", "FP32", [2, 4], [0.5] * 3), good("b")]),
 }
@@ -284,6 +286,89 @@ def test_v2_good_request_agrees_too(clients):
     assert all(status == 200 for status, _ in answers.values()), answers
 
 
+# --- V2 lookups: metadata, config, statistics ----------------------------------------------------
+
+_LOOKUPS = {
+    "metadata": ("", v2pb.ModelMetadataRequest, v2pb.ModelMetadataResponse, "ModelMetadata"),
+    "config": ("/config", v2pb.ModelConfigRequest, v2pb.ModelConfigResponse, "ModelConfig"),
+    "stats": (
+        "/stats",
+        v2pb.ModelStatisticsRequest,
+        v2pb.ModelStatisticsResponse,
+        "ModelStatistics",
+    ),
+}
+
+
+def lookup_both_ways(
+    http: httpx.Client, channel: grpc.Channel, kind: str, model: str, version: str = ""
+) -> tuple[httpx.Response, tuple[int, str], Any]:
+    """(REST response, gRPC (status, message), gRPC response or None) for one V2 lookup."""
+    suffix, request_type, response_type, method = _LOOKUPS[kind]
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + suffix
+    stub = channel.unary_unary(
+        f"/inference.GRPCInferenceService/{method}",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    try:
+        answer = stub(request_type(name=model, version=version), timeout=30)
+    except grpc.RpcError as exc:
+        return http.get(path), (Code[exc.code().name].http_status, exc.details() or ""), None
+    return http.get(path), (200, ""), answer
+
+
+@pytest.mark.parametrize("kind", _LOOKUPS)
+@pytest.mark.parametrize(
+    ("model", "version", "message"),
+    [
+        ("nope", "", "Request for unknown model: 'nope' is not found"),
+        ("twoio", "7", "Request for unknown model: 'twoio' version 7 is not found"),
+    ],
+)
+def test_v2_unknown_model_in_tritons_words_on_both_transports_issue_16(
+    clients, kind, model, version, message
+):
+    http, channel = clients
+    rest, grpc_answer, _ = lookup_both_ways(http, channel, kind, model, version)
+    assert (rest.status_code, rest.json()["error"]) == grpc_answer == (404, message)
+
+
+def test_v2_stream_infer_words_an_unknown_model_as_triton_issue_16(clients):
+    _, channel = clients
+    stream = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=v2pb.ModelInferRequest.SerializeToString,
+        response_deserializer=v2pb.ModelStreamInferResponse.FromString,
+    )
+    requests = [v2pb.ModelInferRequest(model_name="nope", model_version=v) for v in ("", "3")]
+    answers = [r.error_message for r in stream(iter(requests), timeout=30)]
+    assert answers == [
+        "Request for unknown model: 'nope' is not found",
+        "Request for unknown model: 'nope' version 3 is not found",
+    ]
+
+
+def test_v2_statistics_are_the_same_on_rest_and_grpc_issue_16(clients):
+    from google.protobuf import json_format
+
+    http, channel = clients
+    ok = rest_v2(http, Case(200, ""), binary=False)
+    failed = rest_v2(http, V2_CASES["count-mismatch"], binary=False)
+    assert ok[0] == 200 and failed[0] == 400
+    for version in ("", "1"):
+        rest, status, answer = lookup_both_ways(http, channel, "stats", "twoio", version)
+        assert rest.status_code == 200 and status == (200, ""), rest.text
+        # the REST JSON read as the protobuf gRPC answered: same fields, same counts
+        assert json_format.ParseDict(rest.json(), v2pb.ModelStatisticsResponse()) == answer
+        (entry,) = rest.json()["model_stats"]
+        assert (entry["name"], entry["version"]) == ("twoio", "1")
+        assert entry["inference_stats"]["success"]["count"] >= 1
+        assert entry["inference_stats"]["fail"]["count"] >= 1
+    every = http.get("/v2/models/stats").json()
+    assert [(s["name"], s["version"]) for s in every["model_stats"]] == [("twoio", "1")]
+
+
 # --- TF Serving predict --------------------------------------------------------------------------
 
 
@@ -301,12 +386,10 @@ class TfCase:
 
 
 TF_CASES = {
-    "unknown-model": TfCase(404, "nope", model="nope"),
-    "unknown-version": TfCase(404, "twoio", version=7),
+    "unknown-model": TfCase(404, "Servable not found for request: Latest(nope)", model="nope"),
+    "unknown-version": TfCase(404, "Servable not found for request: Specific(twoio, 7)", version=7),
     "unknown-label": TfCase(404, "Unrecognized servable version label: blue", label="blue"),
-    "unknown-signature": TfCase(
-        404, 'Serving signature name: "other" not found', signature="other"
-    ),
+    "unknown-signature": TfCase(400, 'Serving signature key "other" not found.', signature="other"),
     "wrong-fixed-dim": TfCase(
         400,
         'input "a": expected FP32 [-1, 4], got FP32 [1, 3]',

@@ -19,9 +19,11 @@ from pyserving.core.ids import ServableId, ServableRequest, ServableState
 from pyserving.core.monitor import VersionStatus
 from pyserving.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     ModelError,
     NotFound,
+    ServableNotFound,
     Unavailable,
 )
 from pyserving.platforms.servable import Servable
@@ -148,7 +150,9 @@ class FakeManager:
             ref = versions.get(version)
             if ref is not None and ref.try_acquire():
                 return ServableHandle(ref)
-        raise NotFound(f"Servable not found for request: {request}")
+        raise ServableNotFound(
+            f"Servable not found for request: {request}", request.name, request.version
+        )
 
     def available_versions(self, name: str) -> list[int]:
         return sorted(self._refs.get(name, {}), reverse=True)
@@ -223,19 +227,18 @@ def test_signature_defaults_to_serving_default_or_the_only_one(service):
     try:
         with other.acquire("one") as handle:
             assert other.signature(handle, None).name == "only"
-        with other.acquire("k") as handle, pytest.raises(NotFound) as info:
+        with other.acquire("k") as handle, pytest.raises(FailedPrecondition) as info:
             other.signature(handle, None)
-        assert info.value.message == (
-            'Serving signature name: "serving_default" not found in signature def'
-        )
+        assert info.value.message == 'Serving signature key "serving_default" not found.'
     finally:
         other.close()
 
 
-def test_unknown_signature_is_not_found_with_tf_text(service):
-    with service.acquire("addsub") as handle, pytest.raises(NotFound) as info:
+def test_unknown_signature_is_a_failed_precondition_with_tf_text_issue_16(service):
+    # TF Serving's predict: FAILED_PRECONDITION (REST 400), not NOT_FOUND
+    with service.acquire("addsub") as handle, pytest.raises(FailedPrecondition) as info:
         service.signature(handle, "nope")
-    assert info.value.message == 'Serving signature name: "nope" not found in signature def'
+    assert info.value.message == 'Serving signature key "nope" not found.'
 
 
 @pytest.mark.asyncio

@@ -31,7 +31,7 @@ from pyserving.core.monitor import EventBus, StateMonitor
 from pyserving.core.policy import POLICIES, ActionKind, VersionSnapshot
 from pyserving.core.resources import ResourceTracker
 from pyserving.core.scheduler import RetryScheduler
-from pyserving.errors import Code, NotFound
+from pyserving.errors import Code, ServableNotFound
 
 __all__ = ["Manager", "ManagerOptions"]
 
@@ -126,17 +126,21 @@ class Manager(LifecycleJobs):
         self._reconcile(name)
 
     def get_handle(self, request: ServableRequest) -> ServableHandle:
-        """A handle on the requested AVAILABLE version; raises NotFound when there is none."""
+        """A handle on the requested AVAILABLE version; raises ServableNotFound when none is."""
         while True:
             entry = self._serving_map.get(request.name)
             if entry is None:
-                raise NotFound(f"Servable not found for request: {request}")
+                raise ServableNotFound(
+                    f"Servable not found for request: {request}", request.name, request.version
+                )
             if request.version is None:
                 ref = entry.latest
             else:
                 found = entry.versions.get(request.version)
                 if found is None:
-                    raise NotFound(f"Servable not found for request: {request}")
+                    raise ServableNotFound(
+                        f"Servable not found for request: {request}", request.name, request.version
+                    )
                 ref = found
             if ref.try_acquire():
                 return ServableHandle(ref)

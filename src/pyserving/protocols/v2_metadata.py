@@ -22,11 +22,11 @@ __all__ = [
     "server_metadata",
 ]
 
-_COMMON_EXTENSIONS = ("model_configuration", "model_repository")
+_COMMON_EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 #: extensions `GET /v2` advertises
 REST_EXTENSIONS = ("binary_tensor_data", *_COMMON_EXTENSIONS)
-#: extensions ServerMetadata advertises (gRPC tensors are always raw; it has statistics)
-GRPC_EXTENSIONS = (*_COMMON_EXTENSIONS, "statistics")
+#: extensions ServerMetadata advertises (gRPC tensors are always raw)
+GRPC_EXTENSIONS = _COMMON_EXTENSIONS
 
 # Servable.platform → the V2 "<framework>_<format>" platform names the spec lists.
 _PLATFORMS = {

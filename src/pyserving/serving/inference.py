@@ -3,7 +3,7 @@
 A codec turns its wire format into `dict[str, np.ndarray]`, then:
 
     with service.acquire(name, version, label) as handle:       # NotFound / InvalidInput
-        signature = service.signature(handle, signature_name)    # NotFound
+        signature = service.signature(handle, signature_name)    # FailedPrecondition
         outputs = await service.run(handle, signature, inputs, output_names, deadline)
 
 `run` validates the inputs against the signature and hands the servable call to the model's own
@@ -34,6 +34,7 @@ from pyserving.core.monitor import VersionStatus
 from pyserving.core.resources import ResourceTracker
 from pyserving.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     ModelError,
     NotFound,
@@ -231,7 +232,8 @@ class InferenceService:
     def signature(self, handle: ServableHandle, name: str | None = None) -> Signature:
         """The named signature; None or "" means "serving_default", or the only one there is.
 
-        Raises NotFound with TF Serving's text for an unknown signature name.
+        Raises FailedPrecondition with TF Serving's text (its code and words) when there is no
+        such signature.
         """
         signatures: Mapping[str, Signature] = handle.servable.signatures
         if name:
@@ -242,7 +244,7 @@ class InferenceService:
             if found is None and len(signatures) == 1:
                 found = next(iter(signatures.values()))
         if found is None:
-            raise NotFound(f'Serving signature name: "{name}" not found in signature def')
+            raise FailedPrecondition(f'Serving signature key "{name}" not found.')
         return found
 
     # --- running ----------------------------------------------------------------------------

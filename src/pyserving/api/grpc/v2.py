@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 
-from pyserving import metrics
 from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, authorize_call, require_control
 from pyserving.api.grpc.rpc import (
@@ -30,9 +29,8 @@ from pyserving.api.grpc.rpc import (
 )
 from pyserving.api.grpc.v2_stream import FINAL_RESPONSE, DecoupledStreams
 from pyserving.api.rest.v2 import index_from_service
-from pyserving.errors import NotFound
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2, v2_metadata
+from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -116,7 +114,10 @@ class V2Servicer:
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         service = self._service
-        with service.acquire(request.name, _version(request.version)) as handle:
+        with (
+            v2_errors.in_triton_words(),
+            service.acquire(request.name, _version(request.version)) as handle,
+        ):
             signature = service.signature(handle, None)
             servable = handle.servable
         versions = service.available_versions(request.name)
@@ -126,7 +127,10 @@ class V2Servicer:
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> Any:
         service = self._service
-        with service.acquire(request.name, _version(request.version)) as handle:
+        with (
+            v2_errors.in_triton_words(),
+            service.acquire(request.name, _version(request.version)) as handle,
+        ):
             signature = service.signature(handle, None)
             servable = handle.servable
         config = v2_metadata.model_config(request.name, servable, signature)
@@ -135,33 +139,13 @@ class V2Servicer:
         return pb.ModelConfigResponse(config=pb.ModelConfig(**config))
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
-        service = self._service
-        if request.name:
-            version = _version(request.version)
-            if not service.model_status(request.name, version):
-                raise NotFound(f"Could not find any versions of model {request.name}")
-            names = [request.name]
-        else:
-            version, names = None, service.model_names()
-        counts = _request_counts()
-        stats = []
-        for name in names:
-            versions = [version] if version is not None else service.available_versions(name)
-            for v in versions:
-                success, fail = counts.get((name, str(v)), (0, 0))
-                stats.append(
-                    pb.ModelStatistics(
-                        name=name,
-                        version=str(v),
-                        inference_count=success,
-                        execution_count=success,
-                        inference_stats=pb.InferStatistics(
-                            success=pb.StatisticDuration(count=success),
-                            fail=pb.StatisticDuration(count=fail),
-                        ),
-                    )
-                )
-        return pb.ModelStatisticsResponse(model_stats=stats)
+        stats = await asyncio.to_thread(
+            v2_statistics.model_statistics,
+            self._service,
+            request.name,
+            _version(request.version) if request.name else None,
+        )
+        return pb.ModelStatisticsResponse(**stats)
 
     # --- repository ----------------------------------------------------------------------------
 
@@ -216,7 +200,8 @@ class V2Servicer:
                 finally:
                     del data  # not held by an error's frames (see release_frames)
                 model = request.model_name
-                streams = await decoupled.open(request, deadline_of(context))
+                with v2_errors.in_triton_words():
+                    streams = await decoupled.open(request, deadline_of(context))
                 response = None if streams else await self._infer(request, deadline_of(context))
             except asyncio.CancelledError:
                 raise
@@ -239,7 +224,8 @@ class V2Servicer:
             yield pb.ModelStreamInferResponse(error_message=message)
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
-        response = await self._service.infer(v2.request_from_proto(request, deadline))
+        with v2_errors.in_triton_words():
+            response = await self._service.infer(v2.request_from_proto(request, deadline))
         return await run_sized(response.nbytes, v2.response_to_proto, response)
 
 
@@ -248,19 +234,6 @@ class V2Servicer:
 
 def _version(text: str) -> int | None:
     return parse_version(text) if text else None
-
-
-def _request_counts() -> dict[tuple[str, str], tuple[int, int]]:
-    """(model, version) → (successful, failed) requests over both APIs, from the metrics."""
-    counts: dict[tuple[str, str], list[int]] = {}
-    for family in metrics.REQUESTS.collect():
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            labels = sample.labels
-            entry = counts.setdefault((labels["model"], labels["version"]), [0, 0])
-            entry[0 if labels["code"] == "200" else 1] += int(sample.value)
-    return {key: (ok, failed) for key, (ok, failed) in counts.items()}
 
 
 def _package_version() -> str:

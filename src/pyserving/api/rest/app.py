@@ -8,7 +8,7 @@ Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF 
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict|:classify|:regress
     GET  /v2, /v2/health/live, /v2/health/ready
     GET  /monitoring/prometheus/metrics, /metrics                   Prometheus text format
-    GET  /v2/models/{m}[/versions/{v}][/ready|/config]
+    GET  /v2/models/{m}[/versions/{v}][/ready|/config|/stats], /v2/models/stats (every model)
     POST /v2/repository/index, /v2/repository/models/{m}/load|unload (the last two: model control;
          with RestOptions.control_auth they need `Authorization: Bearer <token>`, else 401)
     POST /v2/models/{m}[/versions/{v}]/infer
@@ -54,6 +54,7 @@ from pyserving.api.rest.v2 import HEADER_LENGTH
 from pyserving.core.monitor import why_unavailable
 from pyserving.errors import InvalidInput, NotFound, ServingError, Unauthenticated
 from pyserving.logs import ACCESS_LOGGER
+from pyserving.protocols import v2_errors
 from pyserving.protocols.request import decode_reserve, parse_version
 from pyserving.serving import tracing
 from pyserving.serving.execution import run_off_loop, run_sized
@@ -119,7 +120,7 @@ _V1_MODEL = re.compile(
 _V2_REPOSITORY_MODEL = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)")
 _V2_MODEL = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-    r"(?P<action>/ready|/infer|/config|/generate|/generate_stream)?"
+    r"(?P<action>/ready|/infer|/config|/stats|/generate|/generate_stream)?"
 )
 
 _JSON = b"application/json"
@@ -388,6 +389,10 @@ class _RestApp:
             return _ok(_READY)
         if path.startswith("/v2/repository/"):
             return await self._v2_repository(method, path, scope, receive)
+        if path == "/v2/models/stats":
+            # every model's; as in Triton, this path is never model "stats"'s metadata
+            _require(method, "GET")
+            return _ok(await v2.model_statistics(service, "", None))
         match = _V2_MODEL.fullmatch(path)
         if match is None:
             raise _HttpError(404, _NOT_FOUND)
@@ -400,7 +405,11 @@ class _RestApp:
             body, _ = await self._read_body(scope, receive)
             streamed = action == "/generate_stream"
             deadline = self._deadline()
-            return await generate.answer(service, name, version, body, deadline, streamed, receive)
+            # the stream opens (or is refused) before `answer` returns: a miss is worded here
+            with v2_errors.in_triton_words():
+                return await generate.answer(
+                    service, name, version, body, deadline, streamed, receive
+                )
         if action == "/infer":
             _require(method, "POST")
             body, header_length = await self._read_body(scope, receive)
@@ -419,6 +428,8 @@ class _RestApp:
             return _ok(v2.model_metadata(service, name, version))
         if action == "/config":
             return _ok(v2.model_config(service, name, version))
+        if action == "/stats":
+            return _ok(await v2.model_statistics(service, name, version))
         reason = service.model_not_ready_reason(name, version)
         if reason is None:
             return _ok(orjson.dumps({"name": name, "ready": True}))

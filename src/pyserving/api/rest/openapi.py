@@ -187,6 +187,14 @@ def _v2_paths() -> dict[str, Any]:
             )
         },
     }
+    paths["/v2/models/stats"] = {
+        "get": _op(
+            tag,
+            "Statistics of every model",
+            "v2_models_stats",
+            _responses(_json("V2ModelStats"), ()),
+        )
+    }
     for suffix, key, params in (
         ("", "", [_MODEL]),
         ("/versions/{version}", "_version", [_MODEL, _VERSION]),

@@ -109,7 +109,26 @@ SCHEMAS: dict[str, Any] = {
         input={"type": "array", "items": _TENSOR_CONFIG},
         output={"type": "array", "items": _TENSOR_CONFIG},
     ),
-    "V2ModelStats": _obj(("model_stats",), model_stats={"type": "array", "items": _OBJ}),
+    "V2ModelStats": _obj(
+        ("model_stats",),
+        model_stats={
+            "type": "array",
+            "items": _obj(
+                ("name", "version", "inference_count", "execution_count", "inference_stats"),
+                name=_STR,
+                version=_STR,
+                last_inference={"type": "integer"},
+                inference_count={"type": "integer"},
+                execution_count={"type": "integer"},
+                inference_stats={
+                    "type": "object",
+                    "additionalProperties": _obj(
+                        ("count", "ns"), count={"type": "integer"}, ns={"type": "integer"}
+                    ),
+                },
+            ),
+        },
+    ),
     "V2InferRequest": {
         **_obj(
             ("inputs",),

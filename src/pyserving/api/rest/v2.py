@@ -10,12 +10,13 @@ encoding that grow with the request leave the event loop (`execution.run_sized`)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 
 import orjson
 
 from pyserving.errors import InvalidInput, NotFound
-from pyserving.protocols import v2, v2_metadata
+from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
@@ -27,6 +28,7 @@ __all__ = [
     "infer",
     "model_config",
     "model_metadata",
+    "model_statistics",
     "repository_index",
     "repository_index_request",
     "server_metadata",
@@ -44,7 +46,7 @@ def server_metadata(server_version: str) -> bytes:
 
 def model_metadata(service: InferenceService, name: str, version: int | None) -> bytes:
     """`GET /v2/models/{m}[/versions/{v}]`: versions, platform, inputs and outputs."""
-    with service.acquire(name, version) as handle:
+    with v2_errors.in_triton_words(), service.acquire(name, version) as handle:
         signature = service.signature(handle, None)
         servable = handle.servable
     versions = service.available_versions(name)
@@ -53,10 +55,17 @@ def model_metadata(service: InferenceService, name: str, version: int | None) ->
 
 def model_config(service: InferenceService, name: str, version: int | None) -> bytes:
     """`GET /v2/models/{m}[/versions/{v}]/config`: a Triton-style model configuration."""
-    with service.acquire(name, version) as handle:
+    with v2_errors.in_triton_words(), service.acquire(name, version) as handle:
         signature = service.signature(handle, None)
         servable = handle.servable
     return orjson.dumps(v2_metadata.model_config(name, servable, signature))
+
+
+async def model_statistics(service: InferenceService, name: str, version: int | None) -> bytes:
+    """`GET /v2/models[/{m}[/versions/{v}]]/stats`: Triton's `{"model_stats": [...]}`."""
+    # Off the event loop: it walks the metrics registry.
+    stats = await asyncio.to_thread(v2_statistics.model_statistics, service, name, version)
+    return orjson.dumps(stats)
 
 
 async def infer(
@@ -78,7 +87,8 @@ async def infer(
         name, version, document, binary, deadline, max_json_depth
     )
     request.size = len(body)
-    response = await service.infer(request)
+    with v2_errors.in_triton_words():
+        response = await service.infer(request)
     return await run_sized(
         response.nbytes, v2.response_to_json, response, binary_flags, binary_default
     )
