@@ -1,0 +1,1 @@
+"""Adapters that run pyserving inside other serving engines (Ray Serve: `integrations.ray`)."""
