@@ -385,3 +385,35 @@ def test_model_control_unloads_and_loads_a_pipeline(core: ServerCore) -> None:
 def _count(histogram: object) -> float:
     samples = histogram.collect()[0].samples  # type: ignore[attr-defined]
     return next(s.value for s in samples if s.name.endswith("_count"))
+
+
+def test_a_step_version_with_another_signature_makes_the_next_pipeline_version(
+    core: ServerCore, repo: Path
+) -> None:
+    staging = repo / "staging"
+    make_mlp(staging / "model.onnx", seed=2, dims=(8, 16, 6))
+    staging.rename(repo / "mlp" / "2")
+    wait_until(lambda: core.service.available_versions("scorer") == [2], 30)
+    answer = infer(core, "scorer", {"user": KEYS})
+    assert answer.version == 2 and answer.outputs["score"].shape == (4, 6)
+    assert step_versions(answer) == {"features": 1, "mlp": 2}
+    assert core.service.available_versions("gated") == [2]
+
+
+def test_a_step_version_that_breaks_the_wiring_leaves_the_pipeline_serving_and_says_why(
+    core: ServerCore, repo: Path
+) -> None:
+    staging = repo / "staging"
+    make_mlp(staging / "model.onnx", seed=2, dims=(16, 16, 4))
+    staging.rename(repo / "mlp" / "2")
+
+    def failed() -> str | None:
+        states = {s.id.version: s for s in core.service.model_status("scorer")}
+        return states[2].error if 2 in states and states[2].state is ServableState.END else None
+
+    wait_until(lambda: failed() is not None, 30)
+    assert 'step "mlp" (model "mlp"): input "input" takes FP32 [-1, 16], but' in str(failed())
+    assert core.service.available_versions("scorer") == [1]
+    with pytest.raises(InvalidInput) as caught:
+        infer(core, "scorer", {"user": KEYS})
+    assert caught.value.message.startswith('pipeline "scorer" step "mlp" (model "mlp"): input')

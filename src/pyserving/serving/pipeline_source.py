@@ -7,7 +7,9 @@ comes back with its steps). A reload that changes a pipeline's definition aspire
 version number: the new definition loads, then the old one unloads, and clients never see a gap.
 Loading a version checks the wiring against the steps' signatures (`derive_signature`); a failed
 check fails that version's load with the message naming the step, and is tried again when a
-step's versions change.
+step's versions change. A step's new version whose signature changes the pipeline's (or breaks
+its wiring) is served as the pipeline's next version too; should that one fail, the version
+serving now stays (the Manager never unloads the last serving version for a failed one).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pyserving.core.ids import ServableData, ServableId, ServableState, Servable
 from pyserving.core.loader import Loader, PermanentLoadError
 from pyserving.core.monitor import EventBus, StateMonitor
 from pyserving.errors import NotFound, ServingError
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
 from pyserving.serving.pipeline import PipelineServable
 from pyserving.serving.pipeline_config import PipelineError, PipelineSpec, derive_signature
 
@@ -63,30 +66,9 @@ class PipelineLoader(Loader):
         return 0  # it holds a definition; its steps' memory is counted by their own versions
 
     def load(self) -> PipelineServable:
-        signatures = {}
-        for step in self._spec.steps:
-            try:
-                with self._acquire(step.model, step.version, step.label) as handle:
-                    signatures[step.name] = handle.servable.signatures
-            except ServingError as exc:  # a step went away since it was seen AVAILABLE
-                raise RuntimeError(
-                    f'pipeline "{self._spec.name}": step "{step.name}": {exc.message}'
-                ) from None
-        steps = {}
-        for step in self._spec.steps:
-            found = signatures[step.name]
-            signature = found.get("serving_default") or (
-                next(iter(found.values())) if len(found) == 1 else None
-            )
-            if signature is None:
-                raise PermanentLoadError(
-                    f'pipeline "{self._spec.name}": step "{step.name}" (model "{step.model}")'
-                    f" has no serving_default signature (it has: {', '.join(found) or 'none'})"
-                )
-            steps[step.name] = signature
         try:
-            return PipelineServable(self._spec, derive_signature(self._spec, steps))
-        except PipelineError as exc:
+            return PipelineServable(self._spec, _derive(self._spec, self._acquire))
+        except PipelineError as exc:  # the wiring does not fit these steps: retrying cannot help
             raise PermanentLoadError(exc.message) from None
 
     def unload(self) -> None:
@@ -165,6 +147,17 @@ class PipelineSource:
                 return
             for name, spec in self._specs.items():
                 steps = self._step_versions(spec)
+                before = self._aspired.get(name)
+                if (
+                    steps is not None
+                    and before is not None
+                    and before[1] != steps
+                    and self._signature_changed(spec, before[0])
+                ):
+                    # a step's new version changes the pipeline's signature (or breaks its
+                    # wiring): serve that as the pipeline's next version; the one serving now
+                    # stays until it loads (and stays if it fails, its error naming the step)
+                    self._versions[name] += 1
                 wanted = None if steps is None else (self._versions[name], steps)
                 if name in self._aspired and wanted == self._aspired[name]:
                     continue
@@ -212,6 +205,21 @@ class PipelineSource:
             for step in spec.steps
         )
 
+    def _signature_changed(self, spec: PipelineSpec, version: int) -> bool:
+        """True when pipeline version `version` serves a signature other than the one its
+        steps give now (or one they cannot give); False when that version does not serve."""
+        try:
+            with self._acquire(spec.name, version, None) as handle:
+                serving = handle.servable.signatures.get(DEFAULT_SIGNATURE)
+        except ServingError:
+            return False  # still loading, or failed: aspiring it again retries it
+        try:
+            return bool(_derive(spec, self._acquire) != serving)
+        except PipelineError:
+            return True
+        except RuntimeError:
+            return False  # a step went away: the next round sees it
+
     def _step_versions(self, spec: PipelineSpec) -> str | None:
         """Each step's version now ("features:1,mlp:2"), or None when a step has none."""
         parts = []
@@ -240,3 +248,27 @@ class PipelineSource:
                 self.reconcile()
             except Exception:  # the thread must outlive a bug in one round
                 logger.exception("pipelines: reconciling failed")
+
+
+def _derive(spec: PipelineSpec, acquire: Acquire) -> Signature:
+    """The pipeline's signature from the signatures its steps serve now. Raises PipelineError
+    naming the step whose signatures do not fit; RuntimeError when a step no longer serves."""
+    steps = {}
+    for step in spec.steps:
+        try:
+            with acquire(step.model, step.version, step.label) as handle:
+                found = handle.servable.signatures
+        except ServingError as exc:  # it went away since it was seen AVAILABLE: try again
+            raise RuntimeError(
+                f'pipeline "{spec.name}": step "{step.name}": {exc.message}'
+            ) from None
+        signature = found.get(DEFAULT_SIGNATURE) or (
+            next(iter(found.values())) if len(found) == 1 else None
+        )
+        if signature is None:
+            raise PipelineError(
+                f'pipeline "{spec.name}": step "{step.name}" (model "{step.model}") has no'
+                f" {DEFAULT_SIGNATURE} signature (it has: {', '.join(found) or 'none'})"
+            )
+        steps[step.name] = signature
+    return derive_signature(spec, steps)
