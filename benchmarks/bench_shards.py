@@ -1,0 +1,244 @@
+"""Big tables (issue 18): `python benchmarks/bench_shards.py [--keys 10000000] [--dim 64]`.
+
+Prints three markdown tables:
+
+- memory: the resident set (VmRSS) of one server holding the whole table against each of
+  `--shards` shard servers (`shard: {index, count}`), after their first load;
+- lookups: keys/s and p50/p99 latency of `--batch`-key V2 gRPC lookups (random keys, one client
+  and `--clients` clients) sent to the one server and to a router (`platform: shards`) in front
+  of the shard servers;
+- deltas: the load time and memory added of a version that is a `--delta-fraction` delta on the
+  full table against the full table's own load (in this process, through LookupLoader).
+
+Every server is a real `pyserving serve` process on 127.0.0.1. Never part of pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+
+from pyserving.core.ids import ServableId
+from pyserving.platforms.lookup import LookupLoader
+from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+class Server:
+    """One `pyserving serve` process for a YAML model config."""
+
+    def __init__(self, workdir: Path, name: str, entry: str) -> None:
+        config = workdir / f"{name}.yaml"
+        config.write_text(f"models:\n  - name: table\n{entry}")
+        self.port, self.grpc_port = free_port(), free_port()
+        self.log = (workdir / f"{name}.log").open("wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pyserving",
+                "serve",
+                "--host=127.0.0.1",
+                f"--rest_api_port={self.port}",
+                f"--port={self.grpc_port}",
+                f"--model_config_file={config}",
+                "--file_system_poll_wait_seconds=1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.address = f"127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, timeout_s: float = 900.0) -> float:
+        """Seconds from start until ready."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                url = f"http://127.0.0.1:{self.port}/v2/models/table/ready"
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"server not ready after {timeout_s}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def write_table(directory: Path, keys: np.ndarray, dim: int, seed: int) -> None:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((len(keys), dim), dtype=np.float32)
+    np.savez(directory / "table.npz", keys=keys, values=values)
+
+
+def lookups(
+    address: str, keys: np.ndarray, batch: int, requests: int, clients: int
+) -> tuple[float, float, float]:
+    """(keys/s, p50 ms, p99 ms) of `requests` lookups of `batch` random keys per client."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with grpc.insecure_channel(address) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            mine = []
+            for _ in range(requests):
+                request = pb.ModelInferRequest(model_name="table")
+                request.inputs.add(name="keys", datatype="INT64", shape=[batch])
+                request.raw_input_contents.append(rng.choice(keys, batch).tobytes())
+                started = time.perf_counter()
+                stub.ModelInfer(request, timeout=60)
+                mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return batch * len(ordered) / elapsed, statistics.median(ordered) * 1e3, p99 * 1e3
+
+
+def delta_load(workdir: Path, keys: np.ndarray, dim: int, fraction: float) -> list[str]:
+    """Full table then a delta on it, loaded in this process; rows of the delta table."""
+    root = workdir / "delta"
+    rng = np.random.default_rng(3)
+    changed = rng.choice(keys, int(len(keys) * fraction), replace=False)
+    write_table(root / "2", changed, dim, seed=4)
+    (root / "2" / "delta.yaml").write_text("base: 1\n")
+    os.symlink(workdir / "whole" / "1", root / "1")
+    before = rss_bytes()
+    started = time.perf_counter()
+    full = LookupLoader(ServableId("table", 1), str(root / "1")).load()
+    full_s = time.perf_counter() - started
+    full_bytes = rss_bytes() - before
+    before = rss_bytes()
+    started = time.perf_counter()
+    delta = LookupLoader(ServableId("table", 2), str(root / "2")).load()
+    delta_s = time.perf_counter() - started
+    delta_bytes = rss_bytes() - before
+    own_bytes = (delta.memory_bytes() or 0) - (full.memory_bytes() or 0)  # its rows and index
+    probe = np.concatenate([changed[:500], keys[:500]])
+    out = delta.run("serving_default", {"keys": probe})
+    assert out["found"].all(), "the delta lost rows"
+    lines = [
+        "| version | load s | RSS added MiB | own rows + index MiB | vs full table |",
+        "|---|---:|---:|---:|---:|",
+        f"| full table ({len(keys):,} rows) | {full_s:.2f} | {full_bytes / 2**20:,.0f} |"
+        f" {(full.memory_bytes() or 0) / 2**20:,.0f} | 100 % |",
+        f"| {fraction:.0%} delta ({len(changed):,} rows) | {delta_s:.2f} |"
+        f" {delta_bytes / 2**20:,.0f} | {own_bytes / 2**20:,.0f} | time {delta_s / full_s:.1%},"
+        f" RSS {delta_bytes / full_bytes:.1%} |",
+    ]
+    del full, delta
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=10_000_000, help="rows of the table")
+    parser.add_argument("--dim", type=int, default=64, help="FP32 values per row")
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000, help="keys per lookup")
+    parser.add_argument("--requests", type=int, default=300, help="lookups per client")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--delta-fraction", type=float, default=0.01)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    keys = np.arange(args.keys, dtype=np.int64) * 7 + 3
+    write_table(workdir / "whole" / "1", keys, args.dim, seed=1)
+    servers: list[Server] = []
+    try:
+        whole = Server(workdir, "whole", f"    base_path: {workdir / 'whole'}\n")
+        servers.append(whole)
+        whole_s = whole.wait_ready()
+        shards = [
+            Server(
+                workdir,
+                f"shard{i}",
+                f"    base_path: {workdir / 'whole'}\n"
+                f"    shard: {{index: {i}, count: {args.shards}}}\n",
+            )
+            for i in range(args.shards)
+        ]
+        servers.extend(shards)
+        shard_s = [shard.wait_ready() for shard in shards]
+        addresses = ", ".join(f'"{s.address}"' for s in shards)
+        router = Server(workdir, "router", f"    platform: shards\n    shards: [{addresses}]\n")
+        servers.append(router)
+        router.wait_ready()
+        whole_rss = rss_bytes(whole.proc.pid)
+        size = keys.nbytes * (1 + args.dim / 2) / 2**30
+        print(f"\n{args.keys:,} keys x {args.dim} FP32 ({size:.2f} GiB of rows)\n")
+        print("| server | ready after s | RSS MiB | vs one server |\n|---|---:|---:|---:|")
+        print(f"| one server, whole table | {whole_s:.1f} | {whole_rss / 2**20:,.0f} | 100 % |")
+        for i, (shard, ready_s) in enumerate(zip(shards, shard_s, strict=True)):
+            rss = rss_bytes(shard.proc.pid)
+            print(
+                f"| shard {i} of {args.shards} | {ready_s:.1f} | {rss / 2**20:,.0f} |"
+                f" {rss / whole_rss:.1%} |"
+            )
+        print(f"| router | | {rss_bytes(router.proc.pid) / 2**20:,.0f} | |")
+        print(f"\n| {args.batch}-key lookups | clients | keys/s | p50 ms | p99 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for clients in (1, args.clients):
+            for name, target in (("one server", whole), ("router + shards", router)):
+                lookups(target.address, keys, args.batch, 20, clients)  # warm up
+                rate, p50, p99 = lookups(target.address, keys, args.batch, args.requests, clients)
+                print(f"| {name} | {clients} | {rate:,.0f} | {p50:.2f} | {p99:.2f} |")
+    finally:
+        for server in servers:
+            server.stop()
+    try:
+        print()
+        print("\n".join(delta_load(workdir, keys, args.dim, args.delta_fraction)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
