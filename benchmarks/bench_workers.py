@@ -227,7 +227,11 @@ def main() -> None:
                 (f"pyserving --workers {workers}", "V2 REST JSON", load(proc, rest_load, env, args))
             )
             target = f"127.0.0.1:{grpc_port}"
-            grpc_load = functools.partial(bench.grpc_command, target, "v2", "mlp", 64, c)
+
+            def grpc_load(seconds: float, target: str = target) -> list[str]:
+                # 8 connections: one HTTP/2 connection would reach one worker only
+                return [*bench.grpc_command(target, "v2", "mlp", 64, c, seconds), "--channels=8"]
+
             rows.append(
                 (f"pyserving --workers {workers}", "V2 gRPC", load(proc, grpc_load, None, args))
             )

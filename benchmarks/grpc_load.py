@@ -84,18 +84,33 @@ async def _worker(call, body: bytes, deadline: float, latencies: list, errors: l
             latencies.append(time.perf_counter() - start)
 
 
-async def _load(target: str, method: str, body: bytes, conns: int, seconds: float, warmup: float):
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
+async def _load(
+    target: str, method: str, body: bytes, conns: int, seconds: float, warmup: float, channels: int
+):
+    # a connection of its own per channel (no shared subchannel), so that a server whose
+    # workers share the port (--workers) sees several connections
+    opened = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    try:
+        calls = [channel.unary_unary(method) for channel in opened]
         if warmup > 0:
             end = time.perf_counter() + warmup
-            await asyncio.gather(*(_worker(call, body, end, [], []) for _ in range(conns)))
+            await asyncio.gather(
+                *(_worker(calls[i % channels], body, end, [], []) for i in range(conns))
+            )
         latencies: list[float] = []
         errors: list[str] = []
         start = time.perf_counter()
         end = start + seconds
-        await asyncio.gather(*(_worker(call, body, end, latencies, errors) for _ in range(conns)))
+        await asyncio.gather(
+            *(_worker(calls[i % channels], body, end, latencies, errors) for i in range(conns))
+        )
         return latencies, errors, time.perf_counter() - start
+    finally:
+        for channel in opened:
+            await channel.close()
 
 
 def main() -> None:
@@ -108,6 +123,9 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, default=8, help="concurrent calls")
     parser.add_argument("-d", "--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=0.0)
+    parser.add_argument(
+        "--channels", type=int, default=1, help="gRPC connections the calls are spread over"
+    )
     parser.add_argument("--check", action="store_true", help="one call, print its output")
     args = parser.parse_args()
     if args.target.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
@@ -127,11 +145,27 @@ def main() -> None:
         import uvloop
     except ImportError:
         latencies, errors, elapsed = asyncio.run(
-            _load(args.target, method, body, args.connections, args.duration, args.warmup)
+            _load(
+                args.target,
+                method,
+                body,
+                args.connections,
+                args.duration,
+                args.warmup,
+                args.channels,
+            )
         )
     else:
         latencies, errors, elapsed = uvloop.run(
-            _load(args.target, method, body, args.connections, args.duration, args.warmup)
+            _load(
+                args.target,
+                method,
+                body,
+                args.connections,
+                args.duration,
+                args.warmup,
+                args.channels,
+            )
         )
     ms = np.asarray(latencies) * 1000
     result = {
