@@ -224,5 +224,9 @@ def test_the_example_text_generator_streams_word_by_word():
         parts = list(servable.start("serving_default", inputs))  # type: ignore[attr-defined]
         assert len(parts) == 3
         assert all(part["text_output"][0].startswith(b" ") for part in parts)
+        # called as a function (warmup does), the stream runs to its end: the last part answers
+        np.testing.assert_array_equal(
+            servable.run("serving_default", inputs)["text_output"], parts[-1]["text_output"]
+        )
     finally:
         loader.unload()

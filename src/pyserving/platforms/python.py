@@ -24,6 +24,7 @@ at once: a class that is not thread-safe locks inside `run`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import inspect
 import itertools
@@ -115,8 +116,13 @@ class PythonServable(Servable):
         return self._signatures
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result: dict[str, np.ndarray] = self.instance.run(signature, inputs)
-        return result
+        """The answer; a streaming or async `run` is driven to its end here, off any event loop
+        (warmup replays records this way), and its last part is the answer."""
+        result = self.instance.run(signature, inputs)
+        if self.run_kind != "function":
+            result = _run_to_end(self.run_kind, result)
+        answer: dict[str, np.ndarray] = result
+        return answer
 
     def start(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
         """The user's `run` called: a generator, an async generator or a coroutine (by
@@ -134,6 +140,26 @@ class PythonServable(Servable):
     def memory_bytes(self) -> int | None:
         estimate = getattr(self.instance, "memory_bytes", None)
         return estimate() if callable(estimate) else None
+
+
+def _run_to_end(kind: str, started: Any) -> Any:
+    """The last part of a generator or async generator, or a coroutine's result ({} when a
+    generator yields nothing)."""
+    if kind == "generator":
+        last: Any = {}
+        for part in started:
+            last = part
+        return last
+    if kind == "async_generator":
+
+        async def drain() -> Any:
+            last: Any = {}
+            async for part in started:
+                last = part
+            return last
+
+        return asyncio.run(drain())
+    return asyncio.run(started)
 
 
 def _run_kind(run: Any) -> str:
