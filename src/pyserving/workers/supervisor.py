@@ -378,6 +378,8 @@ class Supervisor:
             workers = list(self._workers.values())
         for worker in workers:
             worker.send("gate", seq, gate)
+        # a worker still importing reads it before it listens: no need to wait for that one
+        workers = [w for w in workers if w.options is not None]
         deadline = time.monotonic() + _GATE_WAIT_S
         with self._lock:
             applied = self._changed.wait_for(
