@@ -98,15 +98,14 @@ def servers(tmp_path: Path) -> Iterator[dict[str, object]]:
         whole_port = free_port()
         whole_entry = f"    base_path: {tmp_path / 'whole'}\n    version_policy: {{all: {{}}}}\n"
         started.append(start(tmp_path, "whole", whole_entry, whole_port))
-        for server in started:
-            server.wait_ready()
+        # the router starts with them: it is ready once every shard serves a version
         addresses = ", ".join(f'"127.0.0.1:{p}"' for p in shard_ports)
         router_port = free_port()
-        router = start(
-            tmp_path, "router", f"    platform: shards\n    shards: [{addresses}]\n", router_port
-        )
+        router_entry = f"    platform: shards\n    shards: [{addresses}]\n"
+        router = start(tmp_path, "router", router_entry, router_port)
         started.append(router)
-        router.wait_ready()
+        for server in started:
+            server.wait_ready()
         yield {
             "root": tmp_path,
             "shards": started,
@@ -121,6 +120,7 @@ def servers(tmp_path: Path) -> Iterator[dict[str, object]]:
             server.stop()
 
 
+@pytest.mark.slow
 def test_router_answers_as_one_server_moves_versions_together_and_deltas_answer_as_rewritten(
     servers: dict[str, object],
 ) -> None:

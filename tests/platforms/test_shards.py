@@ -1,0 +1,110 @@
+"""The shard router's fan-out, over stubs that decode and answer with the V2 codec (issue 18)."""
+
+from __future__ import annotations
+
+import types
+import zlib
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from pyserving.errors import Unavailable
+from pyserving.platforms.lookup import LookupServable
+from pyserving.platforms.shards import ShardRouter
+from pyserving.platforms.signature import DEFAULT_SIGNATURE
+from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.protocols.request import InferResponse
+from pyserving.protocols.v2 import request_from_proto, response_to_proto
+
+LIMITS = types.SimpleNamespace(max_tensor_elements=1 << 20, max_tensor_bytes=1 << 26)
+WORDS = [f"word-{i}" for i in range(60)]
+
+
+class Done:
+    """A finished call: `result()` answers or raises, as a grpc future does."""
+
+    def __init__(self, answer: Any) -> None:
+        self._answer = answer
+
+    def result(self) -> Any:
+        if isinstance(self._answer, Exception):
+            raise self._answer
+        return self._answer
+
+    def cancel(self) -> bool:
+        return True
+
+
+class ShardStub:
+    """A shard server in-process: decodes the V2 request as a server does, runs its table."""
+
+    def __init__(self, table: LookupServable, broken: bool = False) -> None:
+        self.table = table
+        self.broken = broken
+        self.requests: list[pb.ModelInferRequest] = []
+        self.ModelInfer = types.SimpleNamespace(future=self._infer)
+
+    def _infer(self, request: pb.ModelInferRequest, timeout: float) -> Done:
+        assert timeout > 0
+        self.requests.append(request)
+        if self.broken:
+            error = grpc.RpcError("connection refused")
+            return Done(error)
+        decoded = request_from_proto(request, None)
+        signature = self.table.signatures[DEFAULT_SIGNATURE]
+        assert callable(decoded.inputs)
+        outputs = self.table.run(DEFAULT_SIGNATURE, decoded.inputs(signature, LIMITS))
+        version = int(request.model_version)
+        return Done(response_to_proto(InferResponse("t", version, DEFAULT_SIGNATURE, outputs)))
+
+
+class Routes:
+    def __init__(self, stubs: list[ShardStub]) -> None:
+        self.model = "t"
+        self._targets = tuple((f"shard-host:{i}", stub) for i, stub in enumerate(stubs))
+
+    def targets(self) -> tuple[tuple[str, ShardStub], ...]:
+        return self._targets
+
+
+def shard_tables(count: int) -> list[LookupServable]:
+    keys = np.array([w.encode() for w in WORDS], dtype=object)
+    values = np.arange(len(WORDS) * 2, dtype=np.float32).reshape(-1, 2)
+    tables = []
+    for index in range(count):
+        mine = np.array([zlib.crc32(k) % count == index for k in keys.tolist()])
+        tables.append(LookupServable(keys[mine], values[mine], default=[-1, -1]))
+    return tables
+
+
+def test_bytes_keys_fan_out_one_call_per_shard_and_merge_in_request_order() -> None:
+    stubs = [ShardStub(t) for t in shard_tables(3)]
+    whole = shard_tables(1)[0]
+    router = ShardRouter(Routes(stubs), 4, whole.signatures[DEFAULT_SIGNATURE])  # type: ignore[arg-type]
+    probe = np.array([w.encode() for w in [*reversed(WORDS), "missing", "word-3"]], dtype=object)
+    out = router.run(DEFAULT_SIGNATURE, {"keys": probe})
+    expected = whole.run(DEFAULT_SIGNATURE, {"keys": probe})
+    np.testing.assert_array_equal(out["values"], expected["values"])
+    np.testing.assert_array_equal(out["found"], expected["found"])
+    assert [len(s.requests) for s in stubs] == [1, 1, 1]
+    assert {r.model_version for s in stubs for r in s.requests} == {"4"}
+
+
+def test_one_broken_shard_fails_the_whole_request_naming_it() -> None:
+    tables = shard_tables(3)
+    stubs = [ShardStub(tables[0]), ShardStub(tables[1], broken=True), ShardStub(tables[2])]
+    signature = tables[0].signatures[DEFAULT_SIGNATURE]
+    router = ShardRouter(Routes(stubs), 1, signature)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match=r"shard 1 \(shard-host:1\) is unavailable"):
+        router.run(DEFAULT_SIGNATURE, {"keys": np.array([w.encode() for w in WORDS], dtype=object)})
+
+
+def test_no_keys_answers_empty_outputs_without_calling_a_shard() -> None:
+    stubs = [ShardStub(t) for t in shard_tables(2)]
+    signature = stubs[0].table.signatures[DEFAULT_SIGNATURE]
+    router = ShardRouter(Routes(stubs), 1, signature)  # type: ignore[arg-type]
+    out = router.run(DEFAULT_SIGNATURE, {"keys": np.zeros(0, dtype=object)})
+    assert out["values"].shape == (0, 2) and out["found"].shape == (0,)
+    assert not any(s.requests for s in stubs)
