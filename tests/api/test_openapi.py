@@ -43,6 +43,8 @@ ROUTES = {
             ("get", "/config"),
             ("get", "/stats"),
             ("post", "/infer"),
+            ("post", "/generate"),
+            ("post", "/generate_stream"),
         )
     ),
     ("post", "/v2/repository/index"),

@@ -253,6 +253,28 @@ def _v2_paths() -> dict[str, Any]:
                 "V2InferRequest",
             ),
         }
+        for route, summary, content in (
+            (
+                "generate",
+                "Generate: the last part of a streaming model",
+                _json("V2GenerateResponse"),
+            ),
+            (
+                "generate_stream",
+                "Generate, streamed: one server-sent event `data: {response}` per part",
+                {"text/event-stream": {"schema": {"type": "string"}}},
+            ),
+        ):
+            paths[f"{base}/{route}"] = {
+                "parameters": params,
+                "post": _op(
+                    tag,
+                    summary,
+                    f"v2_{route}{key}",
+                    _responses(content, _BODY_ERRORS),
+                    "V2GenerateRequest",
+                ),
+            }
     paths["/v2/repository/index"] = {
         "post": _op(
             "Model repository",

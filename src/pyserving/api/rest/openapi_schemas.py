@@ -169,6 +169,19 @@ SCHEMAS: dict[str, Any] = {
             ),
         },
     ),
+    "V2GenerateRequest": {
+        **_obj(id=_STR, parameters=_PARAMETERS),
+        "description": "each other key names an input of the model's default signature; its"
+        " value is the input's data (a string, number, boolean or nested lists)",
+        "additionalProperties": True,
+        "example": {"text_input": "the server", "max_tokens": 12},
+    },
+    "V2GenerateResponse": {
+        **_obj(("model_name", "model_version"), model_name=_STR, model_version=_STR, id=_STR),
+        "description": "each other key is an output by name: one element as the value itself,"
+        " BYTES as text, larger outputs as nested lists",
+        "additionalProperties": True,
+    },
     "V2RepositoryIndexRequest": _obj(ready={"type": "boolean"}),
     "V2RepositoryIndex": {
         "type": "array",
