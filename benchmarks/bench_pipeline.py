@@ -2,10 +2,11 @@
 after the other, in one process (ServerCore's request path, no network), and against calling
 the two servables directly (no serving at all).
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--requests 2000] [--concurrency 1 8]
+    .venv/bin/python benchmarks/bench_pipeline.py [--requests N] [--concurrency 1 8] [--rounds R]
 
-Prints one table: per-request latency (p50 / p99 / mean, µs) and requests per second for each
-way, and the pipeline's overhead over the two calls. Rows: `direct` (servable.run twice on this
+Prints one table per concurrency: per-request latency (p50 / p99 / mean, µs) and requests per
+second for each way, and the pipeline's overhead over the two calls. The ways take turns in short
+rounds, so a busy machine slows them alike. Rows: `direct` (servable.run twice on this
 thread), `two calls` (InferenceService.infer on `features`, then on `mlp`), `pipeline`
 (InferenceService.infer on `scorer`).
 """
@@ -63,10 +64,8 @@ async def measure(
             await call(keys)
             latencies.append(time.perf_counter() - started)
 
-    for _ in range(50):  # warm the threads and caches
-        await call(np.arange(BATCH, dtype=np.int64))
     started = time.perf_counter()
-    await asyncio.gather(*(client(requests // concurrency) for _ in range(concurrency)))
+    await asyncio.gather(*(client(max(1, requests // concurrency)) for _ in range(concurrency)))
     return latencies, time.perf_counter() - started
 
 
@@ -78,7 +77,7 @@ def row(name: str, latencies: list[float], wall_s: float) -> str:
     return f"| {name} | {p50:.0f} | {p99:.0f} | {mean:.0f} | {len(ordered) / wall_s:.0f} |"
 
 
-async def run(core: ServerCore, requests: int, concurrency: int) -> None:
+async def run(core: ServerCore, requests: int, concurrency: int, rounds: int) -> None:
     service = core.service
     with service.acquire("features") as features, service.acquire("mlp") as mlp:
         lookup, model = features.servable, mlp.servable
@@ -95,25 +94,37 @@ async def run(core: ServerCore, requests: int, concurrency: int) -> None:
         async def pipeline(keys: np.ndarray) -> object:
             return await service.infer(InferRequest("scorer", {"user": keys}))
 
-        print(f"\nconcurrency {concurrency}, {requests} requests of {BATCH} keys each")
+        ways = {"direct": direct, "two calls": two_calls, "pipeline": pipeline}
+        for call in ways.values():  # warm the threads and caches
+            await measure(call, 50, 1)
+        # Interleaved rounds: a noisy neighbour slows every way alike, not the one that ran then.
+        latencies: dict[str, list[float]] = {name: [] for name in ways}
+        walls = dict.fromkeys(ways, 0.0)
+        overheads = []
+        for _ in range(rounds):
+            medians = {}
+            for name, call in ways.items():
+                found, wall_s = await measure(call, requests // rounds, concurrency)
+                latencies[name] += found
+                walls[name] += wall_s
+                medians[name] = statistics.median(found)
+            overheads.append(medians["pipeline"] - medians["two calls"])
+        print(f"\nconcurrency {concurrency}, {requests} requests of {BATCH} keys each per way")
         print("| way | p50 µs | p99 µs | mean µs | req/s |")
         print("| --- | --- | --- | --- | --- |")
-        p50s, means = {}, {}
-        for name, call in (("direct", direct), ("two calls", two_calls), ("pipeline", pipeline)):
-            latencies, wall_s = await measure(call, requests, concurrency)
-            p50s[name] = statistics.median(latencies)
-            means[name] = statistics.fmean(latencies)
-            print(row(name, latencies, wall_s))
+        for name in ways:
+            print(row(name, latencies[name], walls[name]))
         print(
-            f"pipeline - two calls: {(p50s['pipeline'] - p50s['two calls']) * 1e6:+.0f} µs p50,"
-            f" {(means['pipeline'] - means['two calls']) * 1e6:+.0f} µs mean per request"
+            f"pipeline overhead over the two calls: {statistics.median(overheads) * 1e6:+.0f} µs"
+            f" per request (median over {rounds} rounds of the p50 difference)"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         config = write_repository(Path(root))
@@ -123,7 +134,7 @@ def main() -> None:
         core.start()
         try:
             for concurrency in args.concurrency:
-                asyncio.run(run(core, args.requests, concurrency))
+                asyncio.run(run(core, args.requests, concurrency, args.rounds))
         finally:
             core.stop()
 
