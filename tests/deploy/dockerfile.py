@@ -52,14 +52,3 @@ def _exec_form(value: str) -> list[str]:
     parsed = json.loads(value)
     assert isinstance(parsed, list) and all(isinstance(x, str) for x in parsed), value
     return parsed
-
-
-def flag(args: list[str], name: str) -> str | None:
-    """The value of `--name=value` in `args` (either spelling), the last one winning."""
-    wanted = {f"--{name.replace('-', '_')}", f"--{name.replace('_', '-')}"}
-    value = None
-    for arg in args:
-        key, sep, rest = arg.partition("=")
-        if sep and key in wanted:
-            value = rest
-    return value

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.deploy.dockerfile import DOCKERFILE, final_stage, flag
+from tests.deploy.dockerfile import DOCKERFILE, final_stage
+from tests.deploy.manifests import flag
 from tests.e2e.ops_models import GATE_ENV, install_gated_platform
 from tests.e2e.server import free_port
 from tests.fakes import wait_until
