@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from pyserving.errors import Unavailable
+from pyserving.errors import DeadlineExceeded, Unavailable
 from pyserving.platforms.lookup import LookupServable
 from pyserving.platforms.shards import ShardRouter
 from pyserving.platforms.signature import DEFAULT_SIGNATURE
@@ -108,3 +108,42 @@ def test_no_keys_answers_empty_outputs_without_calling_a_shard() -> None:
     out = router.run(DEFAULT_SIGNATURE, {"keys": np.zeros(0, dtype=object)})
     assert out["values"].shape == (0, 2) and out["found"].shape == (0,)
     assert not any(s.requests for s in stubs)
+
+
+class CallError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A failed call as grpc raises it: an RpcError that is also a Call with a code."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def __getattr__(self, name: str) -> Any:  # the rest of grpc.Call is never used here
+        raise AttributeError(name)
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "message"),
+    [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded, "did not answer within the deadline"),
+        (grpc.StatusCode.NOT_FOUND, Unavailable, "does not have version 7 of model t"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, Unavailable, "RESOURCE_EXHAUSTED: too big"),
+    ],
+)
+def test_a_shards_status_becomes_the_requests_naming_the_shard(
+    code: grpc.StatusCode, error: type[Exception], message: str
+) -> None:
+    tables = shard_tables(2)
+    stubs = [ShardStub(t) for t in tables]
+    stubs[1].ModelInfer = types.SimpleNamespace(
+        future=lambda request, timeout: Done(CallError(code, "too big"))
+    )
+    router = ShardRouter(Routes(stubs), 7, tables[0].signatures[DEFAULT_SIGNATURE])  # type: ignore[arg-type]
+    keys = np.array([w.encode() for w in WORDS], dtype=object)
+    with pytest.raises(error, match="shard 1 \\(shard-host:1\\)") as raised:
+        router.run(DEFAULT_SIGNATURE, {"keys": keys})
+    assert message in str(raised.value)
