@@ -417,3 +417,37 @@ def test_a_step_version_that_breaks_the_wiring_leaves_the_pipeline_serving_and_s
     with pytest.raises(InvalidInput) as caught:
         infer(core, "scorer", {"user": KEYS})
     assert caught.value.message.startswith('pipeline "scorer" step "mlp" (model "mlp"): input')
+
+
+def test_requests_that_share_a_failed_batch_each_get_the_error_named_once(repo: Path) -> None:
+    """Every task of a failed batch gets the same exception object: naming the step must not
+    change it for the other requests."""
+    (repo / "started").touch()  # boom raises at once
+    raw = {
+        "name": "raw",
+        "pipeline": {
+            "steps": [{"model": "boom", "inputs": {"x": "x"}}],
+            "outputs": {"y": "boom.x"},
+        },
+    }
+    config = _config(repo, [raw])
+    text = config.read_text().replace(
+        "name: boom\n", "name: boom\n  batching: {max_batch_size: 8, batch_timeout_micros: 50000}\n"
+    )
+    config.write_text(text)
+    server = ServerCore(
+        ServerOptions(model_config_file=str(config), file_system_poll_wait_seconds=0)
+    )
+
+    async def together() -> list[BaseException | InferResponse]:
+        x = {"x": np.zeros((1, 8), np.float32)}
+        calls = [server.service.infer(InferRequest("raw", dict(x))) for _ in range(3)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        server.start()
+        errors = asyncio.run(together())
+        messages = [e.message for e in errors if isinstance(e, ModelError)]
+        assert messages == ['pipeline "raw" step "boom" (model "boom"): boom'] * 3
+    finally:
+        server.stop()

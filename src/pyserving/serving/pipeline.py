@@ -152,7 +152,17 @@ async def _gather(
 
 
 def _name_step(exc: ServingError, spec: PipelineSpec, step: Step) -> ServingError:
-    """`exc` with its message prefixed by the pipeline and step: same class, same status."""
-    exc.message = f'pipeline "{spec.name}" step "{step.name}" (model "{step.model}"): {exc.message}'
-    exc.args = (exc.message,)
-    return exc
+    """A copy of `exc` whose message starts with the pipeline and step: same class, same status.
+
+    A copy, because one exception may answer several requests (every task of a failed batch
+    gets the same one), and only this request is a pipeline's. Made without calling __init__,
+    whose parameters differ between subclasses.
+    """
+    cls = type(exc)
+    named = cls.__new__(cls)
+    named.__dict__.update(exc.__dict__)
+    named.message = (
+        f'pipeline "{spec.name}" step "{step.name}" (model "{step.model}"): {exc.message}'
+    )
+    named.args = (named.message,)
+    return named
