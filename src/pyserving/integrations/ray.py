@@ -84,8 +84,10 @@ class RayServingOptions:
     def from_args(cls, args: Mapping[str, Any]) -> RayServingOptions:
         """Options from a Serve config's `args:` (flag names, `-` or `_`); raises ValueError
         naming an unknown or refused key and the closest known one."""
-        server_fields = {f.name for f in dataclasses.fields(ServerOptions)}
-        own_fields = {f.name for f in dataclasses.fields(cls)} - {"server"}
+        server_types = {f.name: str(f.type) for f in dataclasses.fields(ServerOptions)}
+        own_types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        server_fields = set(server_types)
+        own_fields = set(own_types) - {"server"}
         server: dict[str, Any] = {}
         own: dict[str, Any] = {}
         for raw_key, value in args.items():
@@ -93,9 +95,9 @@ class RayServingOptions:
             if key in _REFUSED:
                 raise ValueError(f"args.{raw_key}: {_REFUSED[key]}")
             if key in own_fields:
-                own[key] = value
+                own[key] = _typed(raw_key, own_types[key], value)
             elif key in server_fields and key != "model_config":
-                server[key] = value
+                server[key] = _typed(raw_key, server_types[key], value)
             else:
                 known = sorted((server_fields | own_fields) - set(_REFUSED) - {"model_config"})
                 close = difflib.get_close_matches(key, known, n=1)
@@ -173,6 +175,26 @@ def build_app(args: dict[str, Any]) -> Application:
     if not isinstance(deployment, Mapping):
         raise ValueError("args.deployment: expected a mapping of Ray deployment options")
     return pyserving_app(RayServingOptions.from_args(args), **deployment)
+
+
+def _typed(key: str, annotation: str, value: Any) -> Any:
+    """`value` as the option's type: `serve run ... key=value` passes every arg as a string."""
+    if not isinstance(value, str) or annotation.startswith("str"):
+        return tuple(value) if annotation.startswith("tuple") else value
+    try:
+        if annotation.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if annotation.startswith("int"):
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        if annotation.startswith("tuple"):
+            return tuple(part for part in value.split(",") if part)
+    except ValueError:
+        raise ValueError(f"args.{key}: expected {annotation}, got {value!r}") from None
+    return value
 
 
 def _replica_name() -> str:
