@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pyserving.errors import FailedPrecondition
 from pyserving.platforms.signature import Signature, TensorSpec
-from pyserving.serving.config import ConfigError, parse_config
+from pyserving.serving.config import ConfigError, check_transition, parse_config
 from pyserving.serving.pipeline_config import (
     PipelineError,
     derive_signature,
@@ -248,3 +249,13 @@ def test_wiring_that_does_not_fit_the_steps_signatures_names_the_step(
         derive_signature(spec, {"features": FEATURES, "mlp": mlp})
     assert message in caught.value.message
     assert caught.value.message.startswith('pipeline "scorer": ')
+
+
+def test_a_reload_may_not_turn_a_model_into_a_pipeline_or_back() -> None:
+    before = parse_config(config(scorer()), Path("/"))
+    document = config(scorer())
+    document["models"][2] = {"name": "scorer", "base_path": "/m/scorer"}  # type: ignore[index]
+    after = parse_config(document, Path("/"))
+    for old, new in ((before, after), (after, before)):
+        with pytest.raises(FailedPrecondition, match="between a pipeline and a model with files"):
+            check_transition(old, new)
