@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import struct
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = ["Shard", "read_keys", "read_table"]
 Shard = tuple[int, int]
 # bytes of an npz value array read at a time while keeping a shard's rows
 _SLICE_BYTES = 64 << 20
+# a zip local file header: signature ... file name length, extra field length
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 _log = logging.getLogger(__name__)
 
@@ -204,14 +207,56 @@ def _read_npz(
         with archive.open(members["keys"]) as stream:
             keys = _normalise_keys(np.lib.format.read_array(stream, allow_pickle=False), key_type)
         mine = None if shard is None else shard_of(keys, shard[1]) == shard[0]
-        with archive.open(members["values"]) as stream:
-            values = _read_rows(stream, mine)
+        mapped = (
+            map_stored_array(file, archive.getinfo(members["values"])) if mine is None else None
+        )
+        if mapped is not None:
+            values = mapped
+        else:
+            with archive.open(members["values"]) as stream:
+                values = _read_rows(stream, mine)
     if len(values) != (len(keys) if mine is None else int(mine.sum())):
         raise FailedPrecondition(f"table.npz: {len(keys)} keys but a different number of values")
     if values.dtype.kind in "SU":
         texts = [v.encode() if isinstance(v, str) else v for v in values.tolist()]
         values = np.array(texts, dtype=object)
     return (keys if mine is None else keys[mine]), values
+
+
+def map_stored_array(file: str, member: zipfile.ZipInfo) -> np.ndarray | None:
+    """The .npy `member` of the zip `file` mapped read-only from the file, when it is stored
+    uncompressed (`np.savez`) with a numeric dtype in C order; None otherwise (compressed, text,
+    object or empty arrays are read instead).
+
+    Mapped, its pages come from the page cache: processes serving the same version (`--workers`)
+    share one copy, and only the rows requests touch are ever read from disk.
+    """
+    if member.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(file, "rb") as raw:
+        raw.seek(member.header_offset)
+        local = raw.read(_LOCAL_HEADER.size)
+        if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+            return None
+        name_bytes, extra_bytes = _LOCAL_HEADER.unpack(local)[-2:]
+        start = member.header_offset + _LOCAL_HEADER.size + name_bytes + extra_bytes
+        raw.seek(start)
+        try:
+            version = np.lib.format.read_magic(raw)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(raw)
+            else:
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(raw)
+        except ValueError:
+            return None  # not an .npy header: the reader says what is wrong
+        offset = raw.tell()
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if fortran_order or dtype.kind not in "biufc" or not shape or nbytes == 0:
+        return None
+    if offset + nbytes > start + member.file_size:
+        raise FailedPrecondition("table.npz: the values array is truncated")
+    mapped = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return mapped.view(np.ndarray)  # a plain array; it keeps the mapping open
 
 
 def _read_rows(stream: Any, mine: np.ndarray | None) -> np.ndarray:
