@@ -578,7 +578,7 @@ def _serve(
             return run_supervisor(args, argv, demo_root)
         return _serve_models(args, tls, auth, demo_root, worker)
     finally:
-        if demo_root is not None:
+        if demo_root is not None and worker is None:  # the supervisor's to remove
             shutil.rmtree(demo_root, ignore_errors=True)
 
 
