@@ -131,6 +131,10 @@ def test_deployment_ports_probes_flags_and_scrape_path_are_the_servers(base, tmp
     assert probes[2]["path"] == "/v2/health/live"
     assert probes[1]["path"] == "/v2/health/ready"
 
+    # An emptyDir is writable by everyone: the server refuses a cache directory in one.
+    cache = flag(spec["args"], "model_cache_dir") or ""
+    assert not any(cache.startswith(m["mountPath"]) for m in spec.get("volumeMounts", ()))
+
     root = tmp_path / "root"
     free = free_ports("port", "rest_api_port")
     args = localized(spec["args"], root, free)
