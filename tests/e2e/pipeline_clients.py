@@ -1,7 +1,7 @@
-"""Client side of the pipeline end-to-end test, run as a child process (the gRPC client libraries
-register protobuf names that clash with pyserving's): `python pipeline_clients.py ADDRESS KEYS`
-prints `RESULT {json}`: the pipeline's answer over TF Serving gRPC Predict and KServe V2 gRPC
-(tritonclient.grpc), with the version each reported."""
+"""Client side of the pipeline end-to-end test, run as a child process (tritonclient registers
+protobuf names that clash with pyserving's): `python pipeline_clients.py ADDRESS KEYS` prints
+`RESULT {json}`: the pipeline's answer over KServe V2 gRPC (tritonclient.grpc), its version, step
+versions and metadata."""
 
 from __future__ import annotations
 
@@ -10,24 +10,6 @@ import sys
 from typing import Any
 
 import numpy as np
-
-
-def tfserving(address: str, keys: np.ndarray) -> dict[str, Any]:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "scorer"
-        request.inputs["user"].CopyFrom(tf.make_tensor_proto(keys))
-        response = stub.Predict(request, timeout=30)
-        return {
-            "score": tf.make_ndarray(response.outputs["score"]).tolist(),
-            "known": tf.make_ndarray(response.outputs["known"]).tolist(),
-            "version": response.model_spec.version.value,
-        }
 
 
 def triton(address: str, keys: np.ndarray) -> dict[str, Any]:
@@ -51,5 +33,5 @@ def triton(address: str, keys: np.ndarray) -> dict[str, Any]:
 
 if __name__ == "__main__":
     address, keys = sys.argv[1], np.array(json.loads(sys.argv[2]), dtype=np.int64)
-    result = {"tfserving": tfserving(address, keys), "triton": triton(address, keys)}
+    result = {"triton": triton(address, keys)}
     print("RESULT " + json.dumps(result))
