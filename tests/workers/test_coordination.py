@@ -1,0 +1,82 @@
+"""The supervisor's order during a swap, with recording workers in place of processes: every
+worker routes to the new version before any shows it AVAILABLE, and the old version is let go
+only after both (issue 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyserving.core.ids import ServableData, ServableId
+from pyserving.workers import supervisor as sup
+from pyserving.workers.aspired_feed import Gate, WorkerReport
+
+
+class RecordingChannel:
+    """Records what the supervisor sends one worker and applies each gate at once."""
+
+    def __init__(self, owner: sup.Supervisor) -> None:
+        self.owner = owner
+        self.worker: sup._Worker | None = None
+        self.sent: list[tuple[Any, ...]] = []
+
+    def send(self, *message: Any) -> None:
+        self.sent.append(message)
+        if message[0] == "gate":
+            with self.owner._lock:
+                assert self.worker is not None
+                self.worker.acked_gate = message[1]
+                self.owner._changed.notify_all()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+def item(version: int) -> ServableData[str]:
+    return ServableData(ServableId("m", version), f"/m/{version}")
+
+
+def serving(*versions: int) -> tuple[Any, ...]:
+    return ("report", WorkerReport({"m": frozenset(versions)}), True)
+
+
+def test_swap_routes_everywhere_then_publishes_then_releases_issue_17(tmp_path: Path) -> None:
+    supervisor = sup.Supervisor([], 2, None, str(tmp_path), True, 1.0)
+    workers = []
+    for slot in range(2):
+        channel = RecordingChannel(supervisor)
+        worker = sup._Worker(slot, FakeProcess(1000 + slot), channel)
+        channel.worker = worker
+        worker.fed = True
+        worker.options = object()
+        supervisor._workers[slot] = worker
+        workers.append(worker)
+    supervisor._on_list("m", [item(1)])
+    for worker in workers:
+        supervisor._on_message(worker, serving(1))
+    for worker in workers:
+        worker.channel.sent.clear()
+    supervisor._on_list("m", [item(2)])
+    supervisor._on_message(workers[0], serving(1, 2))
+    supervisor._on_message(workers[1], serving(1, 2))
+
+    for worker in workers:
+        sent = [m for m in worker.channel.sent if m[0] in ("aspire", "gate")]
+        assert [(m[0], _what(m)) for m in sent] == [
+            ("aspire", [1, 2]),  # version 1 held while 2 loads
+            ("gate", ({"m": 2}, {"m": frozenset({1})})),  # requests go to 2 everywhere...
+            ("gate", ({"m": 2}, {"m": frozenset({1, 2})})),  # ...then status shows it
+            ("aspire", [2]),  # only then may version 1 unload
+        ]
+
+
+def _what(message: tuple[Any, ...]) -> Any:
+    if message[0] == "aspire":
+        return [i.id.version for i in message[2]]
+    gate: Gate = message[2]
+    return (dict(gate.latest), dict(gate.published))
