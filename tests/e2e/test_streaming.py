@@ -129,12 +129,18 @@ def test_a_reader_that_stops_reading_pauses_the_generator_issue_19(server):
 def test_hostile_generate_requests_are_answered_cleanly_issue_19(server):
     url = f"{server.url}/v2/models/tokens/generate_stream"
     cases = {
-        "bad json": (b'{"text_input": "x"', 400, "not valid JSON"),
+        "bad json": (b'{"text_input": "x"', 400, "JSON Parse error"),
         "not an object": (b"[1, 2]", 400, "must be a JSON object"),
         "unknown input": (b'{"text_input": "x", "max_tokenz": 1}', 400, "unknown input"),
         "missing input": (b'{"text_input": "x"}', 400, 'input "max_tokens"'),
         "wrong type": (b'{"text_input": "x", "max_tokens": "many"}', 400, "max_tokens"),
         "bad id": (b'{"text_input": "x", "max_tokens": 1, "id": 5}', 400, "'id'"),
+        "decimal for an integer": (b'{"text_input": "x", "max_tokens": 1.5}', 400, "int32"),
+        "bad parameters": (
+            b'{"text_input": "x", "max_tokens": 1, "parameters": []}',
+            400,
+            "'parameters'",
+        ),
     }
     for what, (payload, status, words) in cases.items():
         answer = httpx.post(url, content=payload, timeout=30)

@@ -408,7 +408,7 @@ class _RestApp:
             # the stream opens (or is refused) before `answer` returns: a miss is worded here
             with v2_errors.in_triton_words():
                 return await generate.answer(
-                    service, name, version, body, deadline, streamed, receive
+                    service, name, version, body, deadline, streamed, receive, self._depth
                 )
         if action == "/infer":
             _require(method, "POST")

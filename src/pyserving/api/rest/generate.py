@@ -25,6 +25,7 @@ import orjson
 
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.signature import Signature
+from pyserving.protocols.json_tensor import parse_json, to_array
 from pyserving.protocols.request import InferRequest, Limits
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -59,11 +60,14 @@ async def answer(
     deadline: float | None,
     stream_events: bool,
     receive: Receive,
+    max_depth: int = 32,
 ) -> tuple[int, bytes | EventStream, list[tuple[bytes, bytes]]]:
     """`/generate` (the last part as JSON) or `/generate_stream` (an EventStream that the app
     sends once this returns, holding the first part). Raises ServingError before the first
     part (the app answers it as JSON), ClientGone when the client left meanwhile."""
-    request = await run_sized(len(body), request_from_json, name, version, body, deadline)
+    request = await run_sized(
+        len(body), request_from_json, name, version, body, deadline, max_depth
+    )
     watch: _Watch | None = _Watch(receive)
     stream: PartStream | None = None
     document: bytes | None
@@ -150,14 +154,12 @@ class EventStream:
 
 
 def request_from_json(
-    name: str, version: int | None, body: bytes, deadline: float | None
+    name: str, version: int | None, body: bytes, deadline: float | None, max_depth: int = 32
 ) -> InferRequest:
-    """A generate request body → the request; its inputs are decoded against the signature.
+    """A generate request body → the request; its inputs are decoded against the signature by
+    the V2 JSON rules (integers reject decimals and out-of-range values, BYTES takes strings).
     Raises InvalidInput for a body that is not a JSON object or a bad `id` / `parameters`."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the generate request body is not valid JSON: {exc}") from None
+    document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidInput(
             f"the generate request body must be a JSON object, not {_json_type(document)}"
@@ -165,19 +167,25 @@ def request_from_json(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, not {_json_type(request_id)}")
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
+    parameters = document.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
         raise InvalidInput(f"'parameters' must be an object, not {_json_type(parameters)}")
     values = {key: value for key, value in document.items() if key not in _RESERVED}
 
     def decode(signature: Signature, limits: Limits) -> Outputs:
-        return _decode(values, parameters, signature, limits)
+        return _decode(values, parameters, signature, limits, max_depth)
 
     return InferRequest(name, decode, version, deadline=deadline, id=request_id, size=len(body))
 
 
 def _decode(
-    values: Mapping[str, Any], parameters: Mapping[str, Any], signature: Signature, limits: Limits
+    values: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    signature: Signature,
+    limits: Limits,
+    max_depth: int,
 ) -> Outputs:
     unknown = [key for key in values if signature.input(key) is None]
     if unknown:
@@ -192,33 +200,18 @@ def _decode(
             raise InvalidInput(
                 f'input "{spec.name}" ({spec.describe()}) is missing from the generate request'
             )
-        try:
-            if spec.datatype == "BYTES":
-                array = np.asarray(_to_bytes(value), dtype=object)
-            else:
-                array = np.asarray(value, dtype=spec.numpy_dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidInput(
-                f'input "{spec.name}": cannot read the value as {spec.describe()}: {exc}'
-            ) from None
-        if array.size > limits.max_tensor_elements:
-            raise InvalidInput(
-                f'input "{spec.name}": {array.size} elements exceed the limit of'
-                f" {limits.max_tensor_elements}"
-            )
+        array = to_array(
+            value,
+            spec.datatype,
+            f'input "{spec.name}"',
+            max_depth=max_depth,
+            max_elements=limits.max_tensor_elements,
+        )
         missing = len(spec.shape) - array.ndim
-        if missing > 0:
+        if missing > 0:  # "max_tokens": 12 fills an INT32 [1] input
             array = array.reshape((1,) * missing + array.shape)
         arrays[spec.name] = array
     return arrays
-
-
-def _to_bytes(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, list):
-        return [_to_bytes(item) for item in value]
-    raise TypeError(f"expected text, got {_json_type(value)}")
 
 
 def _part_document(stream: PartStream, outputs: Outputs) -> bytes:
