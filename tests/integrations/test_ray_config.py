@@ -80,3 +80,11 @@ def test_a_bad_model_config_names_the_file_and_key(tmp_path):
     config.write_text(yaml.safe_dump({"models": [{"name": "m", "basepath": "/x"}]}))
     with pytest.raises(ValueError, match="base_path"):
         build_app({"model_config_file": str(config)})
+
+
+def test_relative_paths_are_made_absolute_where_the_app_is_built(tmp_path, monkeypatch):
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": []}))
+    monkeypatch.chdir(tmp_path)
+    application = build_app({"model_config_file": "models.yaml"})
+    (options,) = application._bound_deployment.init_args
+    assert options.server.model_config_file == str(tmp_path / "models.yaml")

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import difflib
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -159,6 +160,14 @@ def pyserving_app(options: RayServingOptions | ServerOptions, **deployment: Any)
     for key, reason in _REFUSED.items():
         if getattr(options.server, key) != getattr(defaults, key):
             raise ValueError(f"{key}: {reason}")
+    # Ray's workers do not run in the caller's directory: relative local paths are made
+    # absolute where the application is built (the `serve run` caller's directory).
+    local = {
+        key: os.path.abspath(path)
+        for key in ("model_config_file", "model_base_path", "batching_parameters_file")
+        if (path := getattr(options.server, key)) and "://" not in path
+    }
+    options = dataclasses.replace(options, server=dataclasses.replace(options.server, **local))
     try:  # a bad config fails here, where `serve run` shows it, not in every replica
         options.server.resolve_model_config()
     except ServingError as exc:
