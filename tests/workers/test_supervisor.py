@@ -27,6 +27,9 @@ import pytest
 from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
+from pyserving.proto import model_server_config_pb2 as config_pb2
+from pyserving.proto import model_service_pb2_grpc
+from pyserving.proto import tf_serving_apis_pb2 as apis
 from tests.e2e.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -58,6 +61,7 @@ class Workers:
                 f"--model_base_path={base_path}",
                 "--file_system_poll_wait_seconds=0.2",
                 "--enable_model_control",
+                f"--model_control_roots={base_path.parent}",
                 "--drain_timeout_seconds=5",
             ],
             stdout=self._log,
@@ -175,6 +179,7 @@ class Load:
 def repository() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="pyserving-workers-repo-"))
     make_mlp(root / "mlp" / "1" / "model.onnx", seed=1)
+    make_mlp(root / "other" / "1" / "model.onnx", seed=3)
     try:
         yield root / "mlp"
     finally:
@@ -226,6 +231,29 @@ def test_model_control_applies_in_every_worker_before_it_answers(server: Workers
     with httpx.Client(timeout=60) as client:
         client.post(server.url + "/v2/repository/models/mlp/load").raise_for_status()
     assert {fresh_get(server.url + "/v2/models/mlp/ready").status_code for _ in range(10)} == {200}
+
+
+def test_config_reload_applies_in_every_worker_before_it_answers(
+    server: Workers, repository: Path
+) -> None:
+    def reload(*names: str) -> None:
+        config = config_pb2.ModelServerConfig()
+        for name in names:
+            config.model_config_list.config.add(name=name, base_path=str(repository.parent / name))
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                apis.ReloadConfigRequest(config=config), timeout=60
+            )
+        assert answer.status.error_code == 0, answer.status.error_message
+
+    reload("mlp", "other")
+    assert {fresh_get(server.url + "/v2/models/other/ready").status_code for _ in range(10)} == {
+        200
+    }
+    reload("mlp")  # "other" unloads in every worker before the answer: none says ready
+    assert {fresh_get(server.url + "/v2/models/other/ready").status_code for _ in range(10)} == {
+        400
+    }
 
 
 def test_version_swap_under_load_fails_nothing_and_status_leads_answers(
