@@ -12,7 +12,6 @@ Batcher). Steps of one level (see `PipelineSpec.levels`) run concurrently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,14 +75,17 @@ class PipelineServable(Servable):
         cancels its steps (their model calls are abandoned as `InferenceService.run` does).
         """
         spec = self.spec
-        with contextlib.ExitStack() as held:
-            handles: dict[str, tuple[ServableHandle, Signature]] = {}
+        handles: dict[str, tuple[ServableHandle, Signature]] = {}
+        try:
             for step in spec.steps:  # every handle before any step runs: one snapshot
                 try:
-                    handle = held.enter_context(
-                        await service.acquire_loaded(step.model, step.version, step.label, deadline)
-                    )
-                    handles[step.name] = (handle, service.signature(handle, None))
+                    # no on-demand loading: a step is never an on-demand model (check_pipelines)
+                    handle = service.acquire(step.model, step.version, step.label)
+                    try:
+                        handles[step.name] = (handle, service.signature(handle, None))
+                    except BaseException:
+                        handle.release()
+                        raise
                 except ServingError as exc:
                     raise _name_step(exc, spec, step) from None
             produced: dict[str, dict[str, np.ndarray]] = {}
@@ -105,6 +107,9 @@ class PipelineServable(Servable):
                 for step, result in zip(level, results, strict=True):
                     produced[step.name] = result
             versions = {name: handle.id.version for name, (handle, _) in handles.items()}
+        finally:
+            for handle, _ in handles.values():
+                handle.release()
         wires = spec.outputs
         outputs = {}
         for name in output_names:
