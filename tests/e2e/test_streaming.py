@@ -9,6 +9,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +116,8 @@ def test_a_reader_that_stops_reading_pauses_the_generator_issue_19(server):
         sock.recv(1024)  # the first part is sent; then this client reads nothing
         counts: list[int] = []
 
-        def settled() -> bool:
+        def settled() -> bool:  # no new part for 0.5 s
+            time.sleep(0.1)
             counts.append(len(noted(server, "tokens", "slow-reader-big")))
             return len(counts) > 5 and len(set(counts[-5:])) == 1
 
@@ -236,3 +239,42 @@ def test_triton_grpc_decoupled_stream_issue_19(server):
         wait_until(lambda tag=tag: "finally" in noted(server, "slow_tokens", tag), what=tag)
         assert len(noted(server, "slow_tokens", tag)) < 500  # stopped, not run to the end
     assert "error" in out["deadline"]["last"]
+
+
+def test_a_grpc_reader_that_stops_reading_pauses_the_generator_issue_19(server):
+    import grpc
+
+    from pyserving.proto import grpc_service_pb2 as pb
+    from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="tokens")
+    text = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+    text.contents.bytes_contents.append(b"grpc-slow-reader-big")  # 256 KiB parts
+    count = request.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
+    count.contents.int_contents.append(1000)
+    release = threading.Event()
+
+    def requests() -> Any:
+        yield request
+        release.wait(60)  # keep the call open while the test reads nothing
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+        try:
+            assert next(call).infer_response.parameters["triton_final_response"].bool_param is False
+            counts: list[int] = []
+
+            def settled() -> bool:  # no new part for 0.5 s
+                time.sleep(0.1)
+                counts.append(len(noted(server, "tokens", "grpc-slow-reader-big")))
+                return len(counts) > 5 and len(set(counts[-5:])) == 1
+
+            wait_until(settled, what="the generator to pause")
+            assert 2 < counts[-1] < 200  # flow control holds some parts, not all of them
+        finally:
+            call.cancel()
+            release.set()
+    wait_until(
+        lambda: "finally" in noted(server, "tokens", "grpc-slow-reader-big"),
+        what="the finally of a generator whose paused call was cancelled",
+    )
