@@ -59,6 +59,7 @@ class DecoupledStreams:
         stream = self._current
         assert stream is not None
         started = time.perf_counter()
+        counted = False
         try:
             while True:
                 try:
@@ -75,6 +76,7 @@ class DecoupledStreams:
                     code, message = error_status(exc)
                     release_frames(exc)
                     observe(stream.model, stream.version, code, started)
+                    counted = True
                     yield pb.ModelStreamInferResponse(
                         error_message=message, infer_response=_final(stream)
                     )
@@ -82,8 +84,11 @@ class DecoupledStreams:
                 response.parameters[FINAL_RESPONSE].bool_param = False
                 yield pb.ModelStreamInferResponse(infer_response=response)
             observe(stream.model, stream.version, grpc.StatusCode.OK, started)
+            counted = True
             yield pb.ModelStreamInferResponse(infer_response=_final(stream))
         finally:
+            if not counted:  # the call ended mid-stream: cancelled, gone or past its deadline
+                observe(stream.model, stream.version, grpc.StatusCode.CANCELLED, started)
             self._current = None
             await stream.aclose()
 
