@@ -205,6 +205,7 @@ class Supervisor:
             "start",
             {
                 "argv": self._argv,
+                "slot": slot,
                 "demo_root": self._demo_root,
                 "load_before_listening": load_before_listening,
                 "state": state,

@@ -28,6 +28,7 @@ from pyserving.core.ids import ServableData, ServableState
 from pyserving.core.manager import Manager
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from pyserving.sources.base import AspiredVersionsCallback
+from pyserving.sources.cache import default_cache_dir
 from pyserving.sources.storage_path import StoragePathSourceOptions
 from pyserving.workers.aspired_feed import WorkerReport
 from pyserving.workers.channel import Channel, ChannelClosed
@@ -57,6 +58,7 @@ class WorkerLink:
         self.load_before_listening: bool = start["load_before_listening"]
         self._state: tuple[Any, frozenset[str]] | None = start["state"]
         self._initial_gate = start["gate"]
+        self._slot: int = start["slot"]
         self._core: ServerCore | None = None
         self._view: GatedManager | None = None
         self._source: FedSource | None = None
@@ -73,6 +75,12 @@ class WorkerLink:
         state = self._state
         if state is not None:  # model control changed the config since the server started
             options = replace(options, model_config=state[0])
+        # A cached copy of a remote version is counted and removed by the process that uses
+        # it: each worker slot keeps its own copies (a replacement reuses its slot's).
+        cache_dir = os.path.join(
+            options.model_cache_dir or default_cache_dir(), f"worker-{self._slot}"
+        )
+        options = replace(options, model_cache_dir=cache_dir)
 
         def view(manager: Manager) -> GatedManager:
             self._view = GatedManager(manager)
