@@ -20,7 +20,14 @@ import yaml
 from pyserving import ServerCore, ServerOptions
 from pyserving.core.ids import ServableState
 from pyserving.demo import make_mlp
-from pyserving.errors import DeadlineExceeded, InvalidInput, ModelError, NotFound, ServingError
+from pyserving.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    ServingError,
+)
 from pyserving.metrics import BATCH_SIZE
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.config import load_config_file
@@ -451,3 +458,21 @@ def test_requests_that_share_a_failed_batch_each_get_the_error_named_once(repo: 
         assert messages == ['pipeline "raw" step "boom" (model "boom"): boom'] * 3
     finally:
         server.stop()
+
+
+def test_a_reload_adding_a_pipeline_that_does_not_fit_its_steps_says_which_step(
+    core: ServerCore, repo: Path
+) -> None:
+    wrong = {
+        "name": "wrong",
+        "pipeline": {
+            "steps": [{"model": "mlp", "inputs": {"input": "x", "extra": "y"}}],
+            "outputs": {"score": "mlp.output"},
+        },
+    }
+    with pytest.raises(FailedPrecondition) as caught:
+        core.apply_config(load_config_file(_config(repo, [SCORER, GATED, wrong])))
+    assert 'pipeline "wrong": step "mlp" (model "mlp"): it has no input "extra"' in str(
+        caught.value.message
+    )
+    assert infer(core, "scorer", {"user": KEYS}).version == 1  # the others serve on
