@@ -35,20 +35,22 @@ def render(base: Path) -> list[dict[str, Any]]:
 
 
 def render_without_kubectl(base: Path) -> list[dict[str, Any]]:
-    """`resources:` and `labels:` (with includeSelectors), all the bases use; anything else in
-    a kustomization fails here rather than render wrong."""
+    """`resources:` (files, and directories holding a kustomization) and `labels:` (with
+    includeSelectors), all that deploy/ uses; anything else in a kustomization fails here
+    rather than render wrong."""
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
     unknown = set(kustomization) - {"apiVersion", "kind", "resources", "labels"}
     assert not unknown, f"render_without_kubectl does not know {sorted(unknown)}"
-    docs = [
-        doc
-        for name in kustomization["resources"]
-        for doc in yaml.safe_load_all((base / name).read_text())
-        if doc
-    ]
+    docs: list[dict[str, Any]] = []
+    own: list[dict[str, Any]] = []  # this kustomization's labels apply to these only
+    for name in kustomization["resources"]:
+        if (base / name).is_dir():
+            docs += render_without_kubectl(base / name)
+        else:
+            own += [doc for doc in yaml.safe_load_all((base / name).read_text()) if doc]
     for entry in kustomization.get("labels", ()):
         pairs = entry["pairs"]
-        for doc in docs:
+        for doc in own:
             doc["metadata"].setdefault("labels", {}).update(pairs)
             if not entry.get("includeSelectors"):
                 continue
@@ -59,7 +61,7 @@ def render_without_kubectl(base: Path) -> list[dict[str, Any]]:
                 spec.setdefault("selector", {}).setdefault("matchLabels", {}).update(pairs)
             if "template" in spec:
                 spec["template"].setdefault("metadata", {}).setdefault("labels", {}).update(pairs)
-    return docs
+    return docs + own
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""deploy/kubernetes and deploy/kserve: every rendered manifest validates offline against the
+"""deploy/kubernetes/base and deploy/kserve: every rendered manifest validates offline against the
 Kubernetes schemas (strict: unknown fields fail) and KServe's required fields, the pieces refer
 to each other correctly, and the server really has the ports, probe paths and flags they use
 (it is started with them)."""
@@ -42,7 +42,7 @@ DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 @pytest.fixture(scope="module")
 def base() -> list[dict[str, Any]]:
-    return render(DEPLOY / "kubernetes")
+    return render(DEPLOY / "kubernetes" / "base")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_every_kubernetes_manifest_validates_against_the_schemas(base, version):
 def test_our_renderer_matches_kubectl_kustomize(base):
     if shutil.which("kubectl") is None:
         pytest.skip("no kubectl here: the manifests were rendered by render_without_kubectl")
-    ours = render_without_kubectl(DEPLOY / "kubernetes")
+    ours = render_without_kubectl(DEPLOY / "kubernetes" / "base")
     assert sorted(ours, key=kind_and_name) == sorted(base, key=kind_and_name)
 
 
