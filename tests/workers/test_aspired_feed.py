@@ -43,13 +43,21 @@ def test_replaced_version_is_held_until_its_successor_serves_in_every_worker() -
     assert sent.sent[-1] == [2]
 
 
-def test_a_failed_successor_settles_the_swap_like_one_process() -> None:
+def test_a_successor_failed_everywhere_settles_the_swap_like_one_process() -> None:
+    sent = Recorder()
+    feed = AspiredFeed(availability_preserving=True, send=sent)
+    swap_to_2(feed, [serving(1), serving(1)])
+    feed.release([serving(1, failed=(2,)), serving(1, failed=(2,))])
+    # [2] lets each worker's availability-preserving policy keep 1, as one process does
+    assert sent.sent[-1] == [2]
+
+
+def test_a_successor_failed_in_one_worker_keeps_the_old_version_everywhere() -> None:
     sent = Recorder()
     feed = AspiredFeed(availability_preserving=True, send=sent)
     swap_to_2(feed, [serving(1), serving(1)])
     feed.release([serving(1, 2), serving(1, failed=(2,))])
-    # [2] lets each worker's availability-preserving policy keep 1 where 2 failed
-    assert sent.sent[-1] == [2]
+    assert sent.sent[-1] == [1, 2]  # the worker that has 2 keeps 1 and answers with it
 
 
 def test_resource_preserving_forwards_the_source_list_unchanged() -> None:

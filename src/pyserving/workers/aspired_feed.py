@@ -4,8 +4,9 @@ worker's Manager is sent, and which versions the workers route to and show as AV
 TF Serving's availability-preserving transition, made to hold across processes: when the Source
 replaces version 1 by version 2, every worker is sent [1, 2] first (so none unloads 1), and only
 once 2 is AVAILABLE in every listening worker — and every worker routes new requests to it — is
-[2] sent, so that 1 unloads. A version that fails to load settles it too: the workers' own
-availability-preserving policy then keeps 1, as a single process does.
+[2] sent, so that 1 unloads. A version that fails to load in every worker settles it too: the
+workers' own availability-preserving policy then keeps 1, as a single process does; one that
+fails in some workers only keeps 1 aspired everywhere, so every worker goes on answering with 1.
 
 The Gate is what keeps status and answers in step: `latest` is the version a request naming none
 goes to, `published` the versions status may call AVAILABLE; both hold only versions AVAILABLE in
@@ -96,8 +97,8 @@ class AspiredFeed:
         self._gate = gate
 
     def release(self, reports: list[WorkerReport]) -> None:
-        """Stop holding replaced versions of the models whose aspired versions have settled
-        (AVAILABLE or failed) in every listening worker; call after the gate moved to them."""
+        """Stop holding replaced versions of the models whose aspired versions are AVAILABLE in
+        every listening worker, or failed in every one; call after the gate moved to them."""
         if not reports:
             return
         for name, items in list(self._aspired.items()):
@@ -132,7 +133,9 @@ class AspiredFeed:
 
 
 def _settled(version: int, name: str, reports: list[WorkerReport]) -> bool:
-    return all(
-        version in r.available.get(name, frozenset()) or version in r.failed.get(name, frozenset())
-        for r in reports
+    """AVAILABLE in every worker, or failed in every worker (each then keeps the old version,
+    as one process does). Failed in some only, the old version stays aspired everywhere, so
+    that every worker keeps answering with it."""
+    return all(version in r.available.get(name, frozenset()) for r in reports) or all(
+        version in r.failed.get(name, frozenset()) for r in reports
     )
