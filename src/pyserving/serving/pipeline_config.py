@@ -25,6 +25,7 @@ from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 __all__ = [
+    "PIPELINE_ENTRY_KEYS",
     "PipelineError",
     "PipelineSpec",
     "Step",
@@ -34,7 +35,7 @@ __all__ = [
     "parse_pipeline",
 ]
 
-#: the keys a pipeline model's config entry may have besides `name` and `pipeline`
+#: the keys a pipeline's config entry may have (batching, instances, ... belong to its steps' models)
 PIPELINE_ENTRY_KEYS = frozenset({"name", "pipeline"})
 _STEP_KEYS = frozenset({"name", "model", "version", "label", "inputs"})
 
@@ -78,9 +79,6 @@ class PipelineSpec:
     steps: tuple[Step, ...]
     outputs: Mapping[str, Wire]
     levels: tuple[tuple[Step, ...], ...]
-
-    def models(self) -> set[str]:
-        return {step.model for step in self.steps}
 
 
 def parse_pipeline(value: object, name: str) -> PipelineSpec:

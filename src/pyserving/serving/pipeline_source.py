@@ -98,10 +98,6 @@ class PipelineSource:
         self._unsubscribe = manager.bus.subscribe(self._on_event)
         self._thread: threading.Thread | None = None
 
-    def names(self) -> list[str]:
-        """The configured pipelines."""
-        return list(self._specs)
-
     def is_pipeline(self, name: str) -> bool:
         return name in self._specs
 
