@@ -35,7 +35,7 @@ __all__ = [
     "parse_pipeline",
 ]
 
-#: the keys a pipeline's config entry may have (batching, instances, ... belong to its steps' models)
+#: the keys a pipeline's config entry may have (batching, instances, ... are its steps' models')
 PIPELINE_ENTRY_KEYS = frozenset({"name", "pipeline"})
 _STEP_KEYS = frozenset({"name", "model", "version", "label", "inputs"})
 
