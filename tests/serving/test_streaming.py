@@ -230,3 +230,40 @@ def test_the_example_text_generator_streams_word_by_word():
         )
     finally:
         loader.unload()
+
+
+def test_a_signature_override_renames_each_part_and_closes_the_inner_generator(tmp_path):
+    version = tmp_path / "renamed" / "1"
+    version.mkdir(parents=True)
+    (version / "servable.py").write_text(
+        "import numpy as np\n"
+        "from pyserving.platforms import Signature, TensorSpec\n"
+        "class Parts:\n"
+        "    signatures = {'serving_default': Signature('serving_default',"
+        " (TensorSpec('n', 'INT32', (1,)),), (TensorSpec('i', 'INT32', (1,)),))}\n"
+        "    closed = False\n"
+        "    def load(self, path): pass\n"
+        "    def run(self, signature, inputs):\n"
+        "        try:\n"
+        "            for i in range(int(inputs['n'][0])):\n"
+        "                yield {'i': np.array([i], np.int32)}\n"
+        "        finally:\n"
+        "            Parts.closed = True\n"
+    )
+    (version / "pyserving.yaml").write_text(
+        "signatures:\n  serving_default:\n"
+        "    inputs: [{name: count, datatype: INT32, shape: [1]}]\n"
+        "    outputs: [{name: index, datatype: INT32, shape: [1]}]\n"
+    )
+    loader = PythonLoader(ServableId("renamed", 1), str(version), {"allow_python": True})
+    servable = loader.load()
+    try:
+        assert servable.run_kind == "generator"
+        parts = servable.start(  # type: ignore[attr-defined]
+            "serving_default", {"count": np.array([5], np.int32)}
+        )
+        assert next(parts)["index"].tolist() == [0]
+        parts.close()
+        assert servable.inner.instance.closed is True  # type: ignore[attr-defined]
+    finally:
+        loader.unload()

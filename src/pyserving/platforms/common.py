@@ -25,7 +25,7 @@ import contextlib
 import os
 import posixpath
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -37,7 +37,7 @@ from pyserving.batching.options import BatchingOptions
 from pyserving.core.ids import ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import FailedPrecondition, InvalidInput
-from pyserving.platforms.servable import Servable
+from pyserving.platforms.servable import STREAMING_KINDS, Servable
 from pyserving.platforms.signature import (
     DEFAULT_SIGNATURE,
     V2_TO_NUMPY,
@@ -251,10 +251,22 @@ class SignatureOverride(Servable):
             outputs = {t.name: o.name for o, t in zip(signature.outputs, base.outputs, strict=True)}
             self._maps[name] = (inputs, outputs)
         self.feature_names = getattr(inner, "feature_names", None)
+        # a stream's parts are renamed one by one (`start`); an `async def run` answering once
+        # is driven by inner.run, so the wrapper is a plain function then
+        self.run_kind = inner.run_kind if inner.run_kind in STREAMING_KINDS else "function"
 
     @property
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
+
+    def start(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
+        """The inner servable's stream, each part's outputs renamed (serving/streaming.py)."""
+        input_map, output_map = self._maps[signature]
+        inner_inputs = {input_map[k]: v for k, v in inputs.items()}
+        parts = self.inner.start(signature, inner_inputs)  # type: ignore[attr-defined]
+        if self.run_kind == "generator":
+            return _renamed_parts(parts, output_map)
+        return _renamed_async_parts(parts, output_map)
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         input_map, output_map = self._maps[signature]
@@ -266,6 +278,28 @@ class SignatureOverride(Servable):
 
     def memory_bytes(self) -> int | None:
         return self.inner.memory_bytes()
+
+
+def _renamed_parts(parts: Any, output_map: Mapping[str, str]) -> Iterator[Any]:
+    try:
+        for part in parts:
+            yield _renamed(part, output_map)
+    finally:
+        parts.close()  # the inner generator's finally runs when this one is closed
+
+
+async def _renamed_async_parts(parts: Any, output_map: Mapping[str, str]) -> AsyncIterator[Any]:
+    try:
+        async for part in parts:
+            yield _renamed(part, output_map)
+    finally:
+        await parts.aclose()
+
+
+def _renamed(part: Any, output_map: Mapping[str, str]) -> Any:
+    if not isinstance(part, Mapping):
+        return part  # the stream reports what it yielded
+    return {output_map.get(k, k): v for k, v in part.items()}
 
 
 class TabularServable(Servable):
