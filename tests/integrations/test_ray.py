@@ -202,8 +202,9 @@ def test_replicas_on_both_nodes_answer_tf_and_v2_rest_as_a_plain_server(ray_serv
             httpx.Client(base_url=plain.url, timeout=30) as plain_client,
         ):
             for method, path, body in _PARITY_REQUESTS:
-                ours = plain_client.request(method, path, json=body)
-                theirs = ray_client.request(method, path, json=body)
+                sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+                ours = plain_client.request(method, path, **sent)
+                theirs = ray_client.request(method, path, **sent)
                 assert (theirs.status_code, theirs.headers["content-type"]) == (
                     ours.status_code,
                     ours.headers["content-type"],
@@ -240,6 +241,9 @@ _PARITY_REQUESTS: list[tuple[str, str, object]] = [
         {"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 2], "data": [1, 2]}]},
     ),
     ("POST", "/v2/models/nope/infer", {"inputs": []}),
+    ("POST", "/v2/models/mlp/infer", b'{"inputs": [{"name": "input", "datatype"'),
+    ("GET", "/v2/models/ml%2Fp", None),  # a %2F stays part of the name (raw_path)
+    ("DELETE", "/v2/models/mlp", None),
 ]
 
 
