@@ -168,7 +168,7 @@ def replacement_s(proc, log: Path) -> float:
         text = log.read_text()
         new = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", text)]
         fresh = [p for p in new if str(p) not in started]
-        if fresh and f"worker pid {fresh[0]} serving" in text:
+        if fresh and f"serving (pid {fresh[0]})" in text:
             return time.monotonic() - killed
         time.sleep(0.02)
     return float("nan")

@@ -308,9 +308,7 @@ def test_kill_9_of_a_worker_fails_only_its_requests_and_is_replaced(server: Work
                 f"a replacement; log:\n{server.log()}",
             )
             (replacement,) = server.worker_pids() - before
-            wait_until(
-                lambda: f"worker pid {replacement} serving" in server.log(), 30, "it to serve"
-            )
+            wait_until(lambda: f"serving (pid {replacement})" in server.log(), 30, "it to serve")
             replaced_s = time.monotonic() - killed_at
             answered = len(load.answers)
             wait_until(lambda: len(load.answers) > answered + 100, 30, "answers after")

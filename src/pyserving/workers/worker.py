@@ -106,7 +106,7 @@ class WorkerLink:
     def serving(self, core: ServerCore, inflight_bytes: Callable[[], int]) -> None:
         self._listening = True
         self._changed.set()
-        logger.info("worker pid %d serving", os.getpid())
+        logger.info("serving (pid %d)", os.getpid())
 
         def write_gauges() -> None:
             # multiprocess metrics read files: functions bound with set_function are not seen
@@ -289,6 +289,19 @@ def _report_of(core: ServerCore) -> WorkerReport:
     return WorkerReport(available, failed, on_demand)
 
 
+def _name_worker_in_logs(slot: int) -> None:
+    """Start every log message of this process with "worker N:", so that the lines of the
+    workers (which share the supervisor's output) can be told apart."""
+    make_record = logging.getLogRecordFactory()
+
+    def record_of_worker(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        record.msg = f"worker {slot}: {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(record_of_worker)
+
+
 def main() -> int:
     """The worker process: read the supervisor's start message, then serve."""
     from pyserving.cli import serve_as_worker
@@ -299,6 +312,7 @@ def main() -> int:
     kind, start = channel.receive()
     assert kind == "start"
     link = WorkerLink(channel, start)
+    _name_worker_in_logs(start["slot"])
     try:
         return serve_as_worker(start["argv"], link)
     finally:
