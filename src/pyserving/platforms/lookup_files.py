@@ -207,11 +207,12 @@ def _read_npz(
         with archive.open(members["keys"]) as stream:
             keys = _normalise_keys(np.lib.format.read_array(stream, allow_pickle=False), key_type)
         mine = None if shard is None else shard_of(keys, shard[1]) == shard[0]
-        mapped = (
-            map_stored_array(file, archive.getinfo(members["values"])) if mine is None else None
-        )
-        if mapped is not None:
+        mapped = map_stored_array(file, archive.getinfo(members["values"]))
+        if mapped is not None and mine is None:
             values = mapped
+        elif mapped is not None and mine is not None and len(mine) == len(mapped):
+            # a shard copies its rows in one pass over the mapping, which it then drops
+            values = mapped[mine]
         else:
             with archive.open(members["values"]) as stream:
                 values = _read_rows(stream, mine)
