@@ -68,16 +68,23 @@ async def answer(
     request = await run_sized(
         len(body), request_from_json, name, version, body, deadline, max_depth
     )
-    watch: _Watch | None = _Watch(receive)
+    watch = _Watch(receive)
     stream: PartStream | None = None
     document: bytes | None
+    handed_over = False  # to the EventStream, which closes both once sent
     try:
-        assert watch is not None
         stream = await watch.until_gone(open_stream(service, request))
         if stream is None:  # a servable that answers once: one part
             response = await watch.until_gone(service.infer(request))
             answered_version.set(response.version)  # (set in the task until_gone ran it in)
-            document = _document(response.model, response.version, request.id, response.outputs)
+            document = await run_sized(
+                response.nbytes,
+                _document,
+                response.model,
+                response.version,
+                request.id,
+                response.outputs,
+            )
         else:
             answered_version.set(stream.version)
             part = last = await watch.until_gone(stream.next_part())
@@ -85,18 +92,18 @@ async def answer(
                 last = part
                 part = await watch.until_gone(stream.next_part())
             if last is not None or not stream_events:  # /generate of no part: no outputs
-                document = _part_document(stream, last or {})
+                document = await _encode(stream, last or {})
             else:
                 document = None
         if stream_events:
-            events, stream, watch = EventStream(stream, document, watch), None, None
-            return 200, events, [(b"content-type", EVENT_STREAM)]
+            handed_over = True
+            return 200, EventStream(stream, document, watch), [(b"content-type", EVENT_STREAM)]
         assert document is not None
         return 200, document, [(b"content-type", _JSON)]
-    finally:  # the event stream owns both from here, else they end with this answer
-        if stream is not None:
-            await stream.aclose()
-        if watch is not None:
+    finally:
+        if not handed_over:
+            if stream is not None:
+                await stream.aclose()
             watch.stop()
 
 
@@ -150,7 +157,7 @@ class EventStream:
                 return orjson.dumps({"error": exc.message})
             logger.exception("streaming model %s failed", stream.model)
             return orjson.dumps({"error": f"Internal error: {type(exc).__name__}: {exc}"})
-        return None if part is None else _part_document(stream, part)
+        return None if part is None else await _encode(stream, part)
 
 
 def request_from_json(
@@ -214,8 +221,20 @@ def _decode(
     return arrays
 
 
-def _part_document(stream: PartStream, outputs: Outputs) -> bytes:
-    return _document(stream.model, stream.version, stream.id, outputs)
+async def _encode(stream: PartStream, outputs: Outputs) -> bytes:
+    """A part's response JSON; off the event loop when the part is large."""
+    nbytes = sum(_size(array) for array in outputs.values())
+    return await run_sized(nbytes, _document, stream.model, stream.version, stream.id, outputs)
+
+
+def _size(array: np.ndarray) -> int:
+    """About the bytes `array` takes in JSON: a BYTES array holds pointers, so a few strings
+    are measured and many are taken as large (measuring them would be loop work too)."""
+    if array.dtype != object:
+        return array.nbytes
+    if array.size > 64:
+        return 1 << 30
+    return sum(len(item) if isinstance(item, bytes | str) else 8 for item in array.flat)
 
 
 def _document(model: str, version: int, request_id: str | None, outputs: Outputs) -> bytes:
