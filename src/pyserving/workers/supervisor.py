@@ -180,7 +180,8 @@ class Supervisor:
                 logger.error("worker %d did not stop in time: killing it", worker.pid)
                 worker.process.kill()
                 rc = worker.process.wait()
-            if rc != 0 and code == 0:
+            # killed by the SIGTERM before it could drain (still starting): nothing to drain
+            if rc not in (0, -signal.SIGTERM) and code == 0:
                 code = 1
         logger.info("every worker stopped")
         return code
@@ -285,7 +286,11 @@ class Supervisor:
         if not worker.listening:  # died while starting: do not spin
             delay = self._restarts.get(worker.slot, _RESTART_BACKOFF_S[0])
             self._restarts[worker.slot] = min(delay * 2, _RESTART_BACKOFF_S[1])
-        threading.Timer(delay, lambda: self._events.put(lambda: self._respawn(worker.slot))).start()
+        timer = threading.Timer(
+            delay, self._events.put, (functools.partial(self._respawn, worker.slot),)
+        )
+        timer.daemon = True  # a pending restart never holds up the exit
+        timer.start()
 
     def _respawn(self, slot: int) -> None:
         if not self._stopping.is_set():
