@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, Receive, RestOptions, Scope, Send, create_app
 from pyserving.errors import ServingError
 from pyserving.serving.server_core import ServerCore, ServerOptions
+from pyserving.sources.cache import default_cache_dir
 
 __all__ = [
     "DEPLOYMENT_NAME",
@@ -114,15 +116,21 @@ class PyServingReplica:
 
     Lifecycle: the constructor loads the first versions (off the event loop) before Ray routes
     anything here; Ray's graceful shutdown lets in-flight requests finish, then `__del__`
-    unloads every version.
+    unloads every version and removes this replica's model cache.
+    Ownership: each replica copies remote versions into its own directory under the model cache
+    dir (`ray-<replica id>`): replicas on one node must not remove copies another one uses.
     """
 
     # Ray awaits an async constructor (mypy insists __init__ return None).
     async def __init__(self, options: RayServingOptions) -> None:  # type: ignore[misc]
         self._options = options
-        self._draining = False
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._cache_dir = os.path.join(
+            options.server.model_cache_dir or default_cache_dir(), f"ray-{replica}"
+        )
+        server = dataclasses.replace(options.server, model_cache_dir=self._cache_dir)
         # Reads the config file and polls storage: blocking work, kept off the event loop.
-        self._core = await asyncio.to_thread(ServerCore, options.server)
+        self._core = await asyncio.to_thread(ServerCore, server)
         await asyncio.to_thread(self._core.start)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
@@ -134,7 +142,6 @@ class PyServingReplica:
                 max_request_bytes=options.server.max_request_bytes,
                 server_version=__version__,
                 ready_names=core.model_names,
-                is_draining=lambda: self._draining,
                 access_log=options.access_log,
                 body_read_timeout_s=options.body_read_timeout_seconds,
                 request_budget=RequestBytesBudget(options.max_inflight_request_bytes),
@@ -145,9 +152,12 @@ class PyServingReplica:
 
     async def __del__(self) -> None:
         # Ray has drained this replica's requests (graceful_shutdown_timeout_s) before this.
-        self._draining = True
         core = getattr(self, "_core", None)
-        if core is not None and not await asyncio.to_thread(core.stop, 30.0):
+        if core is None:
+            return
+        if await asyncio.to_thread(core.stop, 30.0):
+            await asyncio.to_thread(shutil.rmtree, self._cache_dir, True)
+        else:
             logger.error("models did not unload in time (a model call is stuck)")
 
 
