@@ -10,6 +10,7 @@ from typing import Any
 from pyserving.core.ids import ServableData, ServableId
 from pyserving.workers import supervisor as sup
 from pyserving.workers.aspired_feed import Gate, WorkerReport
+from pyserving.workers.worker_process import WorkerProcess
 
 
 class RecordingChannel:
@@ -17,7 +18,7 @@ class RecordingChannel:
 
     def __init__(self, owner: sup.Supervisor) -> None:
         self.owner = owner
-        self.worker: sup._Worker | None = None
+        self.worker: WorkerProcess | None = None
         self.sent: list[tuple[Any, ...]] = []
 
     def send(self, *message: Any) -> None:
@@ -50,7 +51,7 @@ def test_swap_routes_everywhere_then_publishes_then_releases_issue_17(tmp_path: 
     workers = []
     for slot in range(2):
         channel = RecordingChannel(supervisor)
-        worker = sup._Worker(slot, FakeProcess(1000 + slot), channel)
+        worker = WorkerProcess(slot, FakeProcess(1000 + slot), channel)
         channel.worker = worker
         worker.fed = True
         worker.options = object()

@@ -12,16 +12,13 @@ included, so counters never go back.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +30,9 @@ from prometheus_client import multiprocess
 
 from pyserving.core.ids import ServableData
 from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
-from pyserving.workers.aspired_feed import AspiredFeed, Gate, WorkerReport, compute_gate
-from pyserving.workers.channel import Channel, ChannelClosed
-from pyserving.workers.worker import CHANNEL_FD_ENV
+from pyserving.workers.aspired_feed import AspiredFeed, Gate, compute_gate
+from pyserving.workers.channel import ChannelClosed
+from pyserving.workers.worker_process import WorkerProcess
 
 logger = logging.getLogger("pyserving.workers")
 
@@ -67,35 +64,6 @@ def run_supervisor(args: argparse.Namespace, argv: Sequence[str], demo_root: Pat
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-class _Worker:
-    """One worker process as the supervisor knows it.
-
-    Thread-safety: its reader thread writes `report`, `listening` and acks under the
-    supervisor's lock; the coordinator reads them under it.
-    """
-
-    def __init__(self, slot: int, process: subprocess.Popen[bytes], channel: Channel) -> None:
-        self.slot = slot
-        self.process = process
-        self.channel = channel
-        self.report = WorkerReport()
-        self.listening = False
-        self.fed = False  # has been sent the full feed (after its first poll)
-        self.options: StoragePathSourceOptions | None = None
-        self.options_waiting: list[int] = []  # its requests to answer once options are polled
-        self.gone = False
-        self.acked_gate = 0  # the last gate sequence number it applied
-        self.answers: dict[int, Any] = {}  # apply id → its answer
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def send(self, *message: Any) -> None:
-        with contextlib.suppress(ChannelClosed):  # it died: its reader thread reports it
-            self.channel.send(*message)
-
-
 class Supervisor:
     """Starts, feeds, coordinates and replaces the workers (module docstring).
 
@@ -119,9 +87,9 @@ class Supervisor:
         self._demo_root = demo_root
         self._metrics_dir = metrics_dir
         self._stop_timeout_s = stop_timeout_s
-        self._lock = threading.Lock()  # guards _workers, each _Worker's fields, _state
+        self._lock = threading.Lock()  # guards _workers, each WorkerProcess's fields, _state
         self._changed = threading.Condition(self._lock)
-        self._workers: dict[int, _Worker] = {}  # slot → its current worker
+        self._workers: dict[int, WorkerProcess] = {}  # slot → its current worker
         self._events: queue.Queue[Callable[[], None]] = queue.Queue()
         self._control_lock = threading.Lock()  # one model-control call at a time
         self._feed = AspiredFeed(availability_preserving, self._broadcast_list)
@@ -143,7 +111,7 @@ class Supervisor:
         if self._stopping.is_set():
             logger.warning("received %s again: killing the workers", signal.Signals(signum).name)
             for worker in list(self._workers.values()):
-                _signal(worker, signal.SIGKILL)
+                worker.signal(signal.SIGKILL)
             return
         logger.info("received %s: draining %d worker(s)", signal.Signals(signum).name, self._count)
         self._stopping.set()
@@ -168,7 +136,7 @@ class Supervisor:
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
-            _signal(worker, signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
         if self._source is not None:
             self._source.stop()
         deadline = time.monotonic() + self._stop_timeout_s
@@ -187,38 +155,27 @@ class Supervisor:
         return code
 
     def _spawn(self, slot: int, load_before_listening: bool) -> None:
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
-        env[CHANNEL_FD_ENV] = str(theirs.fileno())
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pyserving.workers.worker"],
-            env=env,
-            pass_fds=(theirs.fileno(),),
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it drains them
-        )
-        theirs.close()
-        worker = _Worker(slot, process, Channel(ours))
         with self._lock:
-            self._workers[slot] = worker
             state = self._state
-        worker.send(
-            "start",
+        worker = WorkerProcess.start(
+            slot,
+            self._metrics_dir,
             {
                 "argv": self._argv,
-                "slot": slot,
                 "demo_root": self._demo_root,
                 "load_before_listening": load_before_listening,
                 "state": state,
                 "gate": self._feed.gate,
             },
         )
+        with self._lock:
+            self._workers[slot] = worker
         threading.Thread(
             target=self._read, args=(worker,), name=f"pyserving-worker-{slot}", daemon=True
         ).start()
-        logger.info("worker %d started (pid %d)", slot, process.pid)
+        logger.info("worker %d started (pid %d)", slot, worker.pid)
 
-    def _read(self, worker: _Worker) -> None:
+    def _read(self, worker: WorkerProcess) -> None:
         """The worker's messages: answers are recorded here, the rest become events."""
         try:
             while True:
@@ -244,7 +201,7 @@ class Supervisor:
 
     # --- coordinator events --------------------------------------------------------------------
 
-    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind, *args = message
         if worker.gone:
             return
@@ -263,7 +220,7 @@ class Supervisor:
                 self._restarts.pop(worker.slot, None)
             self._sync_gate()
 
-    def _on_gone(self, worker: _Worker, rc: int) -> None:
+    def _on_gone(self, worker: WorkerProcess, rc: int) -> None:
         with self._lock:
             worker.gone = True
             if self._workers.get(worker.slot) is worker:
@@ -341,7 +298,7 @@ class Supervisor:
         self._feed.aspire_versions(name, items)
         self._sync_gate()
 
-    def _poll(self, worker: _Worker, request_id: int) -> None:
+    def _poll(self, worker: WorkerProcess, request_id: int) -> None:
         if self._source is not None:
             self._source.poll_once()
             if not self._source_started:
@@ -350,7 +307,7 @@ class Supervisor:
         # after the lists that poll queued: then the worker has what it asked for
         self._events.put(lambda: self._answer_poll(worker, request_id))
 
-    def _answer_poll(self, worker: _Worker, request_id: int) -> None:
+    def _answer_poll(self, worker: WorkerProcess, request_id: int) -> None:
         if not worker.fed:
             worker.fed = True
             for name, items in self._feed.current().items():
@@ -398,7 +355,7 @@ class Supervisor:
     # --- model control -------------------------------------------------------------------------
 
     def _control(
-        self, origin: _Worker, request_id: int, method: str, args: tuple[Any, ...]
+        self, origin: WorkerProcess, request_id: int, method: str, args: tuple[Any, ...]
     ) -> None:
         """Apply one model-control call in every worker, then answer the one that received it
         with the first error any worker met (None: applied everywhere)."""
@@ -426,8 +383,3 @@ class Supervisor:
             self._events.put(sync)
             synced.wait(_GATE_WAIT_S * 2)
         origin.send("answer", request_id, errors[0] if errors else None)
-
-
-def _signal(worker: _Worker, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        worker.process.send_signal(sig)
