@@ -137,6 +137,10 @@ class Load:
         for thread in self._threads:
             thread.join(60)
 
+    def replica_ids(self) -> set[str]:
+        with self._lock:
+            return set(self.versions)
+
     def replicas_answering(self, version: str) -> set[str]:
         with self._lock:
             return {r for r, seen in self.versions.items() if version in seen}
@@ -256,6 +260,21 @@ def test_a_published_version_reaches_every_replica_with_no_failed_request(ray_se
         make_mlp(staging / "model.onnx", seed=1)
         staging.rename(ray_serve.repo / "fresh" / "2")  # published whole, in one step
         wait_until(lambda: len(load.replicas_answering("2")) == 2, 60, "both replicas at v2")
+    finally:
+        load.stop()
+    assert load.failures == []
+
+
+def test_a_rolling_redeploy_that_replaces_every_replica_under_load_loses_nothing(ray_serve):
+    ray_serve.have_two_replicas()
+    load = Load(ray_serve.url, "mlp").start(clients=4)
+    try:
+        wait_until(lambda: len(load.replica_ids()) == 2, 60, "both replicas answering")
+        old = load.replica_ids()
+        # serve.run again: a new code version, so Ray starts new replicas and drains the old
+        # ones (graceful_shutdown_timeout_s), then our __del__ unloads their models
+        ray_serve.deploy(num_replicas=2)
+        wait_until(lambda: len(load.replica_ids() - old) == 2, 120, "two new replicas answering")
     finally:
         load.stop()
     assert load.failures == []
