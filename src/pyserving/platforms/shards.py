@@ -36,7 +36,14 @@ from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signat
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
-__all__ = ["SHARDS_PLATFORM", "ShardRouter", "ShardRoutes", "ShardsLoader", "routes_for"]
+__all__ = [
+    "SHARDS_PLATFORM",
+    "ShardRouter",
+    "ShardRoutes",
+    "ShardsLoader",
+    "find_routes",
+    "routes_for",
+]
 
 SHARDS_PLATFORM = "shards"
 _DEFAULT_TIMEOUT_S = 30.0
@@ -109,6 +116,12 @@ def routes_for(key: str, routes: ShardRoutes | None) -> None:
             _ROUTES[key] = routes
 
 
+def find_routes(key: str) -> ShardRoutes | None:
+    """The routes registered under `key`, None when there are none."""
+    with _ROUTES_LOCK:
+        return _ROUTES.get(key)
+
+
 class ShardsLoader(Loader):
     """Builds a ShardRouter for one version: reads the shards' signature of that version.
 
@@ -125,8 +138,7 @@ class ShardsLoader(Loader):
         return 0
 
     def load(self) -> Servable:
-        with _ROUTES_LOCK:
-            routes = _ROUTES.get(self.path)
+        routes = find_routes(self.path)
         if routes is None or not routes.targets():
             raise FailedPrecondition(f"model {self.servable_id.name}: no shards configured")
         address, stub = routes.targets()[0]

@@ -1,0 +1,85 @@
+"""ShardVersionSource against real gRPC shard stand-ins on 127.0.0.1 (issue 18)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from pyserving.core.ids import ServableData
+from pyserving.platforms.shards import find_routes
+from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.proto.grpc_service_pb2_grpc import (
+    GRPCInferenceServiceServicer,
+    add_GRPCInferenceServiceServicer_to_server,
+)
+from pyserving.sources.shard_versions import ShardVersionSource
+
+
+class Shard(GRPCInferenceServiceServicer):
+    """Answers ModelMetadata with the versions a test sets."""
+
+    def __init__(self) -> None:
+        self.versions: list[int] = [1]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        add_GRPCInferenceServiceServicer_to_server(self, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{port}"
+        self.server.start()
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> object:
+        assert request.name == "t"
+        return pb.ModelMetadataResponse(name="t", versions=[str(v) for v in self.versions])
+
+
+@pytest.fixture
+def two_shards() -> Iterator[list[Shard]]:
+    started = [Shard(), Shard()]
+    try:
+        yield started
+    finally:
+        for shard in started:
+            shard.server.stop(None)
+
+
+def test_aspires_the_versions_every_shard_has_and_keeps_them_while_one_is_down(
+    two_shards: list[Shard],
+) -> None:
+    sent: list[tuple[str, list[int]]] = []
+    paths: set[str | None] = set()
+
+    def record(name: str, versions: list[ServableData[str]]) -> None:
+        sent.append((name, [item.id.version for item in versions]))
+        paths.update(item.data for item in versions)
+
+    source = ShardVersionSource(0)
+    source.set_aspired_versions_callback(record)
+    try:
+        first, second = two_shards
+        first.versions, second.versions = [1, 2], [1]
+        source.configure({"router": ("t", [first.address, second.address])})
+        source.poll_once()
+        assert sent == [("router", [1])]
+        source.poll_once()  # unchanged: nothing sent
+        assert len(sent) == 1
+        second.versions = [1, 2]
+        source.poll_once()
+        assert sent[-1] == ("router", [1, 2])
+        second.server.stop(None)  # unreachable: the router keeps its versions
+        source.poll_once()
+        assert sent[-1] == ("router", [1, 2]) and len(sent) == 2
+
+        # a reload moves the router to other addresses for its next request
+        source.configure({"router": ("t", [first.address])})
+        (key,) = paths  # every version's path names the router's routes
+        assert key is not None
+        routes = find_routes(key)
+        assert routes is not None
+        assert [address for address, _ in routes.targets()] == [first.address]
+        source.configure({})
+        assert sent[-1] == ("router", [])
+        assert find_routes(key) is None
+    finally:
+        source.stop()
