@@ -97,6 +97,18 @@ def test_shard_count_replicas_services_and_router_addresses_agree(docs):
     assert entry["shards"] == [f"{name}-{i}.{service}:{grpc}" for i in range(replicas)]
 
 
+@pytest.mark.parametrize(
+    ("kind", "name"), [("StatefulSet", "pyserving-shard"), ("Deployment", "pyserving-router")]
+)
+def test_grace_period_covers_prestop_drain_and_unload(docs, kind, name):
+    pod = named(docs, kind, name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    drain_s = float(flag(container["args"], "drain_timeout_seconds") or 30)
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    min_unload_s = 10  # cli._MIN_UNLOAD_WAIT_S
+    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain_s + min_unload_s
+
+
 def shard_index_script(docs: list[dict[str, Any]], root: Path) -> str:
     spec = named(docs, "StatefulSet", "pyserving-shard")["spec"]["template"]["spec"]
     (init,) = spec["initContainers"]
