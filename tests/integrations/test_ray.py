@@ -42,6 +42,15 @@ class RayServe:
     repo: Path
     config: Path
     node_ids: set[str]
+    log_dirs: list[Path]
+
+    def logged(self, line: str) -> bool:
+        """True when a replica (any process of the cluster) logged `line`."""
+        return any(
+            line in path.read_text(errors="replace")
+            for log_dir in self.log_dirs
+            for path in log_dir.glob("*.err")
+        )
 
     def deploy(self, **deployment: object) -> None:
         args = {
@@ -97,7 +106,8 @@ def ray_serve(tmp_path_factory) -> Iterator[RayServe]:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         node_ids = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         assert len(node_ids) == 2
-        yield RayServe(f"http://127.0.0.1:{port}", repo, config, node_ids)
+        log_dirs = sorted({Path(n.get_logs_dir_path()) for n in cluster.list_all_nodes()})
+        yield RayServe(f"http://127.0.0.1:{port}", repo, config, node_ids, log_dirs)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -263,6 +273,8 @@ def test_a_published_version_reaches_every_replica_with_no_failed_request(ray_se
     finally:
         load.stop()
     assert load.failures == []
+    # each replica logs its version changes, as a plain server does
+    wait_until(lambda: ray_serve.logged("model=fresh version=2 state=AVAILABLE"), 10, "the log")
 
 
 def test_a_rolling_redeploy_that_replaces_every_replica_under_load_loses_nothing(ray_serve):

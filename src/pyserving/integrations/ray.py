@@ -31,6 +31,7 @@ from pyserving import __version__
 from pyserving.api.limits import RequestBytesBudget
 from pyserving.api.rest.app import ASGIApp, Receive, RestOptions, Scope, Send, create_app
 from pyserving.errors import ServingError
+from pyserving.logs import configure_logging
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from pyserving.sources.cache import default_cache_dir
 
@@ -82,6 +83,9 @@ class RayServingOptions:
     body_read_timeout_seconds: float = 60.0
     #: one access-log line per request (`--access-log`)
     access_log: bool = False
+    #: the replica's own log lines (`--log-level`, `--log-format`), on its stderr
+    log_level: str = "info"
+    log_format: str = "text"
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> RayServingOptions:
@@ -124,6 +128,10 @@ class PyServingReplica:
     # Ray awaits an async constructor (mypy insists __init__ return None).
     async def __init__(self, options: RayServingOptions) -> None:  # type: ignore[misc]
         self._options = options
+        if not logging.getLogger().handlers:
+            # A Ray worker's root logger has no handler: version changes and errors would be
+            # lost. Ray's own loggers do not propagate to it, so nothing is logged twice.
+            configure_logging(options.log_level, options.log_format, options.access_log)
         replica = serve.get_replica_context().replica_id.unique_id
         self._cache_dir = os.path.join(
             options.server.model_cache_dir or default_cache_dir(), f"ray-{replica}"
