@@ -40,6 +40,10 @@ logger = logging.getLogger("pyserving.workers")
 _GATE_WAIT_S = 5.0
 #: a worker that dies before it listens is restarted after this, doubling up to the maximum
 _RESTART_BACKOFF_S = (0.5, 30.0)
+#: how often the supervisor pings each worker, and how long one may stay silent before it is
+#: taken for hung and killed (a model load that holds the GIL this long would be killed too)
+_PING_INTERVAL_S = 2.0
+_HUNG_AFTER_S = 30.0
 #: beyond the drain timeout, what a worker gets to unload its models before it is killed
 _STOP_GRACE_S = 30.0
 
@@ -121,7 +125,11 @@ class Supervisor:
         logger.info("starting %d workers (supervisor pid %d)", self._count, os.getpid())
         for slot in range(self._count):
             self._spawn(slot, load_before_listening=False)
+        next_ping = time.monotonic()
         while not self._stopping.is_set():
+            if time.monotonic() >= next_ping:
+                self._ping_or_kill_hung()
+                next_ping = time.monotonic() + _PING_INTERVAL_S
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
@@ -131,6 +139,27 @@ class Supervisor:
             except Exception:  # edge: the coordinator must outlive a bug in one event
                 logger.exception("supervisor event failed")
         return self._stop_all()
+
+    def _ping_or_kill_hung(self) -> None:
+        """Ping every worker whose link is up; kill one silent for `_HUNG_AFTER_S` (stopped,
+        deadlocked): it would hold the connections the kernel gives it and stall model control.
+        Its replacement follows as for any death."""
+        now = time.monotonic()
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.options is not None]
+        for worker in workers:
+            if now - worker.last_pong > _HUNG_AFTER_S:
+                if not worker.killed:
+                    worker.killed = True
+                    logger.error(
+                        "worker %d (pid %d) has not answered for %gs: killing it",
+                        worker.slot,
+                        worker.pid,
+                        _HUNG_AFTER_S,
+                    )
+                    worker.signal(signal.SIGKILL)
+            else:
+                worker.send("ping")
 
     def _stop_all(self) -> int:
         with self._lock:
@@ -180,7 +209,9 @@ class Supervisor:
         try:
             while True:
                 kind, *args = worker.channel.receive()
-                if kind == "gate_applied":
+                if kind == "pong":
+                    worker.last_pong = time.monotonic()
+                elif kind == "gate_applied":
                     with self._lock:
                         worker.acked_gate = max(worker.acked_gate, args[0])
                         self._changed.notify_all()
@@ -206,6 +237,8 @@ class Supervisor:
         if worker.gone:
             return
         if kind == "source_options":
+            if worker.options is None:
+                worker.last_pong = time.monotonic()  # its link is up: pings start
             request_id, worker.options = args
             if request_id:
                 worker.options_waiting.append(request_id)
@@ -230,6 +263,7 @@ class Supervisor:
         multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # its live gauges go
         if self._stopping.is_set():
             return
+        self._apply_source_options()  # the others may agree now
         if rc == 2 and not worker.listening and not self._ever_listened():
             logger.error("worker %d could not start (exit status 2): stopping", worker.slot)
             self._exit_code = 2
@@ -250,8 +284,17 @@ class Supervisor:
         timer.start()
 
     def _respawn(self, slot: int) -> None:
-        if not self._stopping.is_set():
-            self._spawn(slot, load_before_listening=True)
+        if self._stopping.is_set():
+            return
+        if self._control_lock.locked():
+            # a model-control call is being applied: start it with the config that call leaves
+            timer = threading.Timer(
+                0.2, self._events.put, (functools.partial(self._respawn, slot),)
+            )
+            timer.daemon = True
+            timer.start()
+            return
+        self._spawn(slot, load_before_listening=True)
 
     def _ever_listened(self) -> bool:
         with self._lock:

@@ -39,7 +39,7 @@ logger = logging.getLogger("pyserving.workers")
 #: the environment variable that names the worker's end of its socket pair
 CHANNEL_FD_ENV = "PYSERVING_WORKER_FD"
 #: how long a config change waits for every worker to monitor the same base paths
-_AGREE_TIMEOUT_S = 30.0
+_AGREE_TIMEOUT_S = 60.0
 #: how often the gauges that are functions of the live state are written (multiprocess metrics)
 _GAUGE_INTERVAL_S = 0.5
 
@@ -145,7 +145,9 @@ class WorkerLink:
         try:
             while True:
                 kind, *args = self._channel.receive()
-                if kind == "aspire":
+                if kind == "ping":
+                    self.send("pong")
+                elif kind == "aspire":
                     assert self._source is not None
                     self._source.deliver(args[0], args[1])
                 elif kind == "gate":

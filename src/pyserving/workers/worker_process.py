@@ -35,6 +35,8 @@ class WorkerProcess:
         self.gone = False
         self.acked_gate = 0  # the last gate sequence number it applied
         self.answers: dict[int, Any] = {}  # apply id → its answer
+        self.last_pong = 0.0  # time.monotonic() of its last answer to a ping
+        self.killed = False  # killed for not answering
 
     @classmethod
     def start(cls, slot: int, metrics_dir: str, start: Mapping[str, Any]) -> WorkerProcess:
