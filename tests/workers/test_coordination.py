@@ -4,6 +4,7 @@ only after both (issue 17)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,25 @@ def _what(message: tuple[Any, ...]) -> Any:
         return [i.id.version for i in message[2]]
     gate: Gate = message[2]
     return (dict(gate.latest), dict(gate.published))
+
+
+class SignalledProcess:
+    def __init__(self) -> None:
+        self.pid = 4242
+        self.signals: list[int] = []
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+def test_a_worker_silent_past_the_limit_is_killed_once_issue_17(tmp_path: Path) -> None:
+    supervisor = sup.Supervisor([], 1, None, str(tmp_path), True, 1.0)
+    process = SignalledProcess()
+    channel = RecordingChannel(supervisor)
+    worker = WorkerProcess(0, process, channel)
+    worker.last_pong = 100.0
+    worker.ping_or_kill(now=110.0, hung_after_s=30.0)
+    assert channel.sent == [("ping",)] and process.signals == []
+    worker.ping_or_kill(now=131.0, hung_after_s=30.0)
+    worker.ping_or_kill(now=133.0, hung_after_s=30.0)
+    assert process.signals == [signal.SIGKILL]

@@ -141,25 +141,11 @@ class Supervisor:
         return self._stop_all()
 
     def _ping_or_kill_hung(self) -> None:
-        """Ping every worker whose link is up; kill one silent for `_HUNG_AFTER_S` (stopped,
-        deadlocked): it would hold the connections the kernel gives it and stall model control.
-        Its replacement follows as for any death."""
-        now = time.monotonic()
         with self._lock:
             workers = [w for w in self._workers.values() if w.options is not None]
+        now = time.monotonic()
         for worker in workers:
-            if now - worker.last_pong > _HUNG_AFTER_S:
-                if not worker.killed:
-                    worker.killed = True
-                    logger.error(
-                        "worker %d (pid %d) has not answered for %gs: killing it",
-                        worker.slot,
-                        worker.pid,
-                        _HUNG_AFTER_S,
-                    )
-                    worker.signal(signal.SIGKILL)
-            else:
-                worker.send("ping")
+            worker.ping_or_kill(now, _HUNG_AFTER_S)
 
     def _stop_all(self) -> int:
         with self._lock:

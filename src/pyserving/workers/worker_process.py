@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pyserving.sources.storage_path import StoragePathSourceOptions
 from pyserving.workers.aspired_feed import WorkerReport
 from pyserving.workers.channel import Channel, ChannelClosed
 from pyserving.workers.worker import CHANNEL_FD_ENV
+
+logger = logging.getLogger("pyserving.workers")
 
 
 class WorkerProcess:
@@ -65,6 +69,22 @@ class WorkerProcess:
     def send(self, *message: Any) -> None:
         with contextlib.suppress(ChannelClosed):  # it died: its reader thread reports it
             self.channel.send(*message)
+
+    def ping_or_kill(self, now: float, hung_after_s: float) -> None:
+        """Ping it; kill it when it has not answered for `hung_after_s` (stopped, deadlocked):
+        it would keep the connections the kernel gives it and stall model control. The
+        supervisor replaces it as it replaces any worker that dies."""
+        if now - self.last_pong <= hung_after_s:
+            self.send("ping")
+        elif not self.killed:
+            self.killed = True
+            logger.error(
+                "worker %d (pid %d) has not answered for %gs: killing it",
+                self.slot,
+                self.pid,
+                hung_after_s,
+            )
+            self.signal(signal.SIGKILL)
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):  # already gone
