@@ -73,8 +73,9 @@ class Supervisor:
 
     Thread-safety: one coordinator thread makes every feed and gate decision in the order
     events arrive (`_events`); each worker has a reader thread; model-control calls run on
-    threads of their own, one at a time (`_control_lock`). `_lock` guards the worker table and
-    what the readers write into it; `_changed` wakes whoever waits on them.
+    threads of their own, one at a time (`_control_lock`); a pinger thread kills hung workers.
+    `_lock` guards the worker table and what the readers write into it; `_changed` wakes
+    whoever waits on them.
     """
 
     def __init__(
@@ -125,11 +126,10 @@ class Supervisor:
         logger.info("starting %d workers (supervisor pid %d)", self._count, os.getpid())
         for slot in range(self._count):
             self._spawn(slot, load_before_listening=False)
-        next_ping = time.monotonic()
+        # its own thread: a slow poll of a remote store in the coordinator must not look like
+        # every worker hanging
+        threading.Thread(target=self._ping_workers, name="pyserving-pings", daemon=True).start()
         while not self._stopping.is_set():
-            if time.monotonic() >= next_ping:
-                self._ping_or_kill_hung()
-                next_ping = time.monotonic() + _PING_INTERVAL_S
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
@@ -140,12 +140,13 @@ class Supervisor:
                 logger.exception("supervisor event failed")
         return self._stop_all()
 
-    def _ping_or_kill_hung(self) -> None:
-        with self._lock:
-            workers = [w for w in self._workers.values() if w.options is not None]
-        now = time.monotonic()
-        for worker in workers:
-            worker.ping_or_kill(now, _HUNG_AFTER_S)
+    def _ping_workers(self) -> None:
+        while not self._stopping.wait(_PING_INTERVAL_S):
+            with self._lock:
+                workers = [w for w in self._workers.values() if w.options is not None]
+            now = time.monotonic()
+            for worker in workers:
+                worker.ping_or_kill(now, _HUNG_AFTER_S)
 
     def _stop_all(self) -> int:
         with self._lock:
