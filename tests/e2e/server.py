@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,10 +23,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One `python -m pyserving serve` child; its log goes to a file the tests can read."""
+    """One `python -m pyserving serve` child; its log goes to a file the tests can read.
 
-    def __init__(self, *flags: str) -> None:
+    gRPC is off unless `grpc` is true (then on a free port, at `grpc_address`).
+    """
+
+    def __init__(self, *flags: str, grpc: bool = False) -> None:
         self.port = free_port()
+        self.grpc_port = free_port() if grpc else 0
         self.log_path = Path(tempfile.mkstemp(prefix="pyserving-e2e-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -35,7 +41,7 @@ class ServerProcess:
                 "serve",
                 "--host=127.0.0.1",
                 f"--rest_api_port={self.port}",
-                "--port=0",
+                f"--port={self.grpc_port}",
                 *flags,
             ],
             stdout=self._log,
@@ -44,6 +50,7 @@ class ServerProcess:
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.address = f"127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}" if grpc else ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -72,3 +79,14 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(*flags: str, grpc: bool = False) -> Iterator[ServerProcess]:
+    """A ready ServerProcess for the block (or a fixture's yield); SIGTERM must stop it with 0."""
+    proc = ServerProcess(*flags, grpc=grpc)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()

@@ -29,7 +29,7 @@ from pyserving.errors import Code
 from pyserving.proto import grpc_service_pb2 as v2pb
 from pyserving.proto import tf_serving_apis_pb2 as tfs
 from pyserving.proto import tf_types_pb2
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.server import ServerProcess, running
 
 pytestmark = pytest.mark.slow
 
@@ -152,26 +152,20 @@ V2_CASES = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("conformance-repo")
     make_two_io(root / "twoio" / "1" / "model.onnx")
-    grpc_port = free_port()
-    proc = ServerProcess(
+    with running(
         f"--model_base_path={root / 'twoio'}",
         "--model_name=twoio",
-        f"--port={grpc_port}",
         f"--max_request_bytes={LIMIT}",
-    )
-    proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
-    try:
-        proc.wait_ready()
+        grpc=True,
+    ) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.log()
 
 
 @pytest.fixture(scope="module")
 def clients(server: ServerProcess) -> Iterator[tuple[httpx.Client, grpc.Channel]]:
     with (
         httpx.Client(base_url=server.url, timeout=30) as http,
-        grpc.insecure_channel(server.grpc_address) as channel,  # type: ignore[attr-defined]
+        grpc.insecure_channel(server.grpc_address) as channel,
     ):
         yield http, channel
 

@@ -4,9 +4,6 @@ answering the same numbers."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,8 @@ import numpy as np
 import pytest
 
 from pyserving.demo import make_mlp, make_two_io
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.child import child_result
+from tests.e2e.server import ServerProcess, running
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +36,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         " labels: {stable: 1, canary: 2}}\n"
         f"  - {{name: twoio, base_path: {root / 'twoio'}}}\n"
     )
-    grpc_port = free_port()
-    proc = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}")
-    proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
-    try:
-        proc.wait_ready()
+    with running(f"--model_config_file={config}", grpc=True) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.log()
 
 
 def run_clients(scenario: str, address: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(CLIENTS), scenario, address],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-4000:] + done.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    result: dict[str, Any] = child_result(CLIENTS, scenario, address)
+    return result
 
 
 def rest_v2(server: ServerProcess, path: str) -> list[float]:
@@ -73,7 +57,7 @@ def rest_v2(server: ServerProcess, path: str) -> list[float]:
 
 
 def test_tritonclient_grpc(server: ServerProcess) -> None:
-    out = run_clients("triton", server.grpc_address)  # type: ignore[attr-defined]
+    out = run_clients("triton", server.grpc_address)
     assert out["live"] is True and out["ready"] is True
     assert out["model_ready"] and out["model_ready_v1"] and not out["model_ready_v9"]
     assert out["server_metadata"]["name"] == "pyserving"
@@ -119,7 +103,7 @@ def test_tritonclient_grpc(server: ServerProcess) -> None:
 
 
 def test_tensorflow_serving_api(server: ServerProcess) -> None:
-    out = run_clients("tfserving", server.grpc_address)  # type: ignore[attr-defined]
+    out = run_clients("tfserving", server.grpc_address)
     assert out["v1"]["version"] == 1 and out["stable"]["version"] == 1
     assert out["v2"]["version"] == 2 and out["canary"]["version"] == 2
     assert out["latest"]["version"] == 2
@@ -158,15 +142,14 @@ def test_grpc_only_server(tmp_path: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     make_two_io(tmp_path / "twoio" / "1" / "model.onnx")
-    grpc_port = free_port()
     proc = ServerProcess(
         f"--model_base_path={tmp_path / 'twoio'}",
         "--model_name=twoio",
-        f"--port={grpc_port}",
         "--rest_api_port=0",
+        grpc=True,
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with grpc.insecure_channel(proc.grpc_address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
             status = None
@@ -183,5 +166,5 @@ def test_grpc_only_server(tmp_path: Path) -> None:
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         assert proc.stop() == 0, proc.log()
-    assert f"gRPC API listening on 127.0.0.1:{grpc_port}" in proc.log()
+    assert f"gRPC API listening on {proc.grpc_address}" in proc.log()
     assert "REST API listening" not in proc.log()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,8 @@ from pyserving.demo import make_mlp
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.proto import tf_types_pb2
 from pyserving.proto.prediction_service_pb2_grpc import PredictionServiceStub
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.child import child_result
+from tests.e2e.server import ServerProcess, running
 from tests.fakes import wait_until
 
 CLIENTS = Path(__file__).with_name("pipeline_clients.py")
@@ -54,18 +53,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerProcess]:
-    grpc_port = free_port()
-    proc = ServerProcess(
+    with running(
         f"--model_config_file={repo / 'models.yaml'}",
-        f"--port={grpc_port}",
         "--file_system_poll_wait_seconds=0.1",
-    )
-    proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
-    try:
-        proc.wait_ready()
+        grpc=True,
+    ) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.log()
 
 
 def v2_infer(url: str, model: str, name: str, array: np.ndarray, datatype: str) -> dict[str, Any]:
@@ -116,23 +109,14 @@ def test_every_api_answers_what_the_two_models_answer_one_after_the_other(
     np.testing.assert_array_equal(np.array(tf.json()["outputs"]["score"], np.float32), score)
     np.testing.assert_array_equal(tf.json()["outputs"]["known"], found)
 
-    done = subprocess.run(
-        [sys.executable, str(CLIENTS), server.grpc_address, json.dumps(KEYS)],  # type: ignore[attr-defined]
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-4000:] + done.stderr[-4000:]
-    grpc = json.loads(lines[-1].removeprefix("RESULT "))
+    grpc = child_result(CLIENTS, server.grpc_address, json.dumps(KEYS))
     np.testing.assert_array_equal(np.array(grpc["triton"]["score"], np.float32), score)
     np.testing.assert_array_equal(grpc["triton"]["known"], found)
     assert grpc["triton"]["version"] == "1"
     assert json.loads(grpc["triton"]["steps"]) == {"features": 1, "mlp": 1}
     assert grpc["triton"]["inputs"] == [{"name": "user", "datatype": "INT64", "shape": ["-1"]}]
 
-    tf_score, tf_known, tf_version = tf_grpc_predict(server.grpc_address, keys)  # type: ignore[attr-defined]
+    tf_score, tf_known, tf_version = tf_grpc_predict(server.grpc_address, keys)
     np.testing.assert_array_equal(tf_score, score)
     np.testing.assert_array_equal(tf_known, found)
     assert tf_version == 1

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,8 @@ import httpx
 import pytest
 
 from tests.e2e import streaming_models
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.child import child_result
+from tests.e2e.server import ServerProcess
 from tests.fakes import wait_until
 
 CLIENT = Path(__file__).with_name("streaming_grpc_client.py")
@@ -34,12 +33,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ]
     config = root / "models.yaml"
     config.write_text("models:\n" + "\n".join(entries) + "\n")
-    grpc_port = free_port()
-    proc = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}")
+    proc = ServerProcess(f"--model_config_file={config}", grpc=True)
     try:
         proc.wait_ready()
         proc.dirs = dirs  # type: ignore[attr-defined]
-        proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
         yield proc
     finally:
         proc.stop()
@@ -205,16 +202,7 @@ def test_one_answer_apis_refuse_a_streaming_model_naming_the_stream_endpoints_is
 
 
 def test_triton_grpc_decoupled_stream_issue_19(server):
-    done = subprocess.run(
-        [sys.executable, str(CLIENT), server.grpc_address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-4000:] + done.stderr[-4000:]
-    out = json.loads(lines[-1][len("RESULT ") :])
+    out = child_result(CLIENT, server.grpc_address, timeout_s=120)
     for model in ("tokens", "async_tokens"):
         parts = out[model]
         assert [(p["index"], p["text"], p["final"]) for p in parts] == [

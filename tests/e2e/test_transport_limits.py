@@ -24,7 +24,7 @@ import pytest
 from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as v2
 from tests.e2e.h2_raw import RawH2Connection
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.server import ServerProcess, free_port, running
 
 pytestmark = pytest.mark.slow
 
@@ -40,29 +40,23 @@ STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("limits-repo")
     make_mlp(root / "mlp" / "1" / "model.onnx", seed=1)
-    grpc_port = free_port()
-    proc = ServerProcess(
+    with running(
         f"--model_base_path={root / 'mlp'}",
         "--model_name=mlp",
-        f"--port={grpc_port}",
         f"--max_request_bytes={MAX_REQUEST_BYTES}",
         f"--max_inflight_request_bytes={BUDGET_BYTES}",
         f"--grpc_max_concurrent_rpcs={MAX_RPCS}",
         f"--grpc_stream_message_timeout_seconds={STREAM_TIMEOUT_S}",
         "--access_log",
-    )
-    proc.grpc_address = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
-    try:
-        proc.wait_ready()
+        grpc=True,
+    ) as proc:
         yield proc
-    finally:
-        assert proc.stop() == 0, proc.log()
 
 
 @pytest.fixture(scope="module")
 def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
     options = [("grpc.max_send_message_length", 8 * MAX_REQUEST_BYTES)]
-    with grpc.insecure_channel(server.grpc_address, options=options) as ch:  # type: ignore[attr-defined]
+    with grpc.insecure_channel(server.grpc_address, options=options) as ch:
         yield ch
 
 

@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,7 @@ from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.proto import model_service_pb2_grpc
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from tests.e2e.server import free_port
+from tests.e2e.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -40,55 +38,28 @@ BODY = {
 }
 
 
-class Workers:
+class Workers(ServerProcess):
     """A `--workers 2` server on free ports, its log in a file, stopped by PID."""
 
     def __init__(self, base_path: Path) -> None:
-        self.rest_port, self.grpc_port = free_port(), free_port()
-        self.log_path = Path(tempfile.mkstemp(prefix="pyserving-workers-", suffix=".log")[1])
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pyserving",
-                "serve",
-                "--workers=2",
-                "--host=127.0.0.1",
-                f"--rest_api_port={self.rest_port}",
-                f"--port={self.grpc_port}",
-                "--model_name=mlp",
-                f"--model_base_path={base_path}",
-                "--file_system_poll_wait_seconds=0.2",
-                "--enable_model_control",
-                f"--model_control_roots={base_path.parent}",
-                "--drain_timeout_seconds=5",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        super().__init__(
+            "--workers=2",
+            "--model_name=mlp",
+            f"--model_base_path={base_path}",
+            "--file_system_poll_wait_seconds=0.2",
+            "--enable_model_control",
+            f"--model_control_roots={base_path.parent}",
+            "--drain_timeout_seconds=5",
+            grpc=True,
         )
-        self.url = f"http://127.0.0.1:{self.rest_port}"
-        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> set[int]:
         return set(map(int, re.findall(r"worker \d+ started \(pid (\d+)\)", self.log()))) - set(
             map(int, re.findall(r"\(pid (\d+)\) exited", self.log()))
         )
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 60.0) -> int:
+        return super().stop(timeout_s)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -190,19 +161,10 @@ def repository() -> Iterator[Path]:
 def server(repository: Path) -> Iterator[Workers]:
     process = Workers(repository)
     try:
-        wait_until(lambda: _ready(process), 60, f"the server to be ready; log:\n{process.log()}")
+        process.wait_ready()
         yield process
     finally:
         process.stop()
-
-
-def _ready(server: Workers) -> bool:
-    if server.proc.poll() is not None:
-        raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log()}")
-    try:
-        return fresh_get(server.url + "/v2/health/ready").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_metrics_count_every_workers_requests_whichever_answers(server: Workers) -> None:
