@@ -9,6 +9,7 @@ removes replicas between tests."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +69,13 @@ class RayServe:
             wait_until(lambda: self.replicas() == 2, 120, "two running replicas")
 
     def replicas(self) -> int:
-        status = serve.status().applications[APP].deployments["pyserving"]
-        return status.replica_states.get("RUNNING", 0)
+        app = serve.status().applications.get(APP)  # None after the sharded test removed it
+        if app is None:
+            return 0
+        return app.deployments["pyserving"].replica_states.get("RUNNING", 0)
 
-    def _running(self) -> bool:
-        app = serve.status().applications.get(APP)
+    def _running(self, name: str = APP) -> bool:
+        app = serve.status().applications.get(name)
         return app is not None and app.status == "RUNNING"
 
 
@@ -290,3 +293,89 @@ def test_a_rolling_redeploy_that_replaces_every_replica_under_load_loses_nothing
     finally:
         load.stop()
     assert load.failures == []
+
+
+KEYS = np.arange(-20, 80, dtype=np.int64)
+
+
+def test_a_sharded_table_as_shard_deployments_and_a_router_answers_as_one_server(
+    ray_serve, tmp_path
+):
+    base = tmp_path / "table"
+    (base / "1").mkdir(parents=True)
+    np.savez(base / "1" / "table.npz", keys=KEYS, values=np.stack([KEYS * 0.5, -KEYS], 1))
+    entry = {"name": "table", "base_path": str(base)}
+    sharded = tmp_path / "sharded.yaml"
+    sharded.write_text(yaml.safe_dump({"models": [{**entry, "shard": {"count": 2}}]}))
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(yaml.safe_dump({"models": [entry]}))
+    probe = [*KEYS.tolist(), -1000, 999]  # every key, and two missing ones
+    requests = [
+        (
+            "/v2/models/table/infer",
+            {
+                "inputs": [
+                    {"name": "keys", "datatype": "INT64", "shape": [len(probe)], "data": probe}
+                ]
+            },
+        ),
+        ("/v1/models/table:predict", {"inputs": {"keys": probe}}),
+    ]
+    half_cpu = {"ray_actor_options": {"num_cpus": 0.5}}
+    serve.delete(APP)  # the sharded application takes route "/"
+    app = build_app(
+        {
+            "model_config_file": str(sharded),
+            "file_system_poll_wait_seconds": 0.2,
+            "deployment": half_cpu,
+            "shard_deployment": half_cpu,
+        }
+    )
+    serve.run(app, name="sharded", route_prefix="/", blocking=False)
+    plain = ServerProcess(f"--model_config_file={whole}", "--file_system_poll_wait_seconds=0")
+    try:
+        plain.wait_ready()
+        wait_until(lambda: ray_serve._running("sharded"), 120, "the sharded application")
+        with (
+            httpx.Client(base_url=ray_serve.url, timeout=30) as ray_client,
+            httpx.Client(base_url=plain.url, timeout=30) as plain_client,
+        ):
+            expected = [plain_client.post(path, json=body) for path, body in requests]
+            assert [r.status_code for r in expected] == [200, 200]
+            for (path, body), ours in zip(requests, expected, strict=True):
+                assert ray_client.post(path, json=body).content == ours.content, path
+
+            # Kill shard 1's replica: Ray starts another (a new port, maybe another node);
+            # meanwhile the router answers 503 naming shard 1, then answers again.
+            (name,) = [
+                actor["name"]
+                for actor in ray.util.list_named_actors(all_namespaces=True)
+                if "#pyserving-shard-1#" in actor["name"]
+            ]
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+            seen: list[int] = []
+
+            def answers_again() -> bool:
+                time.sleep(0.2)  # a few requests a second: the 2 CPUs also restart the shard
+                path, body = requests[0]
+                response = ray_client.post(path, json=body)
+                seen.append(response.status_code)
+                if response.status_code == 503:
+                    assert "shard 1 (" in response.text, response.text
+                    return False
+                assert response.status_code == 200, response.text
+                return response.content == expected[0].content
+
+            wait_until(answers_again, 120, "the router to answer again")
+            assert set(seen) <= {200, 503}
+            (renamed,) = [
+                actor["name"]
+                for actor in ray.util.list_named_actors(all_namespaces=True)
+                if "#pyserving-shard-1#" in actor["name"]
+            ]
+            assert renamed != name  # a new replica answered, not the killed one
+            for (path, body), ours in zip(requests, expected, strict=True):
+                assert ray_client.post(path, json=body).content == ours.content, path
+    finally:
+        plain.stop()
+        serve.delete("sharded")

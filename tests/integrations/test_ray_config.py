@@ -16,6 +16,7 @@ from pyserving.integrations.ray import (  # noqa: E402
     RayServingOptions,
     build_app,
 )
+from pyserving.integrations.ray_shards import router_config, shard_config  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ray"
 
@@ -88,3 +89,48 @@ def test_relative_paths_are_made_absolute_where_the_app_is_built(tmp_path, monke
     application = build_app({"model_config_file": "models.yaml"})
     (options,) = application._bound_deployment.init_args
     assert options.server.model_config_file == str(tmp_path / "models.yaml")
+
+
+def test_example_sharded_serve_config_builds_a_deployment_per_shard_and_the_router():
+    config = yaml.safe_load((EXAMPLES / "sharded_serve_config.yaml").read_text())
+    (app,) = schema.ServeDeploySchema.model_validate(config).applications
+    args = {**app.args, "model_config_file": str(EXAMPLES / "sharded.yaml")}
+    router = build_app(args)._bound_deployment
+    _options, table, shards = router.init_args
+    names = [router.name, *(s._bound_deployment.name for s in shards)]
+    assert names == [d.name for d in app.deployments]
+    assert names == [DEPLOYMENT_NAME, "pyserving-shard-0", "pyserving-shard-1"]
+    assert [s._bound_deployment.init_args[1] for s in shards] == [
+        shard_config(table, 0),
+        shard_config(table, 1),
+    ]
+    (entry,) = shard_config(table, 1).models
+    assert entry.options["shard"] == {"count": 2, "index": 1}
+    (routed,) = router_config(table, ["10.0.0.1:1", "10.0.0.2:2"]).models
+    assert (routed.platform, routed.options["shards"]) == ("shards", ["10.0.0.1:1", "10.0.0.2:2"])
+
+
+@pytest.mark.parametrize(
+    ("models", "args", "message"),
+    [
+        (
+            [{"name": "a", "shard": {"count": 2}}, {"name": "b", "shard": {"count": 3}}],
+            {},
+            "one count: a: 2, b: 3",
+        ),
+        ([{"name": "a", "shard": {"count": 0}}], {}, "shard must be {count: n} with n >= 1"),
+        (
+            [{"name": "a", "shard": {"count": 2}}],
+            {"shard_deployment": {"num_replicas": 2}},
+            "shard_deployment.num_replicas: a shard deployment has one replica",
+        ),
+        ([{"name": "a"}], {"shard_deployment": {"num_cpus": 1}}, "no sharded table"),
+    ],
+)
+def test_bad_sharded_configs_are_refused_at_build(tmp_path, models, args, message):
+    config = tmp_path / "models.yaml"
+    entries = [{**m, "base_path": str(tmp_path / m["name"])} for m in models]
+    config.write_text(yaml.safe_dump({"models": entries}))
+    with pytest.raises(ValueError) as caught:
+        build_app({"model_config_file": str(config), **args})
+    assert message in str(caught.value)

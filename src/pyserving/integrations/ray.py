@@ -113,20 +113,18 @@ class RayServingOptions:
         return cls(ServerOptions(**server), **own)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, **DEPLOYMENT_DEFAULTS)
-@serve.ingress()
-class PyServingReplica:
-    """One Ray Serve replica: a full ServerCore and the REST app over it.
+class CoreReplica:
+    """What every pyserving replica shares: a full ServerCore, started off the event loop, and
+    the REST app over it (for the deployments that are Ray's HTTP ingress).
 
-    Lifecycle: the constructor loads the first versions (off the event loop) before Ray routes
-    anything here; Ray's graceful shutdown lets in-flight requests finish, then `__del__`
-    unloads every version and removes this replica's model cache.
+    Lifecycle: `_start_core` loads the first versions before Ray routes anything here; Ray's
+    graceful shutdown lets in-flight requests finish, then `__del__` unloads every version and
+    removes this replica's model cache.
     Ownership: each replica copies remote versions into its own directory under the model cache
     dir (`ray-<replica id>`): replicas on one node must not remove copies another one uses.
     """
 
-    # Ray awaits an async constructor (mypy insists __init__ return None).
-    async def __init__(self, options: RayServingOptions) -> None:  # type: ignore[misc]
+    async def _start_core(self, options: RayServingOptions, server: ServerOptions) -> None:
         self._options = options
         if not logging.getLogger().handlers:
             # A Ray worker's root logger has no handler: version changes and errors would be
@@ -134,9 +132,9 @@ class PyServingReplica:
             configure_logging(options.log_level, options.log_format, options.access_log)
         replica = serve.get_replica_context().replica_id.unique_id
         self._cache_dir = os.path.join(
-            options.server.model_cache_dir or default_cache_dir(), f"ray-{replica}"
+            server.model_cache_dir or default_cache_dir(), f"ray-{replica}"
         )
-        server = dataclasses.replace(options.server, model_cache_dir=self._cache_dir)
+        server = dataclasses.replace(server, model_cache_dir=self._cache_dir)
         # Reads the config file and polls storage: blocking work, kept off the event loop.
         self._core = await asyncio.to_thread(ServerCore, server)
         await asyncio.to_thread(self._core.start)
@@ -169,9 +167,25 @@ class PyServingReplica:
             logger.error("models did not unload in time (a model call is stuck)")
 
 
-def pyserving_app(options: RayServingOptions | ServerOptions, **deployment: Any) -> Application:
+@serve.deployment(name=DEPLOYMENT_NAME, **DEPLOYMENT_DEFAULTS)
+@serve.ingress()
+class PyServingReplica(CoreReplica):
+    """One Ray Serve replica: a full ServerCore and the REST app over it."""
+
+    # Ray awaits an async constructor (mypy insists __init__ return None).
+    async def __init__(self, options: RayServingOptions) -> None:  # type: ignore[misc]
+        await self._start_core(options, options.server)
+
+
+def pyserving_app(
+    options: RayServingOptions | ServerOptions,
+    shard_deployment: Mapping[str, Any] | None = None,
+    **deployment: Any,
+) -> Application:
     """The Ray Serve application for `options`; `deployment` are Ray deployment options
-    (`num_replicas`, `autoscaling_config`, `ray_actor_options`, `max_replicas_per_node`, ...)."""
+    (`num_replicas`, `autoscaling_config`, `ray_actor_options`, `max_replicas_per_node`, ...).
+    A model config with sharded tables (`shard:`) gives one deployment per shard (Ray options
+    `shard_deployment`) plus the router (`deployment`): see integrations/ray_shards.py."""
     if isinstance(options, ServerOptions):
         options = RayServingOptions(options)
     defaults = ServerOptions()
@@ -187,21 +201,30 @@ def pyserving_app(options: RayServingOptions | ServerOptions, **deployment: Any)
     }
     options = dataclasses.replace(options, server=dataclasses.replace(options.server, **local))
     try:  # a bad config fails here, where `serve run` shows it, not in every replica
-        options.server.resolve_model_config()
+        config = options.server.resolve_model_config()
     except ServingError as exc:
         raise ValueError(exc.message) from exc
+    if any("shard" in m.options for m in config.models):
+        from pyserving.integrations.ray_shards import sharded_app
+
+        return sharded_app(options, config, shard_deployment or {}, deployment)
+    if shard_deployment:
+        raise ValueError("shard_deployment: the model config has no sharded table (shard:)")
     return cast(Deployment, PyServingReplica).options(**deployment).bind(options)
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """The application builder for `serve run` / `serve deploy` (`import_path:
     pyserving.integrations.ray:build_app`): `args` are pyserving options by flag name, plus
-    `deployment:` with Ray deployment options."""
+    `deployment:` with Ray deployment options (of the router, for a sharded table) and
+    `shard_deployment:` with those of each shard's deployment."""
     args = dict(args)
     deployment = args.pop("deployment", None) or {}
-    if not isinstance(deployment, Mapping):
-        raise ValueError("args.deployment: expected a mapping of Ray deployment options")
-    return pyserving_app(RayServingOptions.from_args(args), **deployment)
+    shard_deployment = args.pop("shard_deployment", None) or {}
+    for key, value in (("deployment", deployment), ("shard_deployment", shard_deployment)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"args.{key}: expected a mapping of Ray deployment options")
+    return pyserving_app(RayServingOptions.from_args(args), shard_deployment, **deployment)
 
 
 def _typed(key: str, annotation: str, value: Any) -> Any:
