@@ -1,6 +1,6 @@
 """CLI: both flag spellings, and the parser accepting a tensorflow_model_server command line."""
 
-from pyserving.cli import build_parser, normalize_flag_spellings
+from pyserving.cli_flags import build_parser, normalize_flag_spellings
 
 
 def test_tf_serving_spellings_become_dashes_with_either_value_form():

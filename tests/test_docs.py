@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyserving import cli, metrics
+from pyserving import cli_flags, metrics
 from pyserving.batching.options import load_batching_parameters
 from pyserving.core.ids import ServableId
 from pyserving.demo import write_demo_repository
@@ -76,7 +76,7 @@ def test_nothing_in_the_repository_points_outside_it_issue_16() -> None:
 
 
 def test_cli_page_documents_every_serve_flag_issue_16() -> None:
-    parser = cli.build_parser()
+    parser = cli_flags.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     page = (DOCS / "cli.md").read_text(encoding="utf-8")
     missing = [

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pyserving import __version__, tf_flags
-from pyserving.cli import build_parser, main, normalize_flag_spellings, serve_parser
+from pyserving.cli import main
+from pyserving.cli_flags import build_parser, normalize_flag_spellings, serve_parser
 from pyserving.demo import write_demo_repository
 from tests.e2e.server import ServerProcess
 

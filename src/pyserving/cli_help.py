@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import NoReturn
 
+from pyserving import cli_flag_types
+
 __all__ = ["SERVE_EXAMPLES", "HelpFormatter", "Parser"]
 
 SERVE_EXAMPLES = """\
@@ -28,6 +30,11 @@ examples:
 
 TF Serving flags pyserving does not implement are accepted with a warning (docs/tf-flags.md).
 """
+
+
+#: argparse names a flag's value type in its errors ("invalid non_negative_int value"); our
+#: types' names mean nothing to a user (int and float are kept)
+_OUR_TYPE_NAMES = re.compile(rf"invalid (?:{'|'.join(cli_flag_types.__all__)}) value")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -62,7 +69,7 @@ class Parser(argparse.ArgumentParser):
     typed: Mapping[str, str] = {}
 
     def error(self, message: str) -> NoReturn:
-        message = re.sub(r"invalid _\w+ value", "invalid value", message)  # our private types
+        message = _OUR_TYPE_NAMES.sub("invalid value", message)
         for ours, typed in self.typed.items():
             message = re.sub(rf"{re.escape(ours)}(?![\w-])", typed, message)
         self.exit(2, f"pyserving: {message}; see {self.prog} --help\n")

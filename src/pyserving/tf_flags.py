@@ -350,7 +350,7 @@ def markdown_table(parser: argparse.ArgumentParser) -> str:
 
 def main() -> int:
     """Print docs/tf-flags.md."""
-    from pyserving.cli import serve_parser
+    from pyserving.cli_flags import serve_parser
 
     print(markdown_table(serve_parser()), end="")
     return 0

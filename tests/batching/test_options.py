@@ -13,7 +13,7 @@ from pyserving.batching import (
     load_batching_parameters,
     parse_batching_text_proto,
 )
-from pyserving.cli import build_parser, normalize_flag_spellings
+from pyserving.cli_flags import build_parser, normalize_flag_spellings
 from pyserving.serving.config import ConfigError, ModelConfig, ModelServerConfig
 from pyserving.serving.server_core import ServerOptions, batching_policy
 

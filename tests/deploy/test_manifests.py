@@ -108,7 +108,7 @@ def test_grace_period_covers_prestop_drain_and_unload(base):
     drain_s = float(flag(args, "drain_timeout_seconds") or 30)
     pre_stop = container(base)["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    min_unload_s = 10  # cli._MIN_UNLOAD_WAIT_S: models get at least this long to unload
+    min_unload_s = 10  # cli_serve._MIN_UNLOAD_WAIT_S: models get at least this long to unload
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain_s + min_unload_s
 
 

@@ -105,7 +105,7 @@ def test_grace_period_covers_prestop_drain_and_unload(docs, kind, name):
     (container,) = pod["containers"]
     drain_s = float(flag(container["args"], "drain_timeout_seconds") or 30)
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    min_unload_s = 10  # cli._MIN_UNLOAD_WAIT_S
+    min_unload_s = 10  # cli_serve._MIN_UNLOAD_WAIT_S
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain_s + min_unload_s
 
 

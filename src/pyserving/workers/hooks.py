@@ -10,7 +10,7 @@ from pyserving.serving.server_core import ServerCore, ServerOptions
 
 
 class WorkerHooks(Protocol):
-    """The few places where a worker serves differently (cli.py calls them; worker.py has them).
+    """The few places where a worker serves differently (cli_serve.py calls, worker.py has them).
 
     Thread-safety: called from `serve`'s main thread and its event loop, once each.
     """

@@ -306,7 +306,7 @@ def _name_worker_in_logs(slot: int) -> None:
 
 def main() -> int:
     """The worker process: read the supervisor's start message, then serve."""
-    from pyserving.cli import serve_as_worker
+    from pyserving.cli_serve import serve_as_worker
 
     # multiprocess metrics cannot drop a series; on_demand sets a removed one to 0 first
     warnings.filterwarnings("ignore", "Removal of labels has not been implemented")
