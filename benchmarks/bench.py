@@ -26,8 +26,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import orjson
+from processes import free_port, pyserving_command, session_pids, start, stop_session
 
 from pyserving.demo import make_mlp
 
@@ -70,28 +69,6 @@ def ensure_wrk() -> str:
     subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
     subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
     return shutil.which("wrk") or sys.exit("bench: wrk could not be installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def session_pids(sid: int) -> list[tuple[int, int]]:
-    """(pid, utime+stime jiffies) of every live process in session `sid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append((int(entry), int(fields[11]) + int(fields[12])))
-    return found
 
 
 def session_cpu_s(sid: int) -> float:
@@ -126,27 +103,6 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def stop_session(proc: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM the session leader, then any process left in its session; SIGKILL after grace."""
-    sid = proc.pid
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and session_pids(sid):
-        time.sleep(0.2)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, _ in session_pids(sid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and session_pids(sid):
-            time.sleep(0.2)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        print(f"bench: server {sid} did not exit", file=sys.stderr)
-
-
 # --- load generators
 
 
@@ -175,6 +131,15 @@ def parse_result(text: str, prefix: str = "RESULT ") -> dict:
     return json.loads(line[len(prefix) :])
 
 
+def run_load(command: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a load generator (wrk or grpc_load) to completion; its RESULT. Raises RuntimeError
+    when it fails."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
+    return parse_result(done.stdout)
+
+
 def wrk_command(wrk: str, url: str, body_file: Path, conns: int, seconds: float) -> list[str]:
     secs = max(1, round(seconds))
     return [wrk, "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s", "-s", str(LUA), url]
@@ -201,15 +166,12 @@ def grpc_command(target: str, api: str, model: str, dim: int, conns: int, second
 def measure(sid: int, command: list[str], env: dict[str, str] | None = None) -> Measured:
     """Run one load generator to completion, with the server session's CPU and machine noise."""
     cpu0, busy0, client0, t0 = session_cpu_s(sid), machine_busy_s(), children_cpu_s(), time.time()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"exit {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
-    out = done.stdout
+    result = run_load(command, env)
     elapsed = time.time() - t0
     server = session_cpu_s(sid) - cpu0
     client = children_cpu_s() - client0
     noise = (machine_busy_s() - busy0 - server - client) / elapsed
-    return Measured(parse_result(out), server, session_rss_mib(sid), noise)
+    return Measured(result, server, session_rss_mib(sid), noise)
 
 
 # --- requests, answers and anchors
@@ -226,15 +188,19 @@ class Protocol:
     grpc_api: str = ""
 
 
+def v2_json(x: np.ndarray) -> bytes:
+    """The V2 JSON infer body sending `x` as the FP32 tensor `input`."""
+    tensor = {
+        "name": "input",
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    return orjson.dumps({"inputs": [tensor]})
+
+
 def protocols(model: str, x: np.ndarray) -> list[Protocol]:
     shape = list(x.shape)
-    v2_json = orjson.dumps(
-        {
-            "inputs": [
-                {"name": "input", "shape": shape, "datatype": "FP32", "data": x.ravel().tolist()}
-            ]
-        }
-    )
     header = orjson.dumps(
         {
             "inputs": [
@@ -252,7 +218,7 @@ def protocols(model: str, x: np.ndarray) -> list[Protocol]:
         Protocol(
             PROTOCOLS[0], f"/v1/models/{model}:predict", orjson.dumps({"instances": x.tolist()})
         ),
-        Protocol(PROTOCOLS[1], f"/v2/models/{model}/infer", v2_json),
+        Protocol(PROTOCOLS[1], f"/v2/models/{model}/infer", v2_json(x)),
         Protocol(
             PROTOCOLS[2],
             f"/v2/models/{model}/infer",
@@ -360,41 +326,22 @@ def batching_supported() -> bool:
 
 def start_server(work: Path, model: str, base_path: Path, batching: bool, poll_s: float) -> Server:
     rest_port, grpc_port = free_port(), free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "pyserving",
-        "serve",
-        "--host=127.0.0.1",
-        f"--rest_api_port={rest_port}",
-        f"--port={grpc_port}",
+    args = pyserving_command(
+        rest_port,
+        grpc_port,
         f"--model_name={model}",
         f"--model_base_path={base_path}",
         f"--file_system_poll_wait_seconds={poll_s}",
         "--log-level=warning",
-    ]
+    )
     if batching:
         params = work / "batching_parameters.txt"
         params.write_text(BATCHING_PARAMETERS)
         args += ["--enable_batching", f"--batching_parameters_file={params}"]
     log = work / f"server-{model}-{'batch' if batching else 'nobatch'}.log"
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(proc, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"bench: pyserving exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.rest}/v2/models/{model}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return server
-        except (OSError, urllib.error.HTTPError):
-            time.sleep(0.1)
-    stop_session(proc)
-    sys.exit(f"bench: pyserving did not become ready:\n{log.read_text()[-3000:]}")
+    rest = f"http://127.0.0.1:{rest_port}"
+    proc = start(args, log, f"{rest}/v2/models/{model}/ready")
+    return Server(proc, rest, f"127.0.0.1:{grpc_port}", log)
 
 
 @dataclass

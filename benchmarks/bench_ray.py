@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # wrk and its result parsing
+import processes  # starting and stopping servers
 
 from pyserving.demo import make_mlp
 
@@ -45,60 +42,27 @@ def main() -> None:
     config.write_text(yaml.safe_dump({"models": [{"name": "mlp", "base_path": str(work / "mlp")}]}))
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
     body = work / "infer.json"
-    body.write_bytes(
-        orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "datatype": "FP32",
-                        "shape": [1, 64],
-                        "data": x.ravel().tolist(),
-                    }
-                ]
-            }
-        )
-    )
+    body.write_bytes(bench.v2_json(x))
 
     def run_load(base: str) -> dict:
         url = base + "/v2/models/mlp/infer"
         env = bench.wrk_env(body, {})
-        subprocess.run(
-            bench.wrk_command(wrk, url, body, args.connections, args.warmup),
-            env=env,
-            capture_output=True,
+        bench.run_load(bench.wrk_command(wrk, url, body, args.connections, args.warmup), env)
+        return bench.run_load(
+            bench.wrk_command(wrk, url, body, args.connections, args.duration), env
         )
-        done = subprocess.run(
-            bench.wrk_command(wrk, url, body, args.connections, args.duration),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return bench.parse_result(done.stdout)
 
     rows: list[tuple[str, dict]] = []
-    port = bench.free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyserving",
-            "serve",
-            f"--model_config_file={config}",
-            "--host=127.0.0.1",
-            f"--rest_api_port={port}",
-            "--port=0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    port = processes.free_port()
+    server = processes.start(
+        processes.pyserving_command(port, 0, f"--model_config_file={config}"),
+        work / "pyserving.log",
+        f"http://127.0.0.1:{port}/v2/health/ready",
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}")
         rows.append(("pyserving alone", run_load(f"http://127.0.0.1:{port}")))
     finally:
-        bench.stop_session(server)
+        processes.stop_session(server)
 
     import ray
     from ray import serve
@@ -107,7 +71,7 @@ def main() -> None:
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        port = bench.free_port()
+        port = processes.free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         for replicas in (1, 2):
             app = build_app(
@@ -132,19 +96,6 @@ def main() -> None:
             f"{name:<26} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {errors:>7}"
             f" {r['rps'] / alone:>8.2f}x"
         )
-
-
-def wait_ready(base: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/v2/health/ready", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{base} not ready after {timeout_s}s")
 
 
 def wait_replicas(serve, count: int, timeout_s: float = 120.0) -> None:

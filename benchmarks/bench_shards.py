@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,19 +26,15 @@ import time
 from pathlib import Path
 
 import grpc
-import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import processes  # starting and stopping servers
 
 from pyserving.core.ids import ServableId
 from pyserving.platforms.lookup import LookupLoader
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
@@ -75,50 +68,26 @@ class Server:
     def __init__(self, workdir: Path, name: str, entry: str) -> None:
         config = workdir / f"{name}.yaml"
         config.write_text(f"models:\n  - name: table\n{entry}")
-        self.port, self.grpc_port = free_port(), free_port()
-        self.log = (workdir / f"{name}.log").open("wb")
+        self.port, self.grpc_port = processes.free_port(), processes.free_port()
+        self.log = workdir / f"{name}.log"
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pyserving",
-                "serve",
-                "--host=127.0.0.1",
-                f"--rest_api_port={self.port}",
-                f"--port={self.grpc_port}",
-                f"--model_config_file={config}",
-                "--file_system_poll_wait_seconds=1",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        command = processes.pyserving_command(
+            self.port,
+            self.grpc_port,
+            f"--model_config_file={config}",
+            "--file_system_poll_wait_seconds=1",
         )
+        self.proc = processes.spawn(command, self.log)
         self.address = f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout_s: float = 900.0) -> float:
         """Seconds from start until ready."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                url = f"http://127.0.0.1:{self.port}/v2/models/table/ready"
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"server not ready after {timeout_s}s; see {self.log.name}")
+        url = f"http://127.0.0.1:{self.port}/v2/models/table/ready"
+        processes.wait_ready(self.proc, self.log, url, timeout_s=timeout_s)
+        return time.perf_counter() - self.started
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        processes.stop_session(self.proc, grace_s=60)
 
 
 def write_table(directory: Path, keys: np.ndarray, dim: int, seed: int) -> None:

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +28,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import processes  # the server's start and stop (it imports no pyserving protos)
 
 DELAY_S = 0.010
 
@@ -63,12 +62,6 @@ class Every10ms:
             time.sleep({DELAY_S})
             yield {{"text_output": np.array([b" token%d" % i], dtype=object)}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -154,36 +147,16 @@ def main() -> None:
     config.write_text(
         f"models:\n  - {{name: every10ms, base_path: {root / 'every10ms'}, allow_python: true}}\n"
     )
-    rest_port, grpc_port = free_port(), free_port()
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyserving",
-            "serve",
-            "--host=127.0.0.1",
-            f"--rest_api_port={rest_port}",
-            f"--port={grpc_port}",
-            f"--model_config_file={config}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    rest_port, grpc_port = processes.free_port(), processes.free_port()
+    base = f"http://127.0.0.1:{rest_port}"
+    server = processes.start(
+        processes.pyserving_command(rest_port, grpc_port, f"--model_config_file={config}"),
+        root / "server.log",
+        base + "/v2/health/ready",
+        timeout_s=60,
     )
     rows: list[tuple[str, list[float], list[float]]] = []
     try:
-        base = f"http://127.0.0.1:{rest_port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit((root / "server.log").read_text())
-            time.sleep(0.1)
         url = base + "/v2/models/every10ms/generate_stream"
         rows.append(("in process (the generator called directly)", *in_process(10, args.parts)))
         # one client for all requests: httpx's module functions build an SSL context each call
@@ -216,9 +189,7 @@ def main() -> None:
             (f"REST generate_stream, {args.clients} clients (2 model threads)", firsts, gaps)
         )
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-        log.close()
+        processes.stop_session(server)
 
     print(
         f"generator sleeping {DELAY_S * 1000:.0f} ms before each of {args.parts} parts;"

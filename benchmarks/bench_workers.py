@@ -23,16 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # wrk, grpc_load and parsing helpers
+import processes  # starting and stopping servers
 
 from pyserving.demo import make_mlp
 
@@ -66,17 +64,11 @@ app = Starlette(routes=[Route("/v2/models/mlp/infer", infer, methods=["POST"])])
 """
 
 
-def tree_pids(root: int) -> list[int]:
+def tree_pids(root: int, stats: dict[int, list[str]] | None = None) -> list[int]:
     """`root` and every process below it (workers run in sessions of their own)."""
     parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    for pid, fields in (stats or processes.proc_stats()).items():
+        parents.setdefault(int(fields[1]), []).append(pid)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -86,14 +78,10 @@ def tree_pids(root: int) -> list[int]:
 
 
 def tree_cpu_s(root: int) -> float:
-    total = 0
-    for pid in tree_pids(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    stats = processes.proc_stats()
+    tree = [stats[pid] for pid in tree_pids(root, stats) if pid in stats]
+    jiffies = sum(int(fields[11]) + int(fields[12]) for fields in tree)
+    return jiffies / os.sysconf("SC_CLK_TCK")
 
 
 def tree_memory_mib(root: int) -> tuple[float, float]:
@@ -107,26 +95,6 @@ def tree_memory_mib(root: int) -> tuple[float, float]:
         rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
         pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
     return rss / 1024, pss / 1024
-
-
-def start(command: list[str], log: Path, ready_url: str, env: dict[str, str] | None = None):
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"bench_workers: {command[:4]} exited:\n{log.read_text()[-3000:]}")
-        try:
-            request = urllib.request.Request(ready_url, data=None)
-            with urllib.request.urlopen(request, timeout=1) as answer:
-                if answer.status == 200:
-                    return proc
-        except (OSError, urllib.error.HTTPError):
-            time.sleep(0.1)
-    stop(proc)
-    sys.exit(f"bench_workers: not ready:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -146,10 +114,7 @@ def load(proc, command: Callable[[float], list[str]], env, args: argparse.Namesp
     if args.warmup:
         subprocess.run(command(args.warmup), env=env, capture_output=True)
     cpu0, t0 = tree_cpu_s(proc.pid), time.monotonic()
-    done = subprocess.run(command(args.duration), env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"exit {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
-    result = bench.parse_result(done.stdout)
+    result = bench.run_load(command(args.duration), env)
     elapsed = time.monotonic() - t0
     result["server_cpu_per_req_us"] = (
         (tree_cpu_s(proc.pid) - cpu0) / max(1, result["rps"] * elapsed) * 1e6
@@ -185,41 +150,23 @@ def main() -> None:
     model = make_mlp(work / "mlp" / "1" / "model.onnx", seed=1)
     x = np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(1, 64)
     body = work / "v2.json"
-    body.write_bytes(
-        orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": [1, 64],
-                        "datatype": "FP32",
-                        "data": x.ravel().tolist(),
-                    }
-                ]
-            }
-        )
-    )
+    body.write_bytes(bench.v2_json(x))
     (work / "floor_app.py").write_text(FLOOR_APP)
     env = bench.wrk_env(body, {})
     c, d = args.connections, args.duration
     rows: list[tuple[str, str, dict]] = []
     replaced: float | None = None
     for workers in (1, 2):
-        rest, grpc_port = bench.free_port(), bench.free_port()
+        rest, grpc_port = processes.free_port(), processes.free_port()
         log = work / f"pyserving-{workers}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "pyserving",
-            "serve",
-            "--host=127.0.0.1",
-            f"--rest_api_port={rest}",
-            f"--port={grpc_port}",
+        command = processes.pyserving_command(
+            rest,
+            grpc_port,
             "--model_name=mlp",
             f"--model_base_path={work / 'mlp'}",
             f"--workers={workers}",
-        ]
-        proc = start(command, log, f"http://127.0.0.1:{rest}/v2/health/ready")
+        )
+        proc = processes.start(command, log, f"http://127.0.0.1:{rest}/v2/health/ready", stop=stop)
         try:
             url = f"http://127.0.0.1:{rest}/v2/models/mlp/infer"
             rest_load = functools.partial(bench.wrk_command, wrk, url, body, c)
@@ -240,7 +187,7 @@ def main() -> None:
         finally:
             stop(proc)
     for workers in (1, 2):
-        port = bench.free_port()
+        port = processes.free_port()
         command = [
             sys.executable,
             "-m",
@@ -256,7 +203,16 @@ def main() -> None:
         ]
         floor_env = {**os.environ, "MODEL": str(model)}
         url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
-        proc = _start_floor(command, work / f"floor-{workers}.log", url, body, floor_env)
+        # ready once it answers an inference: uvicorn has no health route of its own
+        proc = processes.start(
+            command,
+            work / f"floor-{workers}.log",
+            url,
+            body=body.read_bytes(),
+            env=floor_env,
+            timeout_s=60,
+            stop=stop,
+        )
         try:
             rest_load = functools.partial(bench.wrk_command, wrk, url, body, c)
             rows.append(
@@ -293,24 +249,6 @@ def main() -> None:
     )
     print(f"V2 gRPC: 2 workers ÷ 1 = {grpc2 / grpc1:.2f}x")
     print(f"kill -9 of a worker → its replacement serving: {replaced:.2f} s")
-
-
-def _start_floor(command, log: Path, url: str, body: Path, env: dict[str, str]):
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, data=body.read_bytes(), method="POST")
-            with urllib.request.urlopen(request, timeout=1) as answer:
-                if answer.status == 200:
-                    return proc
-        except (OSError, urllib.error.HTTPError):
-            time.sleep(0.1)
-    stop(proc)
-    sys.exit(f"bench_workers: the floor did not start:\n{log.read_text()[-3000:]}")
 
 
 if __name__ == "__main__":

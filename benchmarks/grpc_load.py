@@ -143,30 +143,21 @@ def main() -> None:
         return
     try:
         import uvloop
+
+        run = uvloop.run
     except ImportError:
-        latencies, errors, elapsed = asyncio.run(
-            _load(
-                args.target,
-                method,
-                body,
-                args.connections,
-                args.duration,
-                args.warmup,
-                args.channels,
-            )
+        run = asyncio.run
+    latencies, errors, elapsed = run(
+        _load(
+            args.target,
+            method,
+            body,
+            args.connections,
+            args.duration,
+            args.warmup,
+            args.channels,
         )
-    else:
-        latencies, errors, elapsed = uvloop.run(
-            _load(
-                args.target,
-                method,
-                body,
-                args.connections,
-                args.duration,
-                args.warmup,
-                args.channels,
-            )
-        )
+    )
     ms = np.asarray(latencies) * 1000
     result = {
         "requests": len(latencies),
