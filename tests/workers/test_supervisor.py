@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -29,6 +29,7 @@ from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.proto import model_service_pb2_grpc
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from tests.e2e.server import ServerProcess
+from tests.fakes import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +61,6 @@ class Workers(ServerProcess):
 
     def stop(self, timeout_s: float = 60.0) -> int:
         return super().stop(timeout_s)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def fresh_get(url: str) -> httpx.Response:
