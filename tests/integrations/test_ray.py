@@ -1,10 +1,12 @@
 """pyserving on a real local Ray cluster of two nodes (both on this machine), through Ray's
 HTTP proxy: the same answers as a plain server, new versions everywhere with no failed
-request, scaling under load that loses nothing.
+request, scaling under load that loses nothing, and a sharded table (a deployment per shard
+plus the router) that answers as one server and outlives a killed shard replica.
 
 One module-scoped cluster and one application ("pyserving" at "/") that each test re-deploys
 with the Ray options it needs; the replicas' server options never change, so Ray only adds or
-removes replicas between tests."""
+removes replicas between tests. The sharded test replaces that application with its own (both
+need route "/") and removes it at the end; the next test deploys "pyserving" again."""
 
 from __future__ import annotations
 
@@ -353,13 +355,11 @@ def test_a_sharded_table_as_shard_deployments_and_a_router_answers_as_one_server
                 if "#pyserving-shard-1#" in actor["name"]
             ]
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-            seen: list[int] = []
 
             def answers_again() -> bool:
                 time.sleep(0.2)  # a few requests a second: the 2 CPUs also restart the shard
                 path, body = requests[0]
                 response = ray_client.post(path, json=body)
-                seen.append(response.status_code)
                 if response.status_code == 503:
                     assert "shard 1 (" in response.text, response.text
                     return False
@@ -367,7 +367,6 @@ def test_a_sharded_table_as_shard_deployments_and_a_router_answers_as_one_server
                 return response.content == expected[0].content
 
             wait_until(answers_again, 120, "the router to answer again")
-            assert set(seen) <= {200, 503}
             (renamed,) = [
                 actor["name"]
                 for actor in ray.util.list_named_actors(all_namespaces=True)

@@ -9,6 +9,9 @@ Ray's: replica count or `autoscaling_config`, placement, HTTP host and port, gra
     serve run pyserving.integrations.ray:build_app model_config_file=models.yaml
     serve deploy examples/ray/serve_config.yaml
 
+A model config with sharded tables (`shard:`) becomes one deployment per shard plus the
+router instead (integrations/ray_shards.py).
+
 Each response carries a `pyserving-replica: <replica id> node=<node id>` header, so operators
 (and the tests) can see which replica answered.
 """
