@@ -20,7 +20,8 @@ from pyserving import __version__, metrics
 from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.limits import RequestBytesBudget
-from pyserving.api.rest.app import ASGIApp, RestOptions, create_app
+from pyserving.api.rest.app import RestOptions, create_app
+from pyserving.api.rest.asgi import ASGIApp
 from pyserving.api.rest.http_server import HttpOptions, HttpServer
 from pyserving.api.tls import TlsConfig
 from pyserving.serving.monitoring import watch_event_loop_lag

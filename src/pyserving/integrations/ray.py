@@ -32,7 +32,8 @@ from ray.serve.deployment import Application, Deployment
 
 from pyserving import __version__
 from pyserving.api.limits import RequestBytesBudget
-from pyserving.api.rest.app import ASGIApp, Receive, RestOptions, Scope, Send, create_app
+from pyserving.api.rest.app import RestOptions, create_app
+from pyserving.api.rest.asgi import ASGIApp, Receive, Scope, Send
 from pyserving.errors import ServingError
 from pyserving.logs import configure_logging
 from pyserving.serving.server_core import ServerCore, ServerOptions

@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from pyserving import __version__
 from pyserving.api.grpc.server import GrpcOptions, GrpcServer
 from pyserving.api.limits import RequestBytesBudget
-from pyserving.api.rest.app import ASGIApp, Receive, Scope, Send
+from pyserving.api.rest.asgi import ASGIApp, Receive, Scope, Send
 from pyserving.integrations.ray import (
     DEPLOYMENT_DEFAULTS,
     DEPLOYMENT_NAME,

@@ -49,7 +49,7 @@ Outputs = dict[str, np.ndarray]
 class ClientGone(Exception):
     """The client closed the connection before its answer: nothing is sent."""
 
-    status = 0  # as api/rest/app.py's own disconnect: counted as "client closed"
+    status = 0  # as responses.Disconnected: app.py counts it as "client closed"
 
 
 async def answer(

@@ -26,7 +26,7 @@ __all__ = ["ANSWERED_STATUS", "Connection", "plain_response"]
 
 logger = logging.getLogger("pyserving.http")
 
-# ASGI scopes and messages are dicts (as api/rest/app.py types them)
+# ASGI scopes and messages are dicts (as api/rest/asgi.py types them)
 Scope = dict[str, Any]
 Message = dict[str, Any]
 AsgiApp = Callable[
