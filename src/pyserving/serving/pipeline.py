@@ -2,8 +2,8 @@
 versions.
 
 `PipelineServable` is what a pipeline's version holds in the Manager, so status, metadata, labels
-and readiness treat it like any model. `InferenceService` sees it (`run_steps`) and, instead of a
-model call, awaits `run_steps`: handles on every step are taken first and released only when the
+and readiness treat it like any model. `InferenceService` sees it and, instead of a model call,
+awaits `answer` (`run_steps`): handles on every step are taken first and released only when the
 answer is complete, so a version swap mid-request never mixes versions; each step then runs
 through `InferenceService.run` like a request of its own (its model's execution threads, or its
 Batcher). Steps of one level (see `PipelineSpec.levels`) run concurrently.
@@ -12,6 +12,7 @@ Batcher). Steps of one level (see `PipelineSpec.levels`) run concurrently.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from pyserving.errors import ServingError, Unimplemented
 from pyserving.metrics import PIPELINE_STEP_DURATION
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
+from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.pipeline_config import PipelineSpec, Step
 
 if TYPE_CHECKING:
@@ -59,6 +61,30 @@ class PipelineServable(Servable):
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Only reached through APIs that call a servable directly (classify, regress).
         raise Unimplemented(f'pipeline "{self.spec.name}" answers predict and infer requests only')
+
+    async def answer(
+        self,
+        service: InferenceService,
+        handle: ServableHandle,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        request: InferRequest,
+    ) -> InferResponse:
+        """`request`'s answer from this version (`handle`): its inputs checked against the
+        pipeline's signature, then its steps run (`run_steps`); the answer names the version
+        each step ran on. Raises InvalidInput and what `run_steps` raises."""
+        plan = service.plan(signature)
+        plan.validate(inputs, service.options.max_tensor_elements)
+        wanted = plan.outputs if request.outputs is None else plan.check_outputs(request.outputs)
+        outputs, versions = await self.run_steps(service, inputs, wanted, request.deadline)
+        return InferResponse(
+            request.model,
+            handle.id.version,
+            signature.name,
+            outputs,
+            request.id,
+            {STEP_VERSIONS_PARAMETER: json.dumps(versions, separators=(",", ":"))},
+        )
 
     async def run_steps(
         self,
