@@ -14,8 +14,9 @@ from pyserving.batching import (
     parse_batching_text_proto,
 )
 from pyserving.cli_flags import build_parser, normalize_flag_spellings
+from pyserving.serving.component_settings import batching_policy
 from pyserving.serving.config import ConfigError, ModelConfig, ModelServerConfig
-from pyserving.serving.server_core import ServerOptions, batching_policy
+from pyserving.serving.server_core import ServerOptions
 
 
 def test_defaults_are_tf_servings():

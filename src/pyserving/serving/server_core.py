@@ -1,5 +1,11 @@
 """ServerCore: options → sources → adapter → manager, plus labels, traffic split, runtime
-reload, model control and warmup, and the InferenceService."""
+reload, model control and warmup, and the InferenceService.
+
+Its neighbours: what each component is told by the options and config
+(`serving/component_settings.py`), where a new config comes from at run time
+(`serving/config_reload.py`), the waits and the repository index of start-up and model control
+(`serving/model_availability.py`), and the lifecycle log (`serving/lifecycle_log.py`).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pyserving.batching import BatchingPolicy, load_batching_parameters
-from pyserving.core.ids import ServableData, ServableState, ServableStateEvent
-from pyserving.core.manager import Manager, ManagerOptions
-from pyserving.core.monitor import StateMonitor
-from pyserving.errors import FailedPrecondition, NotFound, ServingError
+from pyserving.core.ids import ServableData
+from pyserving.core.manager import Manager
+from pyserving.errors import NotFound
 from pyserving.platforms.registry import DEFAULT_REGISTRY, PlatformRegistry
-from pyserving.platforms.shards import SHARDS_PLATFORM
 from pyserving.proto import model_server_config_pb2 as config_pb2
-from pyserving.serving import request_log
+from pyserving.serving import component_settings as settings
+from pyserving.serving import config_reload, request_log
+from pyserving.serving import model_availability as availability
 from pyserving.serving.config import (
     ConfigError,
-    ModelConfig,
     ModelServerConfig,
     check_platforms,
     check_transition,
-    config_from_proto,
     load_config_file,
     parse_config_text,
     pipeline_specs,
@@ -37,22 +38,16 @@ from pyserving.serving.config import (
 from pyserving.serving.control_roots import ControlRoots
 from pyserving.serving.inference import InferenceOptions, InferenceService
 from pyserving.serving.labels import LabelMap, check_label_changes
+from pyserving.serving.lifecycle_log import log_transition
 from pyserving.serving.monitoring import LifecycleMetrics
-from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
+from pyserving.serving.on_demand import OnDemandModels
 from pyserving.serving.pipeline_source import PipelineSource
-from pyserving.serving.warmup import WarmupOptions, WarmupRegistry
-from pyserving.sources.adapter import PlatformAdapter
 from pyserving.sources.base import AspiredVersionsCallback, connect
 from pyserving.sources.cache import ModelCache, ModelCacheOptions, default_cache_dir
-from pyserving.sources.shard_versions import RouterSpec, ShardVersionSource
-from pyserving.sources.storage_path import (
-    ServableToMonitor,
-    StoragePathSource,
-    StoragePathSourceOptions,
-)
+from pyserving.sources.shard_versions import ShardVersionSource
+from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
 
 logger = logging.getLogger("pyserving")
-lifecycle_logger = logging.getLogger("pyserving.lifecycle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +136,14 @@ class ServerCore:
         Manager) let a `--workers` worker take its versions from the supervisor."""
         self.options = options
         self._registry = registry if registry is not None else DEFAULT_REGISTRY
-        # The config file's text as last read by the poller (None: not from a file).
-        self._config_text: str | None = None
+        # Re-reads the config file (`model_config_file_poll_wait_seconds`); None: not from a file.
+        self._config_poller: config_reload.ConfigFilePoller | None = None
         if options.model_config is None and options.model_config_file:
-            self._config_text = _read_config_file(options.model_config_file)
-            self.config = parse_config_text(self._config_text, options.model_config_file)
+            text = config_reload.read_config_file(options.model_config_file)
+            self.config = parse_config_text(text, options.model_config_file)
+            self._config_poller = config_reload.ConfigFilePoller(
+                options.model_config_file, text, functools.partial(self.apply_config, wait=False)
+            )
         else:
             self.config = options.resolve_model_config()
         check_platforms(self.config, self._registry.known_platforms())
@@ -153,17 +151,8 @@ class ServerCore:
         self._control_roots = ControlRoots(
             (m.base_path for m in self.config.models if m.base_path), options.model_control_roots
         )
-        self.manager = Manager(
-            ManagerOptions(
-                num_load_threads=options.num_load_threads,
-                num_unload_threads=options.num_unload_threads,
-                max_num_load_retries=options.max_num_load_retries,
-                load_retry_interval_micros=options.load_retry_interval_micros,
-                version_transition_policy=options.version_transition_policy,
-                total_model_memory_limit_bytes=options.total_model_memory_limit_bytes,
-            )
-        )
-        self.manager.bus.subscribe(_log_transition)
+        self.manager = Manager(settings.manager_options(options))
+        self.manager.bus.subscribe(log_transition)
         self.lifecycle_metrics = LifecycleMetrics(self.manager.bus, self.manager.monitor)
         # Serialises config changes (reload, file poll, load/unload); guards _unloaded. The
         # fields below it are replaced whole under it and read without it.
@@ -174,30 +163,17 @@ class ServerCore:
             self.manager if service_manager is None else service_manager(self.manager),
             InferenceOptions(max_tensor_bytes=options.max_request_bytes),
             label_resolver=self.resolve_label,
-            batching=batching_policy(options, self.config),
+            batching=settings.batching_policy(options, self.config),
             version_router=self.route,
         )
-        self.service.set_instances(model_instances(self.config))
+        self.service.set_instances(settings.model_instances(self.config))
         self.service.request_logs.configure(request_log.configs_of(self.config.models))
         # Remote versions are copied here before they load; unloads remove their copies.
         self._model_cache = ModelCache(
             ModelCacheOptions(cache_dir=options.model_cache_dir or default_cache_dir())
         )
-        platform_overrides, model_options = _adapter_settings(self.config)
-        self._adapter = PlatformAdapter(
-            platform_overrides=platform_overrides,
-            config=model_options,
-            registry=(
-                WarmupRegistry(
-                    self._registry,
-                    WarmupOptions(
-                        num_request_iterations_for_warmup=options.num_request_iterations_for_warmup
-                    ),
-                )
-                if options.enable_model_warmup
-                else self._registry
-            ),
-            cache=self._model_cache,
+        self._adapter = settings.build_adapter(
+            options, self.config, self._registry, self._model_cache
         )
         # `load: on_demand` models' versions reach the adapter (fresh Loaders each time) and
         # the manager only when a request names one
@@ -207,7 +183,7 @@ class ServerCore:
             estimate=self._estimate_version,
             load_timeout_s=options.initial_load_timeout_s,
         )
-        self.on_demand.configure(_on_demand_settings(self.config))
+        self.on_demand.configure(settings.on_demand_config(self.config))
         self.service.on_demand = self.on_demand
         self._source = (source_factory or StoragePathSource)(self._source_options_locked())
         connect(self._source, self.on_demand.aspire_versions)
@@ -215,12 +191,10 @@ class ServerCore:
         # shard routers have no files: their versions are those all their shards serve
         self._shard_versions = ShardVersionSource(options.file_system_poll_wait_seconds)
         connect(self._shard_versions, self.on_demand.aspire_versions)
-        self._shard_versions.configure(_routers(self.config))
+        self._shard_versions.configure(settings.shard_routers(self.config))
         # pipelines have no files: they serve while their steps do (serving/pipeline_source.py)
         self._pipelines = PipelineSource(self.manager, self.service.acquire)
         self._serve_pipelines_locked()
-        self._stop_polling = threading.Event()
-        self._config_poller: threading.Thread | None = None
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -261,45 +235,27 @@ class ServerCore:
         started = time.perf_counter()
         self._source.poll_once()
         self._shard_versions.poll_once()
-        deadline = time.monotonic() + self.options.initial_load_timeout_s
-        pipelines = self._pipelines
-        for name in self.model_names():
-            if pipelines.is_pipeline(name):
-                continue  # aspired once their steps serve: waited for below
-            remaining = max(0.0, deadline - time.monotonic())
-            if not self.manager.monitor.wait_until_settled(name, remaining):
-                logger.warning("model %s: no version settled within the initial load wait", name)
-        pipelines.start()
-        pipelines.wait_until_settled(
-            [n for n in self.model_names() if pipelines.is_pipeline(n)],
-            max(0.0, deadline - time.monotonic()),
-        )
-        logger.info(
-            "initial load finished in %.2fs: %s",
-            time.perf_counter() - started,
-            ", ".join(
-                f"{n}={self.manager.available_versions(n) or 'none'}" for n in self.model_names()
-            ),
+        availability.wait_for_initial_load(
+            self.model_names,
+            self.manager,
+            self._pipelines,
+            self.options.initial_load_timeout_s,
+            started,
         )
         if self.options.file_system_poll_wait_seconds > 0:
             self._source.start()
             self._shard_versions.start()
         wait_s = self.options.model_config_file_poll_wait_seconds
-        if self._config_text is not None and wait_s > 0 and not self._stop_polling.is_set():
-            self._config_poller = threading.Thread(
-                target=self._poll_config_file,
-                args=(wait_s,),
-                name="pyserving-config-poll",
-                daemon=True,
-            )
-            self._config_poller.start()
+        if self._config_poller is not None and wait_s > 0:
+            self._config_poller.start(wait_s)  # not after stop
 
     def stop(self, timeout_s: float | None = 60.0) -> bool:
         """Stop polling and unload every version; True when everything unloaded in time."""
-        self._stop_polling.set()
-        self._pipelines.stop()
         poller = self._config_poller
-        if poller is not None and poller is not threading.current_thread():
+        if poller is not None:
+            poller.request_stop()
+        self._pipelines.stop()
+        if poller is not None:
             poller.join()
         self._source.stop()
         self._shard_versions.stop()
@@ -332,7 +288,7 @@ class ServerCore:
                 self.manager.available_versions,
                 self.options.allow_version_labels_for_unavailable_models,
             )
-            batching = batching_policy(self.options, config)
+            batching = settings.batching_policy(self.options, config)
             label_map = LabelMap.from_config(config)
             added = [m.name for m in config.models if old.get(m.name) is None]
             # Commit. Labels first: a label may only move to an AVAILABLE version, which the
@@ -341,12 +297,12 @@ class ServerCore:
             self._unloaded = {n for n in self._unloaded if config.get(n) is not None}
             self._label_map = label_map
             self.service.set_batching_policy(batching)
-            self.service.set_instances(model_instances(config))
+            self.service.set_instances(settings.model_instances(config))
             self.service.request_logs.configure(request_log.configs_of(config.models))
-            self.on_demand.configure(_on_demand_settings(config))
-            self._adapter.update_config(*_adapter_settings(config))
+            self.on_demand.configure(settings.on_demand_config(config))
+            self._adapter.update_config(*settings.adapter_settings(config))
             self._source.update_config(self._source_options_locked())
-            self._shard_versions.configure(_routers(config))
+            self._shard_versions.configure(settings.shard_routers(config))
             self._serve_pipelines_locked()
         logger.info(
             "model config applied: %s (added: %s, removed: %s)",
@@ -370,19 +326,15 @@ class ServerCore:
         """
         if config.WhichOneof("config") is None:
             return
-        root = (
-            Path(self.options.model_config_file).parent.resolve()
-            if self.options.model_config_file
-            else Path.cwd()
+        checked = config_reload.checked_models(
+            config, self.options.model_config_file, self._control_roots
         )
-        parsed = config_from_proto(config, root)
-        checked = [
-            (model, self._control_roots.check(model.name, model.base_path))
-            for model in parsed.models
-        ]
         with self._config_lock:  # reentrant: the config merged against is the one replaced
             current = self.config
-            models = tuple(_from_network(m, real, current.get(m.name)) for m, real in checked)
+            models = tuple(
+                config_reload.merge_reloaded_model(m, real, current.get(m.name))
+                for m, real in checked
+            )
             self.apply_config(ModelServerConfig(models), wait=False)
         self._wait_for_available([m.name for m in models if current.get(m.name) is None])
 
@@ -409,48 +361,17 @@ class ServerCore:
             self._unloaded.add(name)
             self._source.update_config(self._source_options_locked())
             self._serve_pipelines_locked()
-        monitor = self.manager.monitor
-        if not monitor.wait_until(
-            lambda: not self.manager.available_versions(name) and _settled(monitor, name),
-            self.options.initial_load_timeout_s,
+        if not availability.wait_until_unloaded(
+            name, self.manager, self.options.initial_load_timeout_s
         ):
             logger.warning("model %s: still unloading after the wait; it will finish", name)
 
     def repository_index(self) -> Iterable[Mapping[str, str]]:
         """ModelControl: one entry per known version of every configured model (one entry
         with version "" for a model with none): name, version, state, reason."""
-        entries: list[Mapping[str, str]] = []
-        unloaded = self._unloaded
-        for name in self.config.names():
-            states = self.manager.monitor.states(name)
-            if self.on_demand.is_on_demand(name) and not self.on_demand.is_loaded(name):
-                held = [str(v) for v in self.on_demand.held_versions(name)] or [""]
-                entries.extend(
-                    {
-                        "name": name,
-                        "version": v,
-                        "state": "UNAVAILABLE",
-                        "reason": "not loaded",
-                    }
-                    for v in held
-                )
-                continue
-            if not states:
-                reason = "unloaded" if name in unloaded else "no versions found"
-                entries.append(
-                    {"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason}
-                )
-                continue
-            for status in sorted(states, key=lambda s: s.id.version):
-                entries.append(
-                    {
-                        "name": name,
-                        "version": str(status.id.version),
-                        "state": _REPOSITORY_STATE[status.state],
-                        "reason": status.error or "",
-                    }
-                )
-        return entries
+        return availability.repository_index(
+            self.config.names(), self._unloaded, self.manager, self.on_demand
+        )
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -460,18 +381,7 @@ class ServerCore:
         return loader.estimate_resources() if loader is not None else 0
 
     def _source_options_locked(self) -> StoragePathSourceOptions:
-        return StoragePathSourceOptions(
-            servables=tuple(
-                ServableToMonitor(
-                    m.name, m.base_path, m.version_policy, m.servable_versions_always_present
-                )
-                for m in self.config.models
-                if m.name not in self._unloaded and "pipeline" not in m.options
-                if m.platform != SHARDS_PLATFORM  # routers: ShardVersionSource
-            ),
-            file_system_poll_wait_seconds=self.options.file_system_poll_wait_seconds,
-            version_ready_marker=self.options.version_ready_marker,
-        )
+        return settings.source_options(self.options, self.config, self._unloaded)
 
     def _serve_pipelines_locked(self) -> None:
         """Serve the configured pipelines, less those explicitly unloaded."""
@@ -488,198 +398,11 @@ class ServerCore:
 
     def _wait_for_available(self, names: Iterable[str]) -> None:
         """Wait until each model has an AVAILABLE version or settles without one; raises
-        ServingError (TF Serving's text) naming those without one."""
-        monitor = self.manager.monitor
-        deadline = time.monotonic() + self.options.initial_load_timeout_s
-        failed: list[str] = []
-        for name in names:
-            if self.on_demand.is_on_demand(name):
-                continue  # loads on its first request
-            if self._pipelines.is_pipeline(name):
-                self._pipelines.wait_until_settled([name], max(0.0, deadline - time.monotonic()))
-            monitor.wait_until(
-                functools.partial(self._available_or_settled, name),
-                max(0.0, deadline - time.monotonic()),
-            )
-            if not self.manager.available_versions(name):
-                errors = [s.error for s in monitor.states(name) if s.error]
-                reason = errors[0] if errors else "no version found or still loading"
-                failed.append(f"{{name: {name}}} due to error: {reason}")
-        if failed:
-            # the models were refused (or broke) on load: a state the caller must fix, not a fault
-            raise FailedPrecondition(
-                f"{len(failed)} servable(s) did not become available: {{{', '.join(failed)}}}"
-            )
-
-    def _available_or_settled(self, name: str) -> bool:
-        return bool(self.manager.available_versions(name)) or _settled(self.manager.monitor, name)
-
-    def _poll_config_file(self, wait_s: float) -> None:
-        """Re-read the config file every `wait_s`; apply it when its text changed. A bad file
-        is logged once and ignored: the config in force stays."""
-        path = self.options.model_config_file
-        assert path is not None
-        last_text = self._config_text
-        while not self._stop_polling.wait(wait_s):
-            try:
-                text = _read_config_file(path)
-            except ConfigError as exc:
-                if last_text is not None:
-                    logger.error("%s; the model config in force stays", exc.message)
-                last_text = None
-                continue
-            if text == last_text:
-                continue
-            last_text = text
-            try:
-                self.apply_config(parse_config_text(text, path), wait=False)
-            except ServingError as exc:
-                logger.error(
-                    "model config file %s rejected: %s; the model config in force stays",
-                    path,
-                    exc.message,
-                )
-            except Exception:  # edge: the poll thread must survive any bug in one reload
-                logger.exception("reloading model config file %s failed", path)
-            else:
-                self._config_text = text
-
-
-def batching_policy(options: ServerOptions, config: ModelServerConfig) -> BatchingPolicy:
-    """Server-wide batching (`--enable_batching`, `--batching_parameters_file`) plus each
-    model's `batching:` setting. Raises ConfigError / BatchingConfigError naming the problem."""
-    if options.batching_parameters_file and not options.enable_batching:
-        raise ConfigError(
-            "server_options.batching_parameters_file is set without setting"
-            " server_options.enable_batching to true."
-        )
-    server = (
-        load_batching_parameters(options.batching_parameters_file)
-        if options.batching_parameters_file
-        else None
-    )
-    per_model = {m.name: m.options["batching"] for m in config.models if "batching" in m.options}
-    return BatchingPolicy.build(options.enable_batching, server, per_model)
-
-
-def model_instances(config: ModelServerConfig) -> dict[str, int]:
-    """Each model's execution thread count from its `instances:` key (others: the default)."""
-    # the config parser lets only integers (1..256) through
-    return {m.name: n for m in config.models if isinstance(n := m.options.get("instances"), int)}
-
-
-def _on_demand_settings(config: ModelServerConfig) -> dict[str, float | None]:
-    return on_demand_settings([(m.name, m.options) for m in config.models])
-
-
-def _adapter_settings(
-    config: ModelServerConfig,
-) -> tuple[dict[str, str], dict[str, Mapping[str, object]]]:
-    """The PlatformAdapter's per-model platforms and options for `config`."""
-    return (
-        {m.name: m.platform for m in config.models if m.platform},
-        {m.name: m.options for m in config.models},
-    )
-
-
-def _routers(config: ModelServerConfig) -> RouterSpec:
-    """Each shard router's (model name on the shards, shard addresses)."""
-    routers = {}
-    for m in config.models:
-        shards = m.options.get("shards")
-        if m.platform == SHARDS_PLATFORM and isinstance(shards, list):  # the parser checked it
-            routers[m.name] = (str(m.options.get("model", m.name)), tuple(map(str, shards)))
-    return routers
-
-
-def _read_config_file(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read model config file {path}: {exc}") from exc
-
-
-def _settled(monitor: StateMonitor, name: str) -> bool:
-    """No version of `name` is starting, loading or unloading; one waiting out a retry backoff
-    (LOADING with its last error) counts as settled, so a wait reports that error at once."""
-    busy = (ServableState.START, ServableState.LOADING, ServableState.UNLOADING)
-    return all(
-        s.state not in busy or (s.state is ServableState.LOADING and s.error is not None)
-        for s in monitor.states(name)
-    )
-
-
-#: lifecycle state → the V2 repository index's state names (Triton's)
-_REPOSITORY_STATE = MappingProxyType(
-    {
-        ServableState.UNKNOWN: "UNAVAILABLE",
-        ServableState.START: "LOADING",
-        ServableState.LOADING: "LOADING",
-        ServableState.AVAILABLE: "READY",
-        ServableState.UNLOADING: "UNLOADING",
-        ServableState.END: "UNAVAILABLE",
-    }
-)
-
-
-def _from_network(model: ModelConfig, real: str, before: ModelConfig | None) -> ModelConfig:
-    """`model` as a ReloadConfig message sent it (proto fields only), ready to apply. A model
-    re-sent with its name and base path (as sent, or as resolved) keeps its base path and the
-    YAML-only keys the message cannot carry; any other model polls the checked real path, so a
-    symlink retargeted after the check cannot move it."""
-    if before is None or before.base_path not in (model.base_path, real):
-        return replace(model, base_path=real)
-    traffic = before.traffic
-    if not set(traffic) <= set(model.labels):
-        logger.warning(
-            "model %s: the reload drops label(s) its traffic split uses (%s): traffic split off",
-            model.name,
-            ", ".join(sorted(set(traffic) - set(model.labels))),
-        )
-        traffic = {}
-    return replace(
-        model,
-        base_path=before.base_path,
-        options=before.options,
-        traffic=traffic,
-        servable_versions_always_present=before.servable_versions_always_present,
-    )
-
-
-def _log_transition(event: ServableStateEvent) -> None:
-    duration = f" duration={event.duration_s:.3f}s" if event.duration_s is not None else ""
-    # The same facts as fields, for `--log-format json`.
-    fields = {
-        "model": event.id.name,
-        "version": event.id.version,
-        "state": event.state.name,
-        "duration_s": event.duration_s,
-        "error": event.error,
-    }
-    if event.error:
-        lifecycle_logger.warning(
-            "model=%s version=%d state=%s%s error=%s",
-            event.id.name,
-            event.id.version,
-            event.state.name,
-            duration,
-            event.error,
-            extra=fields,
-        )
-    elif event.state in (ServableState.AVAILABLE, ServableState.END, ServableState.LOADING):
-        lifecycle_logger.info(
-            "model=%s version=%d state=%s%s",
-            event.id.name,
-            event.id.version,
-            event.state.name,
-            duration,
-            extra=fields,
-        )
-    else:
-        lifecycle_logger.debug(
-            "model=%s version=%d state=%s",
-            event.id.name,
-            event.id.version,
-            event.state.name,
-            extra=fields,
+        FailedPrecondition (TF Serving's text) naming those without one."""
+        availability.wait_for_available(
+            names,
+            self.manager,
+            self.on_demand,
+            self._pipelines,
+            self.options.initial_load_timeout_s,
         )
