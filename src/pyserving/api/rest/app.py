@@ -1,6 +1,6 @@
 """The REST API as one lean ASGI application: the routing table; the codecs do the formats.
 
-The `/v1` routes are tfserving_routes.py, the `/v2` routes v2_routes.py; request.py reads a
+The `/v1` routes are tfserving.py, the `/v2` routes v2.py; request.py reads a
 request within its limits, responses.py holds the answers the REST layer decides on its own.
 
 Routes (compiled once; TF Serving's `/v1` paths match case-insensitively, as TF Serving's do):
@@ -57,8 +57,8 @@ from pyserving.api.rest.responses import (
     ok,
     require_method,
 )
-from pyserving.api.rest.tfserving_routes import TfServingRoutes
-from pyserving.api.rest.v2_routes import LIVE, V2Routes
+from pyserving.api.rest.tfserving import TfServingRoutes
+from pyserving.api.rest.v2 import LIVE, V2Routes
 from pyserving.errors import ServingError
 from pyserving.logs import ACCESS_LOGGER
 from pyserving.protocols.request import decode_reserve

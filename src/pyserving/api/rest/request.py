@@ -14,7 +14,6 @@ from pyserving.api.limits import Reservation
 from pyserving.api.rest.asgi import Receive, Scope
 from pyserving.api.rest.http_connection import ANSWERED_STATUS
 from pyserving.api.rest.responses import Disconnected, HttpError, error_json, too_large
-from pyserving.api.rest.v2 import HEADER_LENGTH
 from pyserving.errors import InvalidInput
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_off_loop, run_sized
@@ -24,6 +23,9 @@ from pyserving.serving.execution import run_off_loop, run_sized
 request_reservation: ContextVar[Reservation | None] = ContextVar(
     "pyserving_reservation", default=None
 )
+
+#: the header naming the JSON part's length (lower case, as ASGI delivers header names)
+HEADER_LENGTH = b"inference-header-content-length"
 #: the model the current request names (None: none); set by the routes, read by the app
 request_model: ContextVar[str | None] = ContextVar("pyserving_request_model", default=None)
 # wbits for zlib: 32 + 15 detects a gzip or a zlib header ("deflate" as HTTP means it).

@@ -1,17 +1,24 @@
-"""TF Serving REST codec: model status, metadata, predict in row and columnar form, classify
-and regress.
+"""The TF Serving REST API (`/v1/models/...`): its routes and its codec — model status, metadata,
+predict in row and columnar form, classify and regress.
 
-The protocol's rules live in `pyserving.protocols.tfserving` and `protocols.tf_examples`, shared
-with the gRPC API; this module parses the body, calls the service and writes JSON. Our additions:
-`GET /v1/models` lists models, and the `/labels/{l}` status form returns only the labelled
-version. Every function returns the JSON body of a 200 answer or raises a ServingError.
+Paths match case-insensitively, as TF Serving's do, and a bad path or method is 400 "Malformed
+request: METHOD PATH". The protocol's rules live in `pyserving.protocols.tfserving` and
+`protocols.tf_examples`, shared with the gRPC API; this module parses the body, calls the service
+and writes JSON. Our additions: `GET /v1/models` lists models, and the `/labels/{l}` status form
+returns only the labelled version. Codec functions return the JSON body of a 200 answer or raise
+a ServingError.
 """
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
-from pyserving.errors import NotFound
+from pyserving.api.rest.asgi import Receive, Scope
+from pyserving.api.rest.request import RequestLimits, path_segment, path_version, request_model
+from pyserving.api.rest.responses import Response, ok
+from pyserving.errors import InvalidInput, NotFound
 from pyserving.platforms.signature import Signature
 from pyserving.protocols import tf_examples, tf_metadata, tfserving
 from pyserving.protocols.json_tensor import parse_json
@@ -19,7 +26,14 @@ from pyserving.serving import classify
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 
-__all__ = ["classify_or_regress", "list_models", "model_metadata", "model_status", "predict"]
+__all__ = [
+    "TfServingRoutes",
+    "classify_or_regress",
+    "list_models",
+    "model_metadata",
+    "model_status",
+    "predict",
+]
 
 
 def list_models(service: InferenceService) -> bytes:
@@ -113,3 +127,57 @@ async def classify_or_regress(
         service, name, version, label, signature_name, examples, context, deadline
     )
     return tf_examples.regression_json(regressed.values)
+
+
+_V1_LIST = re.compile(r"/v1/models/?", re.IGNORECASE)
+_V1_MODEL = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?",
+    re.IGNORECASE,
+)
+
+
+class TfServingRoutes:
+    """Answers the `/v1` requests over one InferenceService; stateless per request."""
+
+    __slots__ = ("_limits", "_service")
+
+    def __init__(self, service: InferenceService, limits: RequestLimits) -> None:
+        self._service = service
+        self._limits = limits
+
+    async def answer(self, method: str, path: str, scope: Scope, receive: Receive) -> Response:
+        """The answer to a request whose path starts with `/v1/` (any case)."""
+        match = _V1_MODEL.fullmatch(path)
+        if match is None:
+            if method == "GET" and _V1_LIST.fullmatch(path):
+                return ok(list_models(self._service))
+            raise InvalidInput(f"Malformed request: {method} {path}")
+        name, version_text, label, metadata, verb = match.groups()
+        name = path_segment(name)
+        label = path_segment(label) if label is not None else None
+        request_model.set(name)
+        version = path_version(version_text)
+        service = self._service
+        if verb is None:
+            if method != "GET":
+                raise InvalidInput(f"Malformed request: {method} {path}")
+            if metadata:
+                return ok(model_metadata(service, name, version, label))
+            return ok(model_status(service, name, version, label))
+        if method != "POST":
+            raise InvalidInput(f"Malformed request: {method} {path}")
+        verb = verb.lower()
+        limits = self._limits
+        body, _ = await limits.read_body(scope, receive)
+        if verb != "predict":
+            return ok(
+                await classify_or_regress(
+                    service, name, version, label, verb, body, limits.deadline()
+                )
+            )
+        result = await predict(
+            service, name, version, label, body, limits.deadline(), limits.max_json_depth
+        )
+        return ok(result)
