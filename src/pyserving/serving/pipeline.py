@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pyserving.core.handle import ServableHandle
-from pyserving.errors import ServingError, Unimplemented
+from pyserving.errors import ModelError, ServingError, Unimplemented
 from pyserving.metrics import PIPELINE_STEP_DURATION
 from pyserving.platforms.servable import Servable
-from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, v2_datatype
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.pipeline_config import PipelineSpec, Step
 
@@ -97,7 +97,8 @@ class PipelineServable(Servable):
         each step ran on (step name → version).
 
         Raises what a step's acquire or run raises (NotFound, InvalidInput, DeadlineExceeded,
-        Unavailable, ModelError, ...), its message prefixed with the step. A cancelled request
+        Unavailable, ModelError, ...) and ModelError for a step whose outputs break its own
+        signature, its message prefixed with the step. A cancelled request
         cancels its steps (their model calls are abandoned as `InferenceService.run` does).
         """
         spec = self.spec
@@ -160,11 +161,34 @@ class PipelineServable(Servable):
         }
         started = time.perf_counter()
         try:
-            return await service.run(handle, signature, step_inputs, None, deadline)
+            outputs = await service.run(handle, signature, step_inputs, None, deadline)
+            _check_outputs(outputs, signature)
+            return outputs
         except ServingError as exc:
             raise _name_step(exc, self.spec, step) from None
         finally:
             self._step_durations[step.name].observe(time.perf_counter() - started)
+
+
+def _check_outputs(outputs: Mapping[str, np.ndarray], signature: Signature) -> None:
+    """Raise ModelError when a step's output breaks its own signature: the next step (or the
+    client) would otherwise be told its input is wrong, for a fault of this step's model."""
+    for name, array in outputs.items():
+        spec = signature.output(name)
+        if spec is None:
+            continue
+        if spec.datatype == "BYTES":
+            dtype_ok = array.dtype.kind in "OSU"
+        else:
+            dtype_ok = array.dtype == spec.numpy_dtype
+        if not dtype_ok or not spec.shape_matches(array.shape):
+            try:
+                got = f"{v2_datatype(array.dtype)} {list(array.shape)}"
+            except KeyError:
+                got = f"{array.dtype} {list(array.shape)}"
+            raise ModelError(
+                f'output "{name}" is {got}, but the model\'s signature declares {spec.describe()}'
+            )
 
 
 async def _gather(

@@ -25,7 +25,8 @@ from pyserving.core.handle import ServableHandle
 from pyserving.core.ids import ServableData, ServableId, ServableState, ServableStateEvent
 from pyserving.core.loader import Loader, PermanentLoadError
 from pyserving.core.monitor import EventBus, StateMonitor
-from pyserving.errors import NotFound, ServingError
+from pyserving.errors import ServingError
+from pyserving.platforms.servable import STREAMING_KINDS
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
 from pyserving.serving.pipeline import PipelineServable
 from pyserving.serving.pipeline_config import PipelineError, PipelineSpec, derive_signature
@@ -217,16 +218,22 @@ class PipelineSource:
             return False  # a step went away: the next round sees it
 
     def _step_versions(self, spec: PipelineSpec) -> str | None:
-        """Each step's version now ("features:1,mlp:2"), or None when a step has none."""
+        """Each step's version now ("features:1,mlp:2"), or None when a step has none.
+
+        A step pinned to a version or label its serving model lacks counts as "missing" with
+        the versions the model has ("mlp:missing:1.2"): that version is aspired and fails its
+        load naming the step (`_derive`), and is tried again when the model's versions change.
+        """
         parts = []
         for step in spec.steps:
             try:
                 with self._acquire(step.model, step.version, step.label) as handle:
                     parts.append(f"{step.name}:{handle.id.version}")
-            except NotFound:
-                return None
-            except ServingError:  # e.g. a label the model lacks: the load names the problem
-                return None
+            except ServingError:
+                available = self._manager.available_versions(step.model)
+                if not available or (step.version is None and step.label is None):
+                    return None  # the step's model does not serve (yet): nothing to aspire
+                parts.append(f"{step.name}:missing:{'.'.join(map(str, sorted(available)))}")
         return ",".join(parts)
 
     def _on_event(self, event: ServableStateEvent) -> None:
@@ -254,10 +261,25 @@ def _derive(spec: PipelineSpec, acquire: Acquire) -> Signature:
         try:
             with acquire(step.model, step.version, step.label) as handle:
                 found = handle.servable.signatures
-        except ServingError as exc:  # it went away since it was seen AVAILABLE: try again
+                streams = handle.servable.run_kind in STREAMING_KINDS
+        except ServingError as exc:
+            if step.version is not None or step.label is not None:
+                # the pinned version or label is missing: tried again when the model's versions
+                # change (the revision `_step_versions` gives)
+                pin = f"version {step.version}" if step.label is None else f'label "{step.label}"'
+                raise PipelineError(
+                    f'pipeline "{spec.name}": step "{step.name}" (model "{step.model}"): {pin}'
+                    f" does not serve: {exc.message}"
+                ) from None
+            # it went away since it was seen AVAILABLE: try again
             raise RuntimeError(
                 f'pipeline "{spec.name}": step "{step.name}": {exc.message}'
             ) from None
+        if streams:  # a step answers once: a stream's parts have nowhere to go
+            raise PipelineError(
+                f'pipeline "{spec.name}": step "{step.name}" (model "{step.model}") streams its'
+                " results (its run is a generator): a pipeline step must answer once"
+            )
         signature = found.get(DEFAULT_SIGNATURE) or (
             next(iter(found.values())) if len(found) == 1 else None
         )
