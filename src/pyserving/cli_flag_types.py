@@ -72,12 +72,23 @@ def file_name(text: str) -> str:
     return text
 
 
+#: `--workers` at most this many per usable CPU: each worker loads every model, and more
+#: processes than this only add memory and context switches
+WORKERS_PER_CPU_LIMIT = 4
+
+
 def worker_count(text: str) -> int:
-    """`--workers`: a count > 0, or `auto` for one per CPU this process may use."""
+    """`--workers`: a count > 0 and at most `WORKERS_PER_CPU_LIMIT` per usable CPU, or `auto`
+    for one per CPU this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
     if text == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
+        return cpus
+    value = positive_int(text)
+    if value > WORKERS_PER_CPU_LIMIT * cpus:
+        raise argparse.ArgumentTypeError(
+            f"{value} workers is more than {WORKERS_PER_CPU_LIMIT} per CPU this process may use"
+            f" ({cpus} CPUs: at most {WORKERS_PER_CPU_LIMIT * cpus}); each worker loads every"
+            " model, so more only add memory (auto: one per CPU)"
         )
-    return positive_int(text)
+    return value

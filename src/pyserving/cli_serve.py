@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import shutil
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from pyserving.api.tls import TlsConfig, TlsConfigError, load_tls_config
 from pyserving.cli_flags import build_parser
 from pyserving.cli_listeners import Drain, TransportLimits, exit_now, serve_listeners
 from pyserving.errors import ServingError
+from pyserving.listen_ports import bind_port, port_error
 from pyserving.logs import configure_logging
 from pyserving.serving import tracing
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -120,21 +120,21 @@ def _serve_models(
     sock = None
     try:
         if options.rest_api_port:
-            sock = _bind(options.host, options.rest_api_port, reuse_port=worker is not None)
+            sock = bind_port(options.host, options.rest_api_port, reuse_port=worker is not None)
     except OSError as exc:
         print(
-            _port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
+            port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
             file=sys.stderr,
         )
         return 2
     if options.port:
         try:
             # Probed here: grpc reports a taken port only as a raw C-core log line.
-            _bind(options.host, options.port, reuse_port=worker is not None).close()
+            bind_port(options.host, options.port, reuse_port=worker is not None).close()
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            print(_port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
+            print(port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
             return 2
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
     # OpenTelemetry's environment (OTEL_EXPORTER_OTLP_ENDPOINT, ...): off when it names none
@@ -189,26 +189,6 @@ def _demo_config(root: Path) -> ModelServerConfig:
             ModelConfig("twoio", str(root / "twoio")),
         )
     )
-
-
-def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
-    """One line for stderr: which listener could not bind, why, and which flag moves it."""
-    reason = exc.strerror or str(exc)
-    return (
-        f"pyserving: cannot listen for {what} on {host}:{port}: {reason}"
-        f" (another server on that port? choose another with {flag}=N, or {flag}=0 for none)"
-    )
-
-
-def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # --workers: every worker listens on the port; the kernel spreads connections
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
 
 
 def _run_event_loop(coro: object) -> None:

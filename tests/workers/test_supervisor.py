@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -277,6 +279,29 @@ def test_kill_9_of_a_worker_fails_only_its_requests_and_is_replaced(server: Work
     assert len(load.failures) <= 4, load.failures
     assert totals == sorted(totals)
     assert server.proc.poll() is None
+
+
+def test_a_second_workers_server_on_the_same_ports_exits_2(server: Workers) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyserving",
+            "serve",
+            "--host=127.0.0.1",
+            f"--rest_api_port={server.port}",
+            f"--port={server.grpc_port}",
+            "--workers=2",
+            "--model_name=mlp",
+            "--model_base_path=/nonexistent",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen for REST on 127.0.0.1:{server.port}" in result.stderr
+    assert fresh_get(server.url + "/v2/health/ready").status_code == 200
 
 
 def test_sigterm_drains_every_worker_and_exits_0(server: Workers) -> None:

@@ -19,6 +19,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from pyserving.core.ids import ServableData
+from pyserving.listen_ports import port_error, reserve_port
 from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
 from pyserving.workers.aspired_feed import AspiredFeed, Gate, compute_gate
 from pyserving.workers.channel import ChannelClosed
@@ -50,7 +52,27 @@ _STOP_GRACE_S = 30.0
 
 def run_supervisor(args: argparse.Namespace, argv: Sequence[str], demo_root: Path | None) -> int:
     """Serve with `args.workers` processes until SIGTERM/SIGINT; 0 after a clean drain, 2 when
-    the first workers cannot start (a bad flag, config or port: they said why on stderr)."""
+    the first workers cannot start (a bad flag, config or port: they said why on stderr) or a
+    port is taken (by anyone: listen_ports.reserve_port holds both until the workers exited)."""
+    held = []
+    try:
+        for what, flag, port in (
+            ("REST", "--rest_api_port", args.rest_api_port),
+            ("gRPC", "--port", args.port),
+        ):
+            if port:
+                try:
+                    held.append(reserve_port(args.host, port))
+                except OSError as exc:
+                    print(port_error(what, flag, args.host, port, exc), file=sys.stderr)
+                    return 2
+        return _supervise(args, argv, demo_root)
+    finally:
+        for sock in held:  # after every worker exited: no other server shares the port
+            sock.close()
+
+
+def _supervise(args: argparse.Namespace, argv: Sequence[str], demo_root: Path | None) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="pyserving-metrics-")  # 0700: this user's only
     supervisor = Supervisor(
         argv=list(argv),

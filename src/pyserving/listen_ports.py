@@ -1,0 +1,53 @@
+"""The listening ports of `pyserving serve`: binding them, and the supervisor's hold on them.
+
+A `--workers` server's workers bind each port with SO_REUSEPORT, which alone would let a second
+server of the same user (or a stale one) share the port silently: the kernel would split the
+connections between the two. So the supervisor first binds each port itself *without*
+SO_REUSEPORT (any other socket on the port, whoever owns it, makes that fail: status 2, the
+same message as one process) and keeps that socket until it exits, turned into an SO_REUSEPORT
+one so that its own workers can join it. The held socket never listens (it takes no connection)
+and, having dropped SO_REUSEADDR, it makes any later server's check fail too: there is no window
+between the check and the workers' binds. SO_REUSEADDR on the check itself lets a port whose
+last connections are still in TIME_WAIT be reused, as one process can.
+"""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["bind_port", "port_error", "reserve_port"]
+
+
+def bind_port(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to `host:port` (not listening yet); raises OSError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # --workers: every worker listens on the port; the kernel spreads them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Check that no socket is on `host:port` and hold it for this user's SO_REUSEPORT workers
+    (module docstring); raises OSError when taken. Close the socket to let the port go."""
+    sock = bind_port(host, port)
+    sock.set_inheritable(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    return sock
+
+
+def port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
+    """One line for stderr: which listener could not bind, why, and which flag moves it."""
+    reason = exc.strerror or str(exc)
+    return (
+        f"pyserving: cannot listen for {what} on {host}:{port}: {reason}"
+        f" (another server on that port? choose another with {flag}=N, or {flag}=0 for none)"
+    )

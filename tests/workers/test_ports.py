@@ -1,0 +1,86 @@
+"""A `--workers` supervisor holds its ports: no other server, whoever owns it, shares them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pyserving.cli_flag_types import WORKERS_PER_CPU_LIMIT, worker_count
+from pyserving.listen_ports import bind_port, reserve_port
+
+
+def _reuse_port_listener() -> socket.socket:
+    """Another program's SO_REUSEPORT listener on a free port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_held_port_takes_its_own_workers_and_refuses_everyone_else() -> None:
+    held = reserve_port("127.0.0.1", 0)
+    port = held.getsockname()[1]
+    try:
+        worker = bind_port("127.0.0.1", port, reuse_port=True)
+        worker.listen()
+        worker.close()
+        with pytest.raises(OSError):
+            reserve_port("127.0.0.1", port)  # a second supervisor
+        with pytest.raises(OSError):
+            bind_port("127.0.0.1", port)  # a single-process server
+    finally:
+        held.close()
+
+
+def test_a_reuse_port_listener_of_another_program_makes_the_check_fail() -> None:
+    other = _reuse_port_listener()
+    try:
+        with pytest.raises(OSError):
+            reserve_port("127.0.0.1", other.getsockname()[1])
+    finally:
+        other.close()
+
+
+def test_workers_on_a_port_another_program_shares_exits_2_naming_it(tmp_path: object) -> None:
+    other = _reuse_port_listener()
+    port = other.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pyserving",
+                "serve",
+                "--host=127.0.0.1",
+                f"--rest_api_port={port}",
+                "--port=0",
+                "--workers=2",
+                "--model_name=m",
+                f"--model_base_path={tmp_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        other.close()
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen for REST on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "worker" not in result.stderr  # refused before any worker started
+
+
+def test_worker_count_refuses_more_than_its_limit_per_cpu() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert worker_count(str(WORKERS_PER_CPU_LIMIT * cpus)) == WORKERS_PER_CPU_LIMIT * cpus
+    assert worker_count("auto") == cpus
+    with pytest.raises(argparse.ArgumentTypeError, match="more than 4 per CPU"):
+        worker_count(str(WORKERS_PER_CPU_LIMIT * cpus + 1))
+    with pytest.raises(argparse.ArgumentTypeError, match="more than"):
+        worker_count("9" * 30)
