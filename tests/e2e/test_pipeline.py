@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,50 @@ CLIENTS = Path(__file__).with_name("pipeline_clients.py")
 KEYS = [3, 7, 150, 0, 42]  # 150 is not in the table
 
 
+# Waits (30 s at most) until the test writes `release`, saying it started; passes x through.
+HOLD = """
+import os
+import time
+
+from pyserving.platforms import Signature, TensorSpec
+
+
+class Hold:
+    def __init__(self):
+        x = (TensorSpec("x", "FP32", (1,)),)
+        self.signatures = {{"serving_default": Signature("serving_default", x, x)}}
+
+    def load(self, path):
+        pass
+
+    def run(self, signature, inputs):
+        open(os.path.join({dir!r}, "held"), "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join({dir!r}, "release")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return inputs
+"""
+
+# Appends each x it runs on to the file `marked`: which requests reached the second step.
+MARK = """
+from pyserving.platforms import Signature, TensorSpec
+
+
+class Mark:
+    def __init__(self):
+        x = (TensorSpec("x", "FP32", (1,)),)
+        self.signatures = {{"serving_default": Signature("serving_default", x, x)}}
+
+    def load(self, path):
+        pass
+
+    def run(self, signature, inputs):
+        with open({dir!r} + "/marked", "a") as marks:
+            marks.write(f"{{inputs['x'][0]:g}}\\n")
+        return inputs
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pipeline-repo")
@@ -37,6 +82,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "features" / "1").mkdir(parents=True)
     np.savez(root / "features/1/table.npz", keys=np.arange(100, dtype=np.int64), values=values)
     make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(8, 16, 4))
+    for name, source in (("hold", HOLD), ("mark", MARK)):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1" / "servable.py").write_text(source.format(dir=str(root)))
     (root / "models.yaml").write_text(
         "models:\n"
         "  - {name: features, base_path: features}\n"
@@ -47,6 +95,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "        - {model: features, inputs: {keys: user}}\n"
         "        - {model: mlp, inputs: {input: features.values}}\n"
         "      outputs: {score: mlp.output, known: features.found}\n"
+        "  - {name: hold, base_path: hold, allow_python: true}\n"
+        "  - {name: mark, base_path: mark, allow_python: true}\n"
+        "  - name: held\n"
+        "    pipeline:\n"
+        "      steps:\n"
+        "        - {model: hold, inputs: {x: x}}\n"
+        "        - {model: mark, inputs: {x: hold.x}}\n"
+        "      outputs: {x: mark.x}\n"
     )
     return root
 
@@ -205,3 +261,47 @@ def _tf_array(tensor: Any, dtype: type, values: Any) -> np.ndarray:
 def _mlp_versions(url: str) -> list[int]:
     states = httpx.get(f"{url}/v1/models/mlp", timeout=10).json()["model_version_status"]
     return [int(s["version"]) for s in states if s["state"] == "AVAILABLE"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v2/models/held/infer",
+            b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}',
+        ),
+        ("/v1/models/held:predict", b'{"inputs":{"x":[1]}}'),
+    ],
+)
+def test_a_rest_client_that_leaves_cancels_the_steps_not_yet_run(
+    server: ServerProcess, repo: Path, path: str, body: bytes
+) -> None:
+    for name in ("held", "release", "marked"):
+        (repo / name).unlink(missing_ok=True)
+    closed = _closed_count(server.url)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_until(lambda: (repo / "held").exists(), 10, "the hold step to start")
+        # counted as closed once the request's steps were cancelled (none can start after that)
+        wait_until(lambda: _closed_count(server.url) > closed, 10, "the server to notice")
+    finally:
+        (repo / "release").touch()
+    answer = v2_infer(server.url, "held", "x", np.array([2], dtype=np.float32), "FP32")
+    assert output(answer, "x", np.float32).tolist() == [2]
+    assert (repo / "marked").read_text().split() == ["2"]
+
+
+def _closed_count(url: str) -> float:
+    """Requests to `held` counted as closed by their client (499)."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pyserving_requests_total{")
+        and 'model="held"' in line
+        and 'code="499"' in line
+    )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,10 +31,17 @@ from pyserving.serving.pipeline_config import PipelineSpec, Step
 if TYPE_CHECKING:
     from pyserving.serving.inference import InferenceService
 
-__all__ = ["STEP_VERSIONS_PARAMETER", "PipelineServable"]
+__all__ = ["STEP_VERSIONS_PARAMETER", "PipelineServable", "client_watch"]
 
 #: the response parameter that lists the version each step ran on, as JSON: {"step": version}
 STEP_VERSIONS_PARAMETER = "pipeline_step_versions"
+
+#: set (for one request) by a transport whose client can leave without cancelling the request's
+#: task (REST): runs a pipeline's steps and cancels them when the client goes away, raising that
+#: transport's own exception. gRPC needs none: a cancelled call cancels its task.
+client_watch: ContextVar[Callable[[Awaitable[Any]], Awaitable[Any]] | None] = ContextVar(
+    "pipeline_client_watch", default=None
+)
 
 
 class PipelineServable(Servable):
@@ -76,7 +84,9 @@ class PipelineServable(Servable):
         plan = service.plan(signature)
         plan.validate(inputs, service.options.max_tensor_elements)
         wanted = plan.outputs if request.outputs is None else plan.check_outputs(request.outputs)
-        outputs, versions = await self.run_steps(service, inputs, wanted, request.deadline)
+        steps = self.run_steps(service, inputs, wanted, request.deadline)
+        watch = client_watch.get()
+        outputs, versions = await (steps if watch is None else watch(steps))
         return InferResponse(
             request.model,
             handle.id.version,

@@ -46,6 +46,7 @@ from pyserving.api.grpc.control import ModelControl
 from pyserving.api.limits import RequestBytesBudget, Reservation
 from pyserving.api.rest import generate, openapi, status_page, v2
 from pyserving.api.rest.asgi import ASGIApp, Receive, Scope, Send
+from pyserving.api.rest.disconnect import ClientGone
 from pyserving.api.rest.request import RequestLimits, header, request_model, request_reservation
 from pyserving.api.rest.responses import (
     JSON,
@@ -199,7 +200,7 @@ class _RestApp:
             )
         except HttpError as exc:
             status, body, headers = exc.status, exc.body, [(b"content-type", JSON), *exc.headers]
-        except (Disconnected, generate.ClientGone) as exc:
+        except (Disconnected, ClientGone) as exc:
             self._observe(scope, method, path, exc.status or _CLIENT_CLOSED, started)
             return
         except asyncio.CancelledError:

@@ -15,7 +15,6 @@ end of the stream. A client that goes away stops the generator (`ClientGone`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from pyserving.api.rest.disconnect import ClientGone, ClientWatch
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.json_tensor import parse_json, to_array
@@ -31,7 +31,7 @@ from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
 from pyserving.serving.streaming import PartStream, open_stream
 
-__all__ = ["EVENT_STREAM", "ClientGone", "EventStream", "answer"]
+__all__ = ["EVENT_STREAM", "EventStream", "answer"]
 
 logger = logging.getLogger("pyserving.rest")
 
@@ -44,12 +44,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Outputs = dict[str, np.ndarray]
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its answer: nothing is sent."""
-
-    status = 0  # as responses.Disconnected: app.py counts it as "client closed"
 
 
 async def answer(
@@ -68,7 +62,7 @@ async def answer(
     request = await run_sized(
         len(body), request_from_json, name, version, body, deadline, max_depth
     )
-    watch = _Watch(receive)
+    watch = ClientWatch(receive)
     stream: PartStream | None = None
     document: bytes | None
     handed_over = False  # to the EventStream, which closes both once sent
@@ -116,7 +110,7 @@ class EventStream:
     stream at once, which stops the generator.
     """
 
-    def __init__(self, stream: PartStream | None, first: bytes | None, watch: _Watch) -> None:
+    def __init__(self, stream: PartStream | None, first: bytes | None, watch: ClientWatch) -> None:
         self._stream = stream
         self._first = first
         self._watch = watch
@@ -266,40 +260,3 @@ def _json_type(value: object) -> str:
     if value is None:
         return "null"
     return names.get(type(value), "a number")
-
-
-class _Watch:
-    """Waits for the client to go away while the answer is computed or written.
-
-    Needs `receive` to wait once the body was read (as ASGI says it does) until the client
-    disconnects. Cancellation: `until_gone` cancels the work it races when the client leaves.
-    """
-
-    def __init__(self, receive: Receive) -> None:
-        self._task = asyncio.ensure_future(_disconnected(receive))
-
-    @property
-    def gone(self) -> bool:
-        return self._task.done()
-
-    async def until_gone(self, work: Awaitable[Any]) -> Any:
-        """`work`'s result; ClientGone (the work cancelled) when the client leaves first."""
-        task = asyncio.ensure_future(work)
-        done, _ = await asyncio.wait((task, self._task), return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        await asyncio.wait((task,))
-        if not task.cancelled() and task.exception() is None:
-            stream = task.result()
-            if isinstance(stream, PartStream):  # opened meanwhile: nobody else will close it
-                await stream.aclose()
-        raise ClientGone
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -11,11 +11,13 @@ a ServingError.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import orjson
 
 from pyserving.api.rest.asgi import Receive, Scope
+from pyserving.api.rest.disconnect import until_client_gone
 from pyserving.api.rest.request import RequestLimits, path_segment, path_version, request_model
 from pyserving.api.rest.responses import Response, ok
 from pyserving.errors import InvalidInput, NotFound
@@ -25,6 +27,7 @@ from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving import classify
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.pipeline import client_watch
 
 __all__ = [
     "TfServingRoutes",
@@ -177,7 +180,12 @@ class TfServingRoutes:
                     service, name, version, label, verb, body, limits.deadline()
                 )
             )
-        result = await predict(
-            service, name, version, label, body, limits.deadline(), limits.max_json_depth
-        )
+        # a pipeline's steps stop when the client leaves (serving/pipeline.py)
+        watching = client_watch.set(functools.partial(until_client_gone, receive))
+        try:
+            result = await predict(
+                service, name, version, label, body, limits.deadline(), limits.max_json_depth
+            )
+        finally:
+            client_watch.reset(watching)
         return ok(result)

@@ -15,6 +15,7 @@ loop (`execution.run_sized`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 
@@ -24,6 +25,7 @@ from pyserving.api.control_auth import ControlAuth
 from pyserving.api.grpc.control import ModelControl, require_control
 from pyserving.api.rest import generate
 from pyserving.api.rest.asgi import Receive, Scope
+from pyserving.api.rest.disconnect import until_client_gone
 from pyserving.api.rest.request import (
     HEADER_LENGTH,
     RequestLimits,
@@ -48,6 +50,7 @@ from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.pipeline import client_watch
 
 __all__ = [
     "LIVE",
@@ -301,15 +304,20 @@ class V2Routes:
         if action == "/infer":
             require_method(method, "POST")
             body, header_length = await limits.read_body(scope, receive)
-            result, json_length = await infer(
-                service,
-                name,
-                version,
-                body,
-                header_length,
-                limits.deadline(),
-                limits.max_json_depth,
-            )
+            # a pipeline's steps stop when the client leaves (serving/pipeline.py)
+            watching = client_watch.set(functools.partial(until_client_gone, receive))
+            try:
+                result, json_length = await infer(
+                    service,
+                    name,
+                    version,
+                    body,
+                    header_length,
+                    limits.deadline(),
+                    limits.max_json_depth,
+                )
+            finally:
+                client_watch.reset(watching)
             if json_length is None:
                 return ok(result)
             headers = [
