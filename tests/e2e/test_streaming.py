@@ -266,3 +266,49 @@ def test_a_grpc_reader_that_stops_reading_pauses_the_generator_issue_19(server):
         lambda: "finally" in noted(server, "tokens", "grpc-slow-reader-big"),
         what="the finally of a generator whose paused call was cancelled",
     )
+
+
+def test_a_grpc_request_refused_before_its_first_part_says_which_and_is_final_issue_19(server):
+    import grpc
+
+    from pyserving.proto import grpc_service_pb2 as pb
+    from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
+
+    def tokens(request_id: str, count: int, shape: int = 1) -> Any:
+        request = pb.ModelInferRequest(model_name="tokens", id=request_id)
+        text = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        text.contents.bytes_contents.append(b"g-refused")
+        tokens = request.inputs.add(name="max_tokens", datatype="INT32", shape=[shape])
+        tokens.contents.int_contents.append(count)
+        return request
+
+    requests = [
+        pb.ModelInferRequest(model_name="nope", id="unknown"),
+        tokens("huge", 1, shape=10**12),
+        tokens("zero", 0),
+    ]
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = [
+            (
+                bool(r.error_message),
+                r.infer_response.id,
+                r.infer_response.model_name,
+                r.infer_response.model_version,
+                len(r.infer_response.outputs),
+                r.infer_response.parameters["triton_final_response"].bool_param,
+            )
+            for r in stub.ModelStreamInfer(iter(requests), timeout=30)
+        ]
+    assert answers == [
+        (True, "unknown", "nope", "", 0, True),
+        (True, "huge", "tokens", "1", 0, True),
+        (False, "zero", "tokens", "1", 0, True),  # no part: only the final response
+    ]
+    zero = {"text_input": "g-zero", "max_tokens": 0, "id": "zero"}
+    url = f"{server.url}/v2/models/tokens/generate"
+    with httpx.stream("POST", url + "_stream", json=zero, timeout=30) as response:
+        assert response.status_code == 200
+        assert events(response) == []
+    last = httpx.post(url, json=zero, timeout=30)
+    assert last.json() == {"model_name": "tokens", "model_version": "1", "id": "zero"}

@@ -27,7 +27,7 @@ from pyserving.api.grpc.rpc import (
     stream_handler,
     unary_handler,
 )
-from pyserving.api.grpc.v2_stream import FINAL_RESPONSE, DecoupledStreams
+from pyserving.api.grpc.v2_stream import FINAL_RESPONSE, DecoupledStreams, final_response
 from pyserving.api.rest.v2 import index_from_service
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
@@ -192,14 +192,14 @@ class V2Servicer:
         decoupled = DecoupledStreams(self._service, context)
         async for data in requests:
             started = time.perf_counter()
-            model = ""
+            model = request_id = ""
             answered_version.set(None)
             try:
                 try:
                     request = await parse_sized(pb.ModelInferRequest, data)
                 finally:
                     del data  # not held by an error's frames (see release_frames)
-                model = request.model_name
+                model, request_id = request.model_name, request.id
                 with v2_errors.in_triton_words():
                     streams = await decoupled.open(request, deadline_of(context))
                 response = None if streams else await self._infer(request, deadline_of(context))
@@ -221,7 +221,10 @@ class V2Servicer:
             request = None  # type: ignore[assignment]  # not held while the client reads
             if model:
                 observe(model, None, code, started)
-            yield pb.ModelStreamInferResponse(error_message=message)
+            version = answered_version.get()
+            yield pb.ModelStreamInferResponse(
+                error_message=message, infer_response=final_response(model, version, request_id)
+            )
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
         with v2_errors.in_triton_words():

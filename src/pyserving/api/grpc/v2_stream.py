@@ -5,8 +5,9 @@ Each part the servable yields is one `ModelStreamInferResponse` whose `triton_fi
 parameter is false; after the last part comes an empty response (no outputs) whose parameter is
 true, which is how a decoupled client (`tritonclient.grpc` with
 `enable_empty_final_response=True`) learns that the request is complete. A failure mid-stream
-is one `error_message` response (whose `infer_response` carries the final flag); the call goes
-on with the client's next request. A servable that does not stream is answered as before: one
+is one `error_message` response (whose `infer_response` carries the request's id, model, version
+and the final flag), as is a request refused before its first part; the call goes on with the
+client's next request. A servable that does not stream is answered as before: one
 response per request, no flag. The requests of one call are answered one after the other.
 """
 
@@ -27,7 +28,7 @@ from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
 from pyserving.serving.streaming import PartStream, open_stream
 
-__all__ = ["FINAL_RESPONSE", "DecoupledStreams"]
+__all__ = ["FINAL_RESPONSE", "DecoupledStreams", "final_response"]
 
 #: the response parameter that says whether a response is a request's last (Triton's name)
 FINAL_RESPONSE = "triton_final_response"
@@ -99,8 +100,18 @@ class DecoupledStreams:
 
 
 def _final(stream: PartStream) -> pb.ModelInferResponse:
+    return final_response(stream.model, stream.version, stream.id)
+
+
+def final_response(
+    model: str, version: int | None, request_id: str | None
+) -> pb.ModelInferResponse:
+    """A request's last response, without outputs: after its parts, or with its error (which
+    carries what is known of the request, as Triton's does)."""
     response = pb.ModelInferResponse(
-        model_name=stream.model, model_version=str(stream.version), id=stream.id or ""
+        model_name=model,
+        model_version="" if version is None else str(version),
+        id=request_id or "",
     )
     response.parameters[FINAL_RESPONSE].bool_param = True
     return response
