@@ -5,7 +5,9 @@ answered naming the step, never blamed on the client."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from pyserving import ServerCore, ServerOptions
 from pyserving.core.ids import ServableState
 from pyserving.errors import ModelError, NotFound
 from pyserving.protocols.request import InferRequest
+from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER
+from tests.fakes import wait_until
 
 # x FP32 [-1] → y: x itself; or, for x[0] == 1, an FP64 [2, 3] that breaks its own signature
 LIAR = """
@@ -132,3 +136,30 @@ def test_a_step_that_breaks_its_own_signature_fails_naming_the_step_not_the_clie
         == 'pipeline "lies" step "first" (model "liar"): output "y" is FP64 [2, 3], but the'
         " model's signature declares FP32 [-1]"
     )
+
+
+def test_a_pipeline_pinned_to_a_missing_version_loads_once_that_version_arrives(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "liar" / "1").mkdir(parents=True)
+    (tmp_path / "liar" / "1" / "servable.py").write_text(LIAR)
+    liar = {"name": "liar", "base_path": "liar", "allow_python": True}
+    models = [
+        {**liar, "version_policy": {"latest": 2}},
+        _pipeline("p", {"name": "first", "model": "liar", "version": 2}),
+    ]
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    server = ServerCore(
+        ServerOptions(model_config_file=str(path), file_system_poll_wait_seconds=0.05)
+    )
+    try:
+        server.start()
+        assert "version 2 does not serve" in _failed_load(server, "p")
+        shutil.copytree(tmp_path / "liar" / "1", tmp_path / "liar" / "2")
+        wait_until(lambda: server.service.available_versions("p") != [], what="the pipeline")
+        assert _infer(server, "p", [2.0]).parameters == {  # type: ignore[attr-defined]
+            STEP_VERSIONS_PARAMETER: '{"first":2,"echo":2}'
+        }
+    finally:
+        server.stop()
