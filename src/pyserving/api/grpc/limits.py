@@ -189,29 +189,91 @@ async def _receive_one(
     server at most the budget, not calls x --max-request-bytes; quick ones are not held.
 
     Read with `context.read`, not the handler's request iterator: that async generator would
-    stay suspended holding the message for as long as the call's frames live.
+    stay suspended holding the message for as long as the call's frames live. Awaited in this
+    task, with loop timers for the slow message and the timeout (`_ReadTimers`), not in a task
+    of its own under `asyncio.wait`: that costs every call a task and two futures.
     """
-    read = asyncio.ensure_future(context.read())
-    held = 0
+    task = asyncio.current_task()
+    assert task is not None  # grpc.aio runs each call's handler in a task
+    timers = _ReadTimers(task, timeout_s, budget, stand_in_bytes)
+    message: object = None
     try:
-        async with asyncio.timeout(timeout_s):
-            done, _ = await asyncio.wait((read,), timeout=_SLOW_MESSAGE_S)
-            if not done and budget is not None:
-                budget.reserve_nowait(stand_in_bytes)
-                held = stand_in_bytes
-            message = await read
-    except TimeoutError:
-        raise DeadlineExceeded(
-            f"the request message did not arrive within {timeout_s:g} s"
-            " (--grpc-request-timeout-seconds)"
-        ) from None
+        message = await context.read()
+    except asyncio.CancelledError:
+        if timers.error is None:
+            raise  # the call itself was cancelled
     finally:
-        read.cancel()  # when it is not done: the call is refused or cancelled
-        if held and budget is not None:
-            budget.release(held)
+        timers.stop()
+    if timers.error is not None:
+        task.uncancel()  # the cancellation was the timer's own: answer its error instead
+        raise timers.error
     if not isinstance(message, bytes):  # grpc.aio.EOF: the client half-closed without one
         raise InvalidInput("the call ended without a request message")
     return message
+
+
+class _ReadTimers:
+    """The timers of one `_receive_one`: at `_SLOW_MESSAGE_S` hold the stand-in bytes in the
+    budget, at `timeout_s` give up; either failure cancels the reading task with `error` set.
+
+    Thread-safety: created, fired and stopped on the call's event loop only.
+    """
+
+    __slots__ = ("_budget", "_handle", "_stand_in", "_task", "_timeout_s", "error", "held")
+
+    def __init__(
+        self,
+        task: asyncio.Task[Any],
+        timeout_s: float | None,
+        budget: RequestBytesBudget | None,
+        stand_in_bytes: int,
+    ) -> None:
+        self._task = task
+        self._timeout_s = timeout_s
+        self._budget = budget
+        self._stand_in = stand_in_bytes
+        self.error: ServingError | None = None
+        self.held = 0
+        loop = task.get_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        if budget is not None and (timeout_s is None or timeout_s > _SLOW_MESSAGE_S):
+            self._handle = loop.call_later(_SLOW_MESSAGE_S, self._on_slow)
+        elif timeout_s is not None:
+            self._handle = loop.call_later(timeout_s, self._on_timeout)
+
+    def _on_slow(self) -> None:
+        assert self._budget is not None
+        try:
+            self._budget.reserve_nowait(self._stand_in)
+        except ServingError as exc:
+            self._fail(exc)
+            return
+        self.held = self._stand_in
+        if self._timeout_s is not None:
+            later = self._timeout_s - _SLOW_MESSAGE_S
+            self._handle = self._task.get_loop().call_later(later, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._fail(
+            DeadlineExceeded(
+                f"the request message did not arrive within {self._timeout_s:g} s"
+                " (--grpc-request-timeout-seconds)"
+            )
+        )
+
+    def _fail(self, error: ServingError) -> None:
+        self._handle = None
+        self.error = error
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """Cancel the pending timer, release the stand-in bytes; once, when the read ends."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self.held and self._budget is not None:
+            self._budget.release(self.held)
+            self.held = 0
 
 
 def _unary(behavior: Callable[..., Any], method: str, limits: CallLimits) -> Callable[..., Any]:
