@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import uuid
 import zlib
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 
-from pyserving.core.ids import ServableId
-from pyserving.errors import FailedPrecondition, Unavailable
+from pyserving.core.ids import ServableData, ServableId
+from pyserving.errors import FailedPrecondition
+from pyserving.platforms import lookup as lookup_module
+from pyserving.platforms.common import FileLoader
 from pyserving.platforms.lookup import LookupLoader, LookupServable
 from pyserving.platforms.lookup_index import KeyIndex, shard_of
+from pyserving.platforms.registry import detect_platform
 from pyserving.platforms.signature import DEFAULT_SIGNATURE
+from pyserving.sources.adapter import PlatformAdapter
+from pyserving.sources.cache import ModelCache, ModelCacheOptions
+from tests.fakes import wait_until
 
 
 def lookup(servable: object, keys: np.ndarray) -> tuple[list[object], list[bool]]:
@@ -130,15 +142,79 @@ def test_delta_and_delta_on_delta_answer_like_the_rewritten_table(tmp_path: Path
     assert servables[3].memory_bytes() > servables[2].memory_bytes() > 0
 
 
-def test_a_delta_whose_base_is_not_loaded_fails_saying_so(tmp_path: Path) -> None:
+def test_a_delta_whose_base_is_not_loaded_reads_its_base_and_shares_it_after(
+    tmp_path: Path,
+) -> None:
+    """A restart with latest: 1 loads only the newest delta: it reads its bases itself; a base
+    version loaded after it shares the table the delta read (one copy in memory)."""
+    tables = make_versions(tmp_path)
+    probe = np.arange(-2, 30, dtype=np.int64)
+    three = loader(tmp_path / "3", 3, default=-1.0)
+    assert three.estimate_resources() > FileLoader.estimate_resources(three)  # + its bases
+    v3 = three.load()
+    assert lookup(v3, probe)[0] == [tables[3].get(int(k), -1.0) for k in probe]
+    v1 = loader(tmp_path / "1", 1, default=-1.0).load()
+    assert isinstance(v3, LookupServable) and v3.memory_bytes()
+    assert v3._base is not None and v3._base._base is v1  # shared, not read again
+    assert lookup(v1, probe)[0] == [tables[1].get(int(k), -1.0) for k in probe]
+    # the bases are in memory now: the estimate is the delta's own files
+    again = loader(tmp_path / "3", 3, default=-1.0)
+    assert again.estimate_resources() == FileLoader.estimate_resources(again)
+
+
+def test_a_base_rewritten_on_disk_is_read_again_not_shared(tmp_path: Path) -> None:
     make_versions(tmp_path)
-    with pytest.raises(Unavailable, match="delta on version 1, which is not loaded"):
+    v2 = loader(tmp_path / "2", 2).load()
+    write_npz(tmp_path / "1", np.array([0, 1]), np.array([7.0, 8.0]))
+    os.utime(tmp_path / "1" / "table.npz", ns=(1, 1))  # same second: the stamp still differs
+    v1 = loader(tmp_path / "1", 1).load()
+    assert isinstance(v2, LookupServable) and v2._base is not v1
+    assert lookup(v1, np.array([0, 1, 2]))[0] == [7.0, 8.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("base: -1\n", r"base must be an earlier version, an integer from 0 to 1 \(got -1\)"),
+        ("base: one\n", "base must be an earlier version.*got 'one'"),
+        ("base: 1.0\n", "base must be an earlier version.*got 1.0"),
+        ("base: true\n", "base must be an earlier version.*got True"),
+        ("base: 2\n", "base must be an earlier version.*got 2"),
+        ("{}\n", "base must be an earlier version.*got None"),
+        ("[1]\n", "must be a mapping with the key base"),
+        ("bse: 1\n", "unknown key 'bse' \\(did you mean 'base'\\?\\)"),
+        ("base: 1\nrows: 3\n", "unknown key 'rows' \\(known: base\\)"),
+        ("base: [1\n", "cannot read it"),
+    ],
+)
+def test_a_bad_delta_yaml_fails_naming_the_key(tmp_path: Path, text: str, problem: str) -> None:
+    write_npz(tmp_path / "1", np.arange(3), np.arange(3.0))
+    write_npz(tmp_path / "2", np.arange(1), np.arange(1.0))
+    (tmp_path / "2" / "delta.yaml").write_text(text)
+    with pytest.raises(FailedPrecondition, match=f"version 2's delta.yaml.*{problem}"):
         loader(tmp_path / "2", 2).load()
-    base = loader(tmp_path / "1", 1)
-    base.load()
-    base.unload()  # unloaded again: no longer a base
-    with pytest.raises(Unavailable, match="not loaded"):
+
+
+def test_a_delta_on_a_version_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    write_npz(tmp_path / "2", np.arange(1), np.arange(1.0))
+    (tmp_path / "2" / "delta.yaml").write_text("base: 1\n")
+    with pytest.raises(FailedPrecondition, match=r"delta on version 1.*which does not exist"):
         loader(tmp_path / "2", 2).load()
+    (tmp_path / "1").mkdir()  # there, but with no table: cannot be read
+    with pytest.raises(FailedPrecondition, match="on version 1, which cannot be read: no table"):
+        loader(tmp_path / "2", 2).load()
+
+
+def test_a_delta_may_only_remove_keys_and_is_detected_as_a_table(tmp_path: Path) -> None:
+    write_npz(tmp_path / "1", np.arange(4), np.arange(4.0))
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "delta.yaml").write_text("base: 1\n")
+    with pytest.raises(FailedPrecondition, match=r"delta on version 1 .* holds neither rows"):
+        loader(tmp_path / "2", 2).load()
+    (tmp_path / "2" / "deleted.txt").write_text("1\n3\n")
+    assert detect_platform(str(tmp_path / "2")) == "lookup"
+    got, found = lookup(loader(tmp_path / "2", 2).load(), np.arange(4))
+    assert (got, found) == ([0.0, 0.0, 2.0, 0.0], [True, False, True, False])
 
 
 def test_a_delta_must_keep_the_value_type(tmp_path: Path) -> None:
@@ -149,7 +225,7 @@ def test_a_delta_must_keep_the_value_type(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="keep the value type"):
         loader(tmp_path / "2", 2).load()
     (tmp_path / "2" / "delta.yaml").write_text("base: 2\n")
-    with pytest.raises(FailedPrecondition, match="earlier version"):
+    with pytest.raises(FailedPrecondition, match="an earlier version"):
         loader(tmp_path / "2", 2).load()
 
 
@@ -172,3 +248,79 @@ def test_sharded_delta_on_string_keys(tmp_path: Path) -> None:
             mine = zlib.crc32(key) % 2 == index and key in expected
             assert hit == mine, key
             assert value == (expected[key] if mine else 0.0)
+
+
+def test_a_remote_delta_loaded_from_the_model_cache_reads_its_base_from_the_store(
+    tmp_path: Path,
+) -> None:
+    """Through the model cache the loader reads a local copy of version 2 only: it finds version
+    1 next to version 2 on the store, not in the cache."""
+    remote = f"memory://lookup-delta-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    try:
+        for version, keys, values in ((1, [1, 2, 3], [10.0, 20.0, 30.0]), (2, [1], [11.0])):
+            write_npz(tmp_path / str(version), np.array(keys), np.array(values))
+            fs.put_file(str(tmp_path / str(version) / "table.npz"), f"{remote}/{version}/table.npz")
+        fs.pipe(f"{remote}/2/delta.yaml", b"base: 1\n")
+        fs.pipe(f"{remote}/2/deleted.txt", b"3\n")
+        cache = ModelCache(ModelCacheOptions(cache_dir=str(tmp_path / "cache")))
+        adapter, loaders = PlatformAdapter(cache=cache), []
+        adapter.set_aspired_versions_callback(lambda name, items: loaders.extend(items))
+        adapter.aspire_versions("table", [ServableData(ServableId("table", 2), f"{remote}/2")])
+        (item,) = loaders
+        assert item.data is not None
+        got, found = lookup(item.data.load(), np.array([1, 2, 3]))
+        assert (got, found) == ([11.0, 20.0, 0.0], [True, True, False])
+        item.data.unload()
+    finally:
+        if fs.exists(remote):
+            fs.rm(remote, recursive=True)
+
+
+def test_two_loads_that_need_one_base_at_once_read_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 reads its base 1 while version 1 itself loads: the second waits for the first
+    read (held until the other load is seen waiting for it) and shares its table."""
+    make_versions(tmp_path)
+    reads: list[str] = []
+    reading_base, release = threading.Event(), threading.Event()
+    real_read_table = lookup_module.read_table
+
+    def read_table(file: str, *args: Any) -> Any:
+        reads.append(Path(file).parent.name)
+        if Path(file).parent.name == "1":
+            reading_base.set()
+            release.wait(10)
+        return real_read_table(file, *args)
+
+    monkeypatch.setattr(lookup_module, "read_table", read_table)
+    results: dict[int, Any] = {}
+
+    def load(version: int) -> None:
+        results[version] = loader(tmp_path / str(version), version).load()
+
+    delta = threading.Thread(target=load, args=(2,), daemon=True)
+    base = threading.Thread(target=load, args=(1,), daemon=True)
+    try:
+        delta.start()
+        assert reading_base.wait(10)
+        base.start()
+        wait_until(lambda: _waits_for_a_table(base), 10, "the base's load to wait for the read")
+    finally:
+        release.set()
+        delta.join(10)
+        base.join(10)
+    assert sorted(reads) == ["1", "2"]
+    assert results[2]._base is results[1]
+
+
+def _waits_for_a_table(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "reading" and frame.f_code.co_filename.endswith(
+            "lookup_delta.py"
+        ):
+            return True
+        frame = frame.f_back
+    return False

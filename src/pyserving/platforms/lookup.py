@@ -21,112 +21,167 @@ when unset) and `found` false.
 Big tables (docs/big-tables.md): `shard: {index: i, count: n}` loads only shard i's rows (INT64
 key k: k mod n; BYTES key k: crc32(k) mod n) and answers other keys as missing. A version whose
 directory holds `delta.yaml` (`base: <version>`) is its base version plus this directory's rows
-(added or replacing) less the keys of its optional `deleted.txt`; it shares the base's rows (no
-copy), so the base must be loaded when the delta loads, and a delta may be the base of another.
+(added or replacing) less the keys of its optional `deleted.txt` (lookup_delta.py). It shares
+the base's rows (no copy) when the base's table is in memory, and reads the base's files
+otherwise, so a delta loads whether or not its base version is loaded; a delta may be the base of
+another.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import yaml
 
-from pyserving.errors import FailedPrecondition, Unavailable
-from pyserving.platforms.common import FileLoader
+from pyserving.core.ids import ServableId
+from pyserving.errors import FailedPrecondition
+from pyserving.platforms.common import FileLoader, local_version_dir
+from pyserving.platforms.lookup_delta import (
+    DELETED_FILE,
+    DELTA_FILE,
+    TableRegistry,
+    files_fingerprint,
+    read_delta_base,
+    table_key,
+    version_directory,
+)
 from pyserving.platforms.lookup_files import Shard, read_keys, read_table
 from pyserving.platforms.lookup_index import KeyIndex
 from pyserving.platforms.servable import Servable
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, v2_datatype
+from pyserving.sources.storage_path import redact_url
 
-__all__ = ["DELETED_FILE", "DELTA_FILE", "TABLE_FILES", "LookupLoader", "LookupServable"]
+__all__ = ["TABLE_FILES", "LookupLoader", "LookupServable"]
 
 TABLE_FILES = ("table.tsv", "table.csv", "table.npz", "table.parquet")
-DELTA_FILE = "delta.yaml"
-DELETED_FILE = "deleted.txt"
 
-# Loaded tables by (model name, the directory holding its versions, version), so that a delta
-# finds its base. Weak: an entry never keeps a table alive; unload removes it explicitly too.
-_LOADED: weakref.WeakValueDictionary[tuple[str, str, int], LookupServable] = (
-    weakref.WeakValueDictionary()
-)
-_LOADED_LOCK = threading.Lock()  # guards _LOADED
+# Tables in memory, so that a delta shares its base's rows and a version shares the table a delta
+# already read for it.
+_TABLES = TableRegistry()
 
 
 class LookupLoader(FileLoader):
-    """Reads a table file (or a delta on a loaded version) into memory. Config keys: `default`,
+    """Reads a table file (or a delta on its base version) into memory. Config keys: `default`,
     `key_type` (`int` | `string`), `header` (true | false; unset = detected, text tables only),
     `shard` ({index, count}).
 
+    `origin` is where the version's files came from (the path, unless the loader reads a local
+    copy of a remote version): a delta finds its base's directory next to it.
     Thread-safety: as Loader.
     """
 
     resource_factor = 3.0  # parsed text tables take several times their size while loading
 
-    def load_local(self, directory: str, override: Mapping[str, Signature] | None) -> Servable:
-        candidates = (os.path.join(directory, name) for name in TABLE_FILES)
-        file = next((path for path in candidates if os.path.isfile(path)), None)
-        if file is None:
-            raise FailedPrecondition(f"no {' / '.join(TABLE_FILES)} in {directory}")
-        header = self.config.get("header")
-        if header not in (None, True, False):
-            raise FailedPrecondition(f"header must be true or false, not {header!r}")
-        key_type = self.config.get("key_type")
-        if key_type not in (None, "int", "string"):
-            raise FailedPrecondition(f"key_type must be int or string, not {key_type!r}")
-        base = self._delta_base(directory)
-        if base is not None and key_type is None:  # a delta's keys are its base's kind
-            key_type = "string" if base.string_keys else "int"
-        shard = _shard_setting(self.config.get("shard"))
-        keys, values = read_table(file, header, key_type, shard)
-        deleted = None
-        if base is not None and os.path.isfile(os.path.join(directory, DELETED_FILE)):
-            deleted = read_keys(os.path.join(directory, DELETED_FILE), base.string_keys)
-        servable = LookupServable(
-            keys, values, self.config.get("default"), base=base, deleted=deleted
-        )
-        with _LOADED_LOCK:
-            _LOADED[self._table_id(self.servable_id.version)] = servable
-        servable.on_unload = self._forget
-        return servable
+    def __init__(
+        self, servable_id: ServableId, path: str, config: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(servable_id, path, config)
+        self.origin = path
 
-    def _delta_base(self, directory: str) -> LookupServable | None:
-        """The loaded base version this version's `delta.yaml` names; None when not a delta."""
-        file = os.path.join(directory, DELTA_FILE)
-        if not os.path.isfile(file):
-            return None
+    def estimate_resources(self) -> int:
+        """The version's files, plus its base's (and theirs) while no table of the base is in
+        memory: the delta then reads the base's files itself."""
+        total = super().estimate_resources()
+        name, version = self.servable_id.name, self.servable_id.version
         try:
-            with open(file, encoding="utf-8") as stream:
-                document = yaml.safe_load(stream)
-        except (OSError, yaml.YAMLError) as exc:
-            raise FailedPrecondition(f"{DELTA_FILE}: cannot read it: {exc}") from exc
-        base = document.get("base") if isinstance(document, dict) else None
-        if not isinstance(base, int) or isinstance(base, bool) or base >= self.servable_id.version:
-            raise FailedPrecondition(
-                f"{DELTA_FILE} must say base: <an earlier version> (got {base!r})"
-            )
-        with _LOADED_LOCK:
-            table = _LOADED.get(self._table_id(base))
-        if table is None:  # retried: the base may be loading now (the manager retries loads)
-            raise Unavailable(
-                f"version {self.servable_id.version} is a delta on version {base}, which is not"
-                f" loaded: load version {base} first (a version policy that keeps both, e.g."
-                " latest with num_versions 2, or all)"
-            )
+            base = read_delta_base(self.origin, version)
+            base_origin = None if base is None else version_directory(self.origin, base)
+            if base is None or base_origin is None:
+                return total
+            if _TABLES.holds(table_key(name, self.origin, base)):
+                return total
+            base_loader = LookupLoader(ServableId(name, base), base_origin, self.config)
+            return total + base_loader.estimate_resources()
+        except (OSError, FailedPrecondition):
+            return total  # the load reports what is wrong
+
+    def load_local(self, directory: str, override: Mapping[str, Signature] | None) -> Servable:
+        settings = _settings(self.config)
+        return self._table(self.servable_id.version, self.origin, directory, settings)
+
+    def _table(
+        self, version: int, origin: str, directory: str | None, settings: _Settings
+    ) -> LookupServable:
+        """The table of `version` (files at `origin`, read from the local `directory` when
+        given): the one in memory when its files and settings are unchanged, else read."""
+        key = table_key(self.servable_id.name, origin, version)
+        identity = (files_fingerprint(origin), settings)
+        with _TABLES.reading(key):
+            table = _TABLES.get(key, identity)
+            if table is None:
+                if directory is None:
+                    with local_version_dir(origin) as local:
+                        table = self._read(version, origin, local, settings)
+                else:
+                    table = self._read(version, origin, directory, settings)
+                _TABLES.put(key, identity, table)
         return table
 
-    def _table_id(self, version: int) -> tuple[str, str, int]:
-        return (self.servable_id.name, os.path.dirname(self.path.rstrip("/")), version)
+    def _read(
+        self, version: int, origin: str, directory: str, settings: _Settings
+    ) -> LookupServable:
+        header, key_type, shard, default = settings
+        base_version = read_delta_base(directory, version)
+        base = None if base_version is None else self._base(version, origin, base_version, settings)
+        candidates = (os.path.join(directory, name) for name in TABLE_FILES)
+        file = next((path for path in candidates if os.path.isfile(path)), None)
+        deleted_file = os.path.join(directory, DELETED_FILE)
+        if base is None:
+            if file is None:
+                raise FailedPrecondition(f"no {' / '.join(TABLE_FILES)} in {directory}")
+            keys, values = read_table(file, header, key_type, shard)
+            return LookupServable(keys, values, default)
+        if file is None and not os.path.isfile(deleted_file):
+            raise FailedPrecondition(
+                f"version {version} is a delta on version {base_version} ({DELTA_FILE}) but holds"
+                f" neither rows added or replaced ({' / '.join(TABLE_FILES)}) nor keys removed"
+                f" ({DELETED_FILE}); a delta needs one of them or both"
+            )
+        if file is None:  # a delta that only removes keys
+            keys = np.zeros(0, dtype=object if base.string_keys else np.int64)
+            values = np.zeros((0, *base.row_shape), dtype=base.values_dtype)
+        else:  # a delta's keys are its base's kind
+            keys, values = read_table(
+                file, header, key_type or ("string" if base.string_keys else "int"), shard
+            )
+        deleted = None
+        if os.path.isfile(deleted_file):
+            deleted = read_keys(deleted_file, base.string_keys)
+        return LookupServable(keys, values, default, base=base, deleted=deleted)
 
-    def _forget(self, servable: LookupServable) -> None:
-        key = self._table_id(self.servable_id.version)
-        with _LOADED_LOCK:
-            if _LOADED.get(key) is servable:
-                del _LOADED[key]
+    def _base(self, version: int, origin: str, base: int, settings: _Settings) -> LookupServable:
+        """The table of `version`'s base: in memory when it is there, else read from its files."""
+        base_origin = version_directory(origin, base)
+        if base_origin is None:
+            raise FailedPrecondition(
+                f"version {version} is a delta on version {base} ({DELTA_FILE}), which does not"
+                f" exist: no directory of version {base} next to {redact_url(origin)}"
+            )
+        try:
+            return self._table(base, base_origin, None, settings)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(
+                f"version {version} is a delta on version {base}, which cannot be read: {exc}"
+            ) from exc
+
+
+#: a table's settings from the model config: header, key_type, shard, default
+_Settings = tuple[bool | None, str | None, "Shard | None", Any]
+
+
+def _settings(config: Mapping[str, Any]) -> _Settings:
+    header = config.get("header")
+    if header not in (None, True, False):
+        raise FailedPrecondition(f"header must be true or false, not {header!r}")
+    key_type = config.get("key_type")
+    if key_type not in (None, "int", "string"):
+        raise FailedPrecondition(f"key_type must be int or string, not {key_type!r}")
+    default = config.get("default")
+    if isinstance(default, list):
+        default = tuple(default)  # hashable: part of a table's identity
+    return header, key_type, _shard_setting(config.get("shard")), default
 
 
 class LookupServable(Servable):
@@ -168,7 +223,6 @@ class LookupServable(Servable):
         self.values_dtype = values.dtype
         self.row_shape: tuple[int, ...] = tuple(values.shape[1:])
         self._default = _default_row(values, default)
-        self.on_unload: Any = None  # set by LookupLoader: forgets this table for deltas
         key_spec = TensorSpec("keys", "BYTES" if self.string_keys else "INT64", (-1,))
         value_spec = TensorSpec("values", v2_datatype(values.dtype), (-1, *self.row_shape))
         self._signatures = {
@@ -207,10 +261,6 @@ class LookupServable(Servable):
         if len(rest):
             found[rest] = self._base._fill(keys[rest], slots[rest], out)
         return found
-
-    def unload(self) -> None:
-        if self.on_unload is not None:
-            self.on_unload(self)
 
     def memory_bytes(self) -> int | None:
         """This layer's rows and index plus every base layer it keeps alive (counted again when

@@ -47,6 +47,7 @@ PLATFORM_FILES: tuple[tuple[str, str], ...] = (
     ("table.csv", "lookup"),
     ("table.npz", "lookup"),
     ("table.parquet", "lookup"),
+    ("delta.yaml", "lookup"),  # a lookup delta that only removes keys has no table file
 )
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

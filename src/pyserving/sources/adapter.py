@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from pyserving.core.ids import ServableData, ServableId
 from pyserving.core.loader import Loader
 from pyserving.errors import NotFound
+from pyserving.platforms.lookup import LookupLoader
 from pyserving.platforms.registry import (
     DEFAULT_REGISTRY,
     PLATFORM_FILES,
@@ -80,8 +81,14 @@ class PlatformAdapter(SourceAdapter[str, Loader]):
             loader = self._registry.make_loader(platform, item.id, item.data, model_config)
             return ServableData(item.id, loader, revision=item.revision)
 
+        origin = item.data
+
         def make_loader(path: str) -> Loader:
-            return self._registry.make_loader(platform, item.id, path, model_config)
+            loader = self._registry.make_loader(platform, item.id, path, model_config)
+            platform_loader = getattr(loader, "inner", loader)  # under a WarmupLoader
+            if isinstance(platform_loader, LookupLoader):
+                platform_loader.origin = origin  # a delta finds its base next to it
+            return loader
 
         cached = CachedVersionLoader(item.id, item.data, self._cache, make_loader)
         return ServableData(item.id, cached, revision=item.revision)
