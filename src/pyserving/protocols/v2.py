@@ -367,23 +367,24 @@ def _decode_proto_inputs(
         )
     declared: dict[str, _Declared] = {}
     for i, item in enumerate(inputs):
+        # each field read once: a upb field read builds a new Python object every time
         name = item.name
+        datatype = item.datatype
         what = f'input "{name[:80]}"'
-        _declare_input(what, name, declared, item.datatype, _proto_parameters(item.parameters))
+        _declare_input(what, name, declared, datatype, _proto_parameters(item.parameters))
         shape = check_shape(item.shape, what, limits)
         if raw:
             if item.HasField("contents"):
                 raise InvalidInput(
                     f"{what}: contents field must not be specified when using raw_input_contents"
                 )
-            declared[name] = (what, item.datatype, shape, memoryview(raw[i]))
+            declared[name] = (what, datatype, shape, memoryview(raw[i]))
         else:
-            if _CONTENTS_FIELD.get(item.datatype) is None:
+            if _CONTENTS_FIELD.get(datatype) is None:
                 raise InvalidInput(
-                    f"{what}: {item.datatype} data has no typed contents field; use"
-                    " raw_input_contents"
+                    f"{what}: {datatype} data has no typed contents field; use raw_input_contents"
                 )
-            declared[name] = (what, item.datatype, shape, item.contents)
+            declared[name] = (what, datatype, shape, item.contents)
     counts = _check_declared(declared, signature, limits, reserve)
     arrays: dict[str, np.ndarray] = {}
     for name, (what, datatype, shape, data) in declared.items():
@@ -415,7 +416,9 @@ def _typed_contents(
         array[:] = list(values)
         return array.reshape(shape)
     dtype = V2_TO_NUMPY[datatype]
-    wide = np.array(values, dtype=np.float64 if dtype.kind == "f" else None)
+    if dtype.kind == "f":  # FP32 and FP64 contents hold values of exactly that type
+        return np.array(values, dtype=dtype).reshape(shape)
+    wide = np.array(values)
     if dtype.kind in "iu" and wide.size:
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
