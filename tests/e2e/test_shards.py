@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -231,3 +232,50 @@ def check_deltas(whole: str) -> None:
         assert got_version == version
         assert found.tolist() == [int(k) in rows for k in probe]
         assert values[found].tolist() == [rows[int(k)] for k in probe if int(k) in rows]
+
+
+def test_a_router_refuses_shards_out_of_place_and_names_a_stopped_shard_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    ports = [free_port(), free_port()]
+    started = []
+    try:
+        for i, port in enumerate(ports):
+            publish(tmp_path / f"shard{i}", 1, KEYS, table(0.0))
+            entry = (
+                f"    base_path: {tmp_path / f'shard{i}'}\n    shard: {{index: {i}, count: 2}}\n"
+            )
+            started.append(start(tmp_path, f"shard{i}", entry, port))
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        ok = start(tmp_path, "ok", f"    platform: shards\n    shards: {addresses}\n", free_port())
+        swapped_entry = f"    platform: shards\n    shards: {addresses[::-1]}\n"
+        swapped = start(tmp_path, "swapped", swapped_entry, free_port())
+        started += [ok, swapped]
+        for server in started[:3]:
+            server.wait_ready()
+        config = httpx.get(f"{started[1].url}/v2/models/table/config", timeout=10).json()
+        assert config["parameters"] == {
+            "shard_index": {"string_value": "1"},
+            "shard_count": {"string_value": "2"},
+        }
+
+        def refused() -> bool:
+            status = httpx.get(f"{swapped.url}/v1/models/table", timeout=10).text
+            return f"shard 0 ({addresses[1]}) serves shard 1 of 2" in status
+
+        wait_until(refused, "the swapped router names the shard out of place")
+
+        os.kill(started[1].proc.pid, signal.SIGSTOP)  # shard 1 takes the call and never answers
+        try:
+            body = {
+                "inputs": [{"name": "keys", "datatype": "INT64", "shape": [2], "data": [0, 1]}],
+                "parameters": {"timeout": 1_000_000},  # µs
+            }
+            reply = httpx.post(f"{ok.url}/v2/models/table/infer", json=body, timeout=10)
+        finally:
+            os.kill(started[1].proc.pid, signal.SIGCONT)
+        assert reply.status_code == 504, reply.text
+        assert f"shard 1 ({addresses[1]}) did not answer within the deadline" in reply.text
+    finally:
+        for server in started:
+            server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import types
 import zlib
 from typing import Any
@@ -10,11 +11,14 @@ import grpc
 import numpy as np
 import pytest
 
-from pyserving.errors import DeadlineExceeded, Unavailable
+from pyserving.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from pyserving.platforms.lookup import LookupServable
+from pyserving.platforms.servable import current_deadline
+from pyserving.platforms.shard_checks import check_shards
 from pyserving.platforms.shards import ShardRouter
 from pyserving.platforms.signature import DEFAULT_SIGNATURE
 from pyserving.proto import grpc_service_pb2 as pb
+from pyserving.protocols import v2_metadata
 from pyserving.protocols.request import InferResponse
 from pyserving.protocols.v2 import request_from_proto, response_to_proto
 
@@ -36,15 +40,38 @@ class Done:
     def cancel(self) -> bool:
         return True
 
+    def done(self) -> bool:
+        return True
+
+    def exception(self) -> BaseException | None:
+        return self._answer if isinstance(self._answer, BaseException) else None
+
 
 class ShardStub:
     """A shard server in-process: decodes the V2 request as a server does, runs its table."""
 
-    def __init__(self, table: LookupServable, broken: bool = False) -> None:
+    def __init__(
+        self, table: LookupServable, broken: bool = False, shard: tuple[int, int] | None = None
+    ) -> None:
         self.table = table
         self.broken = broken
         self.requests: list[pb.ModelInferRequest] = []
         self.ModelInfer = types.SimpleNamespace(future=self._infer)
+        if shard is not None:  # as FileLoader sets them from the `shard:` setting
+            table.config_parameters = {"shard_index": str(shard[0]), "shard_count": str(shard[1])}
+        self.ModelMetadata = types.SimpleNamespace(future=self._metadata)
+        self.ModelConfig = types.SimpleNamespace(future=self._config)
+
+    def _metadata(self, request: pb.ModelMetadataRequest, timeout: float) -> Done:
+        signature = self.table.signatures[DEFAULT_SIGNATURE]
+        answer = v2_metadata.model_metadata("t", [1], self.table, signature)
+        return Done(pb.ModelMetadataResponse(**answer))
+
+    def _config(self, request: pb.ModelConfigRequest, timeout: float) -> Done:
+        signature = self.table.signatures[DEFAULT_SIGNATURE]
+        config = v2_metadata.model_config("t", self.table, signature)
+        del config["input"], config["output"]
+        return Done(pb.ModelConfigResponse(config=pb.ModelConfig(**config)))
 
     def _infer(self, request: pb.ModelInferRequest, timeout: float) -> Done:
         assert timeout > 0
@@ -69,13 +96,13 @@ class Routes:
         return self._targets
 
 
-def shard_tables(count: int) -> list[LookupServable]:
+def shard_tables(count: int, width: int = 2) -> list[LookupServable]:
     keys = np.array([w.encode() for w in WORDS], dtype=object)
-    values = np.arange(len(WORDS) * 2, dtype=np.float32).reshape(-1, 2)
+    values = np.arange(len(WORDS) * width, dtype=np.float32).reshape(-1, width)
     tables = []
     for index in range(count):
         mine = np.array([zlib.crc32(k) % count == index for k in keys.tolist()])
-        tables.append(LookupServable(keys[mine], values[mine], default=[-1, -1]))
+        tables.append(LookupServable(keys[mine], values[mine], default=[-1] * width))
     return tables
 
 
@@ -147,3 +174,79 @@ def test_a_shards_status_becomes_the_requests_naming_the_shard(
     with pytest.raises(error, match="shard 1 \\(shard-host:1\\)") as raised:
         router.run(DEFAULT_SIGNATURE, {"keys": keys})
     assert message in str(raised.value)
+
+
+def test_check_passes_shards_in_index_order_and_a_whole_table_alone() -> None:
+    stubs = [ShardStub(t, shard=(i, 3)) for i, t in enumerate(shard_tables(3))]
+    signature = check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+    assert signature == stubs[0].table.signatures[DEFAULT_SIGNATURE]
+    assert check_shards(Routes([ShardStub(shard_tables(1)[0])]), 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        ((1, 0, 2), r"shard 0 \(shard-host:0\) serves shard 1 of 3 .*lists it as shard 0 of 3"),
+        ((0, 0, 2), r"shard 1 \(shard-host:1\) serves shard 0 of 3 .*lists it as shard 1 of 3"),
+        ((0, 1, None), r"shard 2 \(shard-host:2\) serves .* without a `shard:` setting"),
+    ],
+)
+def test_check_refuses_a_shard_listed_out_of_place_naming_it(
+    order: tuple[int | None, ...], message: str
+) -> None:
+    tables = shard_tables(3)
+    stubs = [
+        ShardStub(tables[i if i is not None else 2], shard=None if i is None else (i, 3))
+        for i in order
+    ]
+    with pytest.raises(FailedPrecondition, match=message):
+        check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+
+
+def test_check_refuses_a_shard_whose_signature_differs_naming_it() -> None:
+    narrow, wide = shard_tables(2), shard_tables(2, width=8)
+    stubs = [ShardStub(narrow[0], shard=(0, 2)), ShardStub(wide[1], shard=(1, 2))]
+    with pytest.raises(FailedPrecondition, match=r"shard 1 \(shard-host:1\) has signature .*8\]"):
+        check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+
+
+def test_an_answer_not_of_the_routers_signature_is_unavailable_naming_the_shard() -> None:
+    narrow, wide = shard_tables(2), shard_tables(2, width=8)
+    stubs = [ShardStub(narrow[0]), ShardStub(wide[1])]  # shard 1 changed after the check
+    router = ShardRouter(Routes(stubs), 1, narrow[0].signatures[DEFAULT_SIGNATURE])  # type: ignore[arg-type]
+    keys = np.array([w.encode() for w in WORDS], dtype=object)
+    with pytest.raises(Unavailable, match=r"shard 1 \(shard-host:1\) answered 'values' as FP32"):
+        router.run(DEFAULT_SIGNATURE, {"keys": keys})
+
+
+class Pending(Done):
+    """A call still waiting for its shard when another one's deadline passed."""
+
+    def done(self) -> bool:
+        return False
+
+
+def test_a_deadline_names_every_shard_that_did_not_answer_before_the_requests() -> None:
+    tables = shard_tables(3)
+    stubs = [ShardStub(t) for t in tables]
+    late = CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    timeouts = []
+
+    def hanging(request: pb.ModelInferRequest, timeout: float) -> Done:
+        timeouts.append(timeout)
+        return Done(late)
+
+    stubs[1].ModelInfer = types.SimpleNamespace(future=hanging)
+    stubs[2].ModelInfer = types.SimpleNamespace(future=lambda r, timeout: Pending(late))
+    router = ShardRouter(Routes(stubs), 1, tables[0].signatures[DEFAULT_SIGNATURE])  # type: ignore[arg-type]
+    keys = np.array([w.encode() for w in WORDS], dtype=object)
+    token = current_deadline.set(time.monotonic() + 1.0)
+    try:
+        with pytest.raises(DeadlineExceeded) as raised:
+            router.run(DEFAULT_SIGNATURE, {"keys": keys})
+    finally:
+        current_deadline.reset(token)
+    assert str(raised.value).startswith(
+        "shard 1 (shard-host:1), shard 2 (shard-host:2) did not answer within the deadline"
+    )
+    assert timeouts[0] <= 0.8  # the fan-out ends before the request's own deadline

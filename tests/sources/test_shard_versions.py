@@ -83,3 +83,31 @@ def test_aspires_the_versions_every_shard_has_and_keeps_them_while_one_is_down(
         assert find_routes(key) is None
     finally:
         source.stop()
+
+
+def test_a_router_without_versions_says_which_shard_and_why(
+    two_shards: list[Shard], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = two_shards
+    second.versions = []
+    source = ShardVersionSource(0)
+    source.set_aspired_versions_callback(lambda name, versions: None)
+    try:
+        source.configure({"router": ("t", [first.address, second.address])})
+        source.poll_once()
+        problem = source.problem("router")
+        assert problem == f"shard 1 ({second.address}) has no AVAILABLE version of model t"
+        assert problem in caplog.text
+        source.poll_once()  # logged once per change
+        assert caplog.text.count(problem) == 1
+        source.configure({"router": ("t", [first.address, "no-such-host.invalid:1"])})
+        source.poll_once()
+        problem = source.problem("router")
+        assert problem is not None
+        assert problem.startswith("shard 1 (no-such-host.invalid:1) cannot be reached: UNAVAILABLE")
+        second.versions = [1]
+        source.configure({"router": ("t", [first.address, second.address])})
+        source.poll_once()
+        assert source.problem("router") is None
+    finally:
+        source.stop()

@@ -110,6 +110,12 @@ class FileLoader(Loader):
             servable = SignatureOverride(servable, override)
         if batching is not None:
             servable.version_batching = batching
+        shard = self.config.get("shard")
+        if isinstance(shard, Mapping):  # checked by the platform (lookup) that took it
+            servable.config_parameters = {
+                "shard_index": str(shard.get("index")),
+                "shard_count": str(shard.get("count")),
+            }
         self._servable = servable
         return servable
 

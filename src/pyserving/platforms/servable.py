@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ class Servable(abc.ABC):
     #: the version's own `batching` setting from its `pyserving.yaml` (parameters, True or
     #: False), None when it has none; FileLoader sets it
     version_batching: Mapping[str, Any] | bool | None = None
+    #: the version's V2 model config `parameters` (name → string value): a lookup shard's
+    #: `shard_index` and `shard_count`, which the shards router checks; FileLoader sets them
+    config_parameters: Mapping[str, str] = MappingProxyType({})
     #: how `run` answers (see RUN_KINDS): "function" returns the outputs (on an execution
     #: thread); the python platform also has "coroutine", "generator" and "async_generator"
     run_kind: str = "function"

@@ -8,7 +8,10 @@ model; `ShardVersionSource` aspires the versions every shard has AVAILABLE.
 A request's keys are split by shard (INT64 `k mod n`, BYTES `crc32(k) mod n`), sent to the shards
 at once (one ModelInfer per shard holding keys), and the answers are put back in request order.
 Any shard failing fails the whole request (503 / UNAVAILABLE naming the shard; never a partial
-answer). One deadline covers the whole fan-out: the request's own, else `_DEFAULT_TIMEOUT_S`.
+answer), and so does an answer that is not the router's signature. One deadline covers the whole
+fan-out: the request's own less a margin (504 naming the shards that did not answer), else
+`_DEFAULT_TIMEOUT_S`. Before a version serves, shard_checks.py checks each shard is the one
+listed at its place and all have one signature.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pyserving.errors import (
 )
 from pyserving.platforms.lookup_index import as_bytes_list, shard_of
 from pyserving.platforms.servable import Servable, current_deadline
+from pyserving.platforms.shard_checks import check_shards, describe_rpc_error
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -47,6 +51,11 @@ __all__ = [
 
 SHARDS_PLATFORM = "shards"
 _DEFAULT_TIMEOUT_S = 30.0
+# The fan-out ends this much before the request's deadline (at most _FANOUT_MARGIN_S, at most
+# this fraction of the time left), so that its answer naming the late shards is the request's,
+# not the execution lane's own deadline (which fires at the request's deadline, naming nothing).
+_FANOUT_MARGIN_S = 0.25
+_FANOUT_MARGIN_FRACTION = 0.2
 # a restarted shard is reached again within ~2 s (gRPC's default backoff grows to 120 s)
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -141,17 +150,7 @@ class ShardsLoader(Loader):
         routes = find_routes(self.path)
         if routes is None or not routes.targets():
             raise FailedPrecondition(f"model {self.servable_id.name}: no shards configured")
-        address, stub = routes.targets()[0]
-        request = pb.ModelMetadataRequest(name=routes.model, version=str(self.servable_id.version))
-        try:
-            metadata = stub.ModelMetadata(request, timeout=10.0)
-        except grpc.RpcError as exc:
-            raise Unavailable(f"shard 0 ({address}): {_describe(exc)}") from exc
-        signature = Signature(
-            DEFAULT_SIGNATURE,
-            tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs),
-            tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs),
-        )
+        signature = check_shards(routes, self.servable_id.version)
         if [t.name for t in signature.inputs] != ["keys"]:
             raise FailedPrecondition(
                 f"model {routes.model} on the shards takes"
@@ -178,6 +177,7 @@ class ShardRouter(Servable):
         self._version = str(version)
         self._signatures = {DEFAULT_SIGNATURE: signature}
         self._key_datatype = signature.inputs[0].datatype
+        self._outputs = {spec.name: spec for spec in signature.outputs}
         self.version_batching = False  # one request is already one call per shard
 
     @property
@@ -187,8 +187,11 @@ class ShardRouter(Servable):
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = inputs["keys"].reshape(-1)
         deadline = current_deadline.get()
+        now = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + _DEFAULT_TIMEOUT_S
+            deadline = now + _DEFAULT_TIMEOUT_S
+        else:
+            deadline -= min(_FANOUT_MARGIN_S, max(0.0, deadline - now) * _FANOUT_MARGIN_FRACTION)
         targets = self._routes.targets()
         if not targets:  # the router is being removed or the server stops
             raise Unavailable(f"model {self._routes.model}: no shards configured")
@@ -212,10 +215,15 @@ class ShardRouter(Servable):
                 try:
                     response = call.result()
                 except grpc.RpcError as exc:
+                    if _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise DeadlineExceeded(
+                            f"{', '.join(_late(calls))} did not answer within the deadline"
+                        ) from exc
                     raise _shard_error(
                         index, address, self._routes.model, self._version, exc
                     ) from exc
-                for name, part in _decode(response, index, address).items():
+                parts = _decode(response, index, address, self._outputs)
+                for name, part in parts.items():
                     if len(part) != len(rows):
                         raise Unavailable(
                             f"shard {index} ({address}) answered {len(part)} rows of {name!r}"
@@ -254,20 +262,44 @@ def _cancel(calls: list[Any]) -> None:
         call[3].cancel()
 
 
-def _decode(response: pb.ModelInferResponse, index: int, address: str) -> dict[str, np.ndarray]:
+def _decode(
+    response: pb.ModelInferResponse, index: int, address: str, specs: Mapping[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    """The answer's outputs; Unavailable naming the shard when they are not the router's
+    signature's outputs (names, types, row shapes): a merged answer must be the router's."""
+    where = f"shard {index} ({address})"
     raw = response.raw_output_contents
     if len(raw) != len(response.outputs):
-        raise Unavailable(f"shard {index} ({address}): an answer without raw output contents")
+        raise Unavailable(f"{where}: an answer without raw output contents")
+    names = [t.name for t in response.outputs]
+    if sorted(names) != sorted(specs):
+        raise Unavailable(
+            f"{where} answered outputs {', '.join(names)}; the router's signature has"
+            f" {', '.join(specs)}"
+        )
     outputs = {}
     for tensor, data in zip(response.outputs, raw, strict=True):
         shape = tuple(tensor.shape)
-        if tensor.datatype == "BYTES":
-            outputs[tensor.name] = _decode_bytes(data).reshape(shape)
-        elif tensor.datatype == "BOOL":
-            outputs[tensor.name] = (np.frombuffer(data, np.uint8) != 0).reshape(shape)
-        else:
-            dtype = np.dtype(V2_TO_NUMPY[tensor.datatype]).newbyteorder("<")
-            outputs[tensor.name] = np.frombuffer(data, dtype).reshape(shape)
+        spec = specs[tensor.name]
+        if (
+            tensor.datatype != spec.datatype
+            or len(shape) != len(spec.shape)
+            or any(d not in (-1, s) for d, s in zip(spec.shape[1:], shape[1:], strict=True))
+        ):
+            raise Unavailable(
+                f"{where} answered {tensor.name!r} as {tensor.datatype} {list(shape)}; the"
+                f" router's signature says {spec.datatype} {list(spec.shape)}"
+            )
+        try:
+            if tensor.datatype == "BYTES":
+                outputs[tensor.name] = _decode_bytes(data).reshape(shape)
+            elif tensor.datatype == "BOOL":
+                outputs[tensor.name] = (np.frombuffer(data, np.uint8) != 0).reshape(shape)
+            else:
+                dtype = np.dtype(V2_TO_NUMPY[tensor.datatype]).newbyteorder("<")
+                outputs[tensor.name] = np.frombuffer(data, dtype).reshape(shape)
+        except ValueError as exc:  # its bytes do not make its shape
+            raise Unavailable(f"{where} answered {tensor.name!r}: {exc}") from exc
     return outputs
 
 
@@ -284,18 +316,23 @@ def _decode_bytes(data: bytes) -> np.ndarray:
 def _shard_error(
     index: int, address: str, model: str, version: str, exc: grpc.RpcError
 ) -> ServingError:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
+    code = _code(exc)
     where = f"shard {index} ({address})"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"{where} did not answer within the deadline")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidInput(f"{where}: {_describe(exc)}")
+        return InvalidInput(f"{where}: {describe_rpc_error(exc)}")
     if code == grpc.StatusCode.NOT_FOUND:
         return Unavailable(f"{where} does not have version {version} of model {model}")
-    return Unavailable(f"{where} is unavailable: {_describe(exc)}")
+    return Unavailable(f"{where} is unavailable: {describe_rpc_error(exc)}")
 
 
-def _describe(exc: grpc.RpcError) -> str:
-    if isinstance(exc, grpc.Call):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)
+def _code(exc: BaseException | None) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def _late(calls: list[tuple[int, str, np.ndarray, Any]]) -> list[str]:
+    """The shards whose calls have not answered (or ran out of time): all had one deadline."""
+    late = []
+    for index, address, _, call in calls:
+        if not call.done() or _code(call.exception()) == grpc.StatusCode.DEADLINE_EXCEEDED:
+            late.append(f"shard {index} ({address})")
+    return late

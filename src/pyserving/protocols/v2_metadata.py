@@ -55,8 +55,9 @@ def model_metadata(
 
 
 def model_config(name: str, servable: object, signature: Signature) -> dict[str, Any]:
-    """A Triton-style model configuration (data types as `TYPE_*` names)."""
-    return {
+    """A Triton-style model configuration (data types as `TYPE_*` names; `parameters` as
+    Triton's `{name: {"string_value": ...}}`, only when the version has some)."""
+    config: dict[str, Any] = {
         "name": name,
         "platform": _platform(servable),
         "backend": getattr(servable, "platform", "") or "python",
@@ -64,6 +65,10 @@ def model_config(name: str, servable: object, signature: Signature) -> dict[str,
         "input": [_tensor_config(spec) for spec in signature.inputs],
         "output": [_tensor_config(spec) for spec in signature.outputs],
     }
+    parameters = getattr(servable, "config_parameters", None)
+    if parameters:
+        config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
+    return config
 
 
 def repository_index(

@@ -84,6 +84,9 @@ class ServableLookup:
         self.executor = executor
         #: loads `load: on_demand` models on their first request (set once by ServerCore)
         self.on_demand: OnDemand | None = None
+        #: why a model has no version, when its source knows (a shard router's shards; set once
+        #: by ServerCore): added to "Could not find any versions"
+        self.no_version_reason: Callable[[str], str | None] | None = None
 
     # --- resolving --------------------------------------------------------------------------
 
@@ -172,7 +175,10 @@ class ServableLookup:
         if not states and version is None and self._is_on_demand(name):
             return []  # known, never loaded yet: TF's states have no "unloaded" to report
         if not states:
-            raise NotFound(f"Could not find any versions of model {name}")
+            reason = self.no_version_reason(name) if self.no_version_reason else None
+            raise NotFound(
+                f"Could not find any versions of model {name}" + (f": {reason}" if reason else "")
+            )
         if version is None:
             return states
         found = [s for s in states if s.id.version == version]

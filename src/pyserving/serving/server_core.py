@@ -192,6 +192,7 @@ class ServerCore:
         self._shard_versions = ShardVersionSource(options.file_system_poll_wait_seconds)
         connect(self._shard_versions, self.on_demand.aspire_versions)
         self._shard_versions.configure(settings.shard_routers(self.config))
+        self.service.no_version_reason = self._shard_versions.problem
         # pipelines have no files: they serve while their steps do (serving/pipeline_source.py)
         self._pipelines = PipelineSource(self.manager, self.service.acquire)
         self._serve_pipelines_locked()

@@ -6,6 +6,11 @@ the router model, every version all shards list. A router's versions therefore a
 the last shard has them, and go when one shard drops them. A shard that cannot be reached keeps
 the last list (the router keeps serving and fails requests naming that shard, then recovers when
 it answers again), so a shard restart never unloads the router.
+
+While a router has no version for a shard's sake (a shard cannot be reached, does not have the
+model, or the shards have no version in common) the source logs a warning naming the shard and
+why, once per change, and `problem(name)` says it (status adds it to "Could not find any
+versions").
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from pyserving.core.ids import ServableData, ServableId
+from pyserving.platforms.shard_checks import describe_rpc_error
 from pyserving.platforms.shards import ShardRoutes, routes_for
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.sources.base import AspiredVersionsCallback
@@ -45,6 +51,8 @@ class ShardVersionSource:
         self._lock = threading.Lock()  # guards _routers, _sent; held for a whole poll
         self._routers: dict[str, ShardRoutes] = {}
         self._sent: dict[str, tuple[int, ...]] = {}
+        self._problems_lock = threading.Lock()  # guards _problems (read by status, not polls)
+        self._problems: dict[str, str] = {}  # router → why it has no version
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -69,6 +77,8 @@ class ShardVersionSource:
                 routes_for(self._key(name), None)
                 self._routers.pop(name).close()
                 self._sent.pop(name, None)
+                with self._problems_lock:
+                    self._problems.pop(name, None)
         for name in removed:
             self._send(name, [])
         if self._thread is not None and routers:
@@ -78,11 +88,30 @@ class ShardVersionSource:
         """Ask every shard of every router for its versions; send the lists that changed."""
         with self._lock:
             for name, routes in self._routers.items():
-                versions = _common_versions(routes)
+                versions, problem = _common_versions(routes)
+                served = versions if versions is not None else self._sent.get(name)
+                self._note_problem(name, None if served else problem)
                 if versions is None or self._sent.get(name) == versions:
                     continue
                 self._sent[name] = versions
                 self._send(name, list(versions))
+
+    def problem(self, name: str) -> str | None:
+        """Why router `name` has no version (naming the shard), None when none is known."""
+        with self._problems_lock:
+            return self._problems.get(name)
+
+    def _note_problem(self, name: str, problem: str | None) -> None:
+        with self._problems_lock:
+            before = self._problems.get(name)
+            if problem is None:
+                self._problems.pop(name, None)
+            else:
+                self._problems[name] = problem
+        if problem is not None and problem != before:
+            _log.warning("shard router %s has no version: %s", name, problem)
+        elif problem is None and before is not None:
+            _log.info("shard router %s: every shard answers again", name)
 
     def start(self) -> None:
         """Poll every `poll_wait_s` in a daemon thread until `stop()`."""
@@ -122,19 +151,22 @@ class ShardVersionSource:
         return f"shards:{id(self):x}/{name}"
 
 
-def _common_versions(routes: ShardRoutes) -> tuple[int, ...] | None:
-    """The versions every shard has AVAILABLE (sorted), None when some shard did not answer."""
+def _common_versions(routes: ShardRoutes) -> tuple[tuple[int, ...] | None, str | None]:
+    """The versions every shard has AVAILABLE (sorted; None when some shard did not answer), and
+    why that is none (naming the shard), None when there are some."""
     targets = routes.targets()
     if not targets:
-        return None
+        return None, "no shards configured"
     request = pb.ModelMetadataRequest(name=routes.model)
     calls = [
         (address, stub.ModelMetadata.future(request, timeout=_METADATA_TIMEOUT_S))
         for address, stub in targets
     ]
     common: set[int] | None = None
+    problems = []
     unreachable = False
     for index, (address, call) in enumerate(calls):
+        where = f"shard {index} ({address})"
         try:
             versions = {int(v) for v in call.result().versions if v.isdigit()}
         except grpc.RpcError as exc:
@@ -142,10 +174,14 @@ def _common_versions(routes: ShardRoutes) -> tuple[int, ...] | None:
             if code == grpc.StatusCode.NOT_FOUND:  # answered: it has no version of the model
                 versions = set()
             else:
-                _log.debug("shard %d (%s) did not answer: %s", index, address, exc)
+                problems.append(f"{where} cannot be reached: {describe_rpc_error(exc)}")
                 unreachable = True
                 continue
+        if not versions:
+            problems.append(f"{where} has no AVAILABLE version of model {routes.model}")
         common = versions if common is None else common & versions
     if unreachable or common is None:
-        return None
-    return tuple(sorted(common))
+        return None, "; ".join(problems)
+    if not common and not problems:
+        problems.append(f"the shards have no version of model {routes.model} in common")
+    return tuple(sorted(common)), "; ".join(problems) or None
