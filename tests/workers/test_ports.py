@@ -84,3 +84,16 @@ def test_worker_count_refuses_more_than_its_limit_per_cpu() -> None:
         worker_count(str(WORKERS_PER_CPU_LIMIT * cpus + 1))
     with pytest.raises(argparse.ArgumentTypeError, match="more than"):
         worker_count("9" * 30)
+
+
+def test_a_port_whose_connections_are_in_time_wait_can_be_held_again() -> None:
+    listener = bind_port("127.0.0.1", 0, reuse_port=True)  # as a worker of the last run
+    port = listener.getsockname()[1]
+    listener.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server closes first: its side of the connection goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    reserve_port("127.0.0.1", port).close()
