@@ -248,13 +248,19 @@ def test_a_router_refuses_shards_out_of_place_and_names_a_stopped_shard_at_the_d
             started.append(start(tmp_path, f"shard{i}", entry, port))
         addresses = [f"127.0.0.1:{p}" for p in ports]
         ok = start(tmp_path, "ok", f"    platform: shards\n    shards: {addresses}\n", free_port())
-        swapped_entry = f"    platform: shards\n    shards: {addresses[::-1]}\n"
-        swapped = start(tmp_path, "swapped", swapped_entry, free_port())
+        swapped_file = config(
+            tmp_path / "swapped.yaml", f"    platform: shards\n    shards: {addresses[::-1]}\n"
+        )
+        swapped = ServerProcess(
+            f"--model_config_file={swapped_file}",
+            "--file_system_poll_wait_seconds=1",
+            "--model_config_file_poll_wait_seconds=1",
+        )
         started += [ok, swapped]
         for server in started[:3]:
             server.wait_ready()
-        config = httpx.get(f"{started[1].url}/v2/models/table/config", timeout=10).json()
-        assert config["parameters"] == {
+        shard_config = httpx.get(f"{started[1].url}/v2/models/table/config", timeout=10).json()
+        assert shard_config["parameters"] == {
             "shard_index": {"string_value": "1"},
             "shard_count": {"string_value": "2"},
         }
@@ -264,6 +270,15 @@ def test_a_router_refuses_shards_out_of_place_and_names_a_stopped_shard_at_the_d
             return f"shard 0 ({addresses[1]}) serves shard 1 of 2" in status
 
         wait_until(refused, "the swapped router names the shard out of place")
+        # the addresses put in order by a config reload: the failed version loads
+        config(swapped_file, f"    platform: shards\n    shards: {addresses}\n")
+
+        def serves() -> bool:
+            body = {"inputs": [{"name": "keys", "datatype": "INT64", "shape": [1], "data": [1]}]}
+            reply = httpx.post(f"{swapped.url}/v2/models/table/infer", json=body, timeout=10)
+            return reply.status_code == 200 and reply.json()["outputs"][1]["data"] == [True]
+
+        wait_until(serves, "the reordered router serves")
 
         os.kill(started[1].proc.pid, signal.SIGSTOP)  # shard 1 takes the call and never answers
         try:

@@ -111,3 +111,29 @@ def test_a_router_without_versions_says_which_shard_and_why(
         assert source.problem("router") is None
     finally:
         source.stop()
+
+
+def test_new_addresses_send_the_versions_again_with_a_new_revision(
+    two_shards: list[Shard],
+) -> None:
+    sent: list[tuple[list[int], set[str]]] = []
+
+    def record(name: str, versions: list[ServableData[str]]) -> None:
+        sent.append(([item.id.version for item in versions], {item.revision for item in versions}))
+
+    first, second = two_shards
+    source = ShardVersionSource(0)
+    source.set_aspired_versions_callback(record)
+    try:
+        source.configure({"router": ("t", [second.address, first.address])})
+        source.poll_once()
+        source.configure({"router": ("t", [second.address, first.address])})  # unchanged
+        source.poll_once()
+        assert len(sent) == 1
+        # reordered by a reload: a version that failed its shard check is tried again
+        source.configure({"router": ("t", [first.address, second.address])})
+        source.poll_once()
+        assert [versions for versions, _ in sent] == [[1], [1]]
+        assert sent[0][1] != sent[1][1]
+    finally:
+        source.stop()

@@ -51,6 +51,9 @@ class ShardVersionSource:
         self._lock = threading.Lock()  # guards _routers, _sent; held for a whole poll
         self._routers: dict[str, ShardRoutes] = {}
         self._sent: dict[str, tuple[int, ...]] = {}
+        # router → its model and addresses: the versions' revision, so that a version whose load
+        # failed (a shard out of place) is tried again once a reload changes them
+        self._revisions: dict[str, str] = {}
         self._problems_lock = threading.Lock()  # guards _problems (read by status, not polls)
         self._problems: dict[str, str] = {}  # router → why it has no version
         self._stop_event = threading.Event()
@@ -66,6 +69,10 @@ class ShardVersionSource:
         removed = []
         with self._lock:
             for name, (model, addresses) in routers.items():
+                revision = f"{model}@{','.join(addresses)}"
+                if self._revisions.get(name, revision) != revision:
+                    self._sent.pop(name, None)  # the next poll sends them again
+                self._revisions[name] = revision
                 routes = self._routers.get(name)
                 if routes is None:
                     self._routers[name] = routes = ShardRoutes(model, addresses)
@@ -77,6 +84,7 @@ class ShardVersionSource:
                 routes_for(self._key(name), None)
                 self._routers.pop(name).close()
                 self._sent.pop(name, None)
+                self._revisions.pop(name, None)
                 with self._problems_lock:
                     self._problems.pop(name, None)
         for name in removed:
@@ -145,7 +153,10 @@ class ShardVersionSource:
         if self._callback is None:
             return
         key = self._key(name)
-        self._callback(name, [ServableData(ServableId(name, v), key) for v in versions])
+        revision = self._revisions.get(name, "")
+        self._callback(
+            name, [ServableData(ServableId(name, v), key, revision=revision) for v in versions]
+        )
 
     def _key(self, name: str) -> str:
         return f"shards:{id(self):x}/{name}"
