@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N|auto",
         help="serving processes sharing both ports under one supervisor (auto: one per CPU this"
-        " process may use); 1 = one process, no supervisor",
+        " process may use; at most 4 per CPU); 1 = one process, no supervisor",
     )
     serve.add_argument(
         "--demo",
