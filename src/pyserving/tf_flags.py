@@ -17,6 +17,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pyserving.cli_flag_types import boolean
+
 __all__ = [
     "TF_FLAGS",
     "TfFlag",
@@ -233,15 +235,6 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 _TYPES = {_I: int, _F: float, _S: str}
 
 
@@ -268,7 +261,7 @@ def add_compat_flags(parser: argparse.ArgumentParser) -> None:
             "help": f"no effect: {flag.note}",
         }
         if flag.kind == _B:
-            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+            kwargs.update(type=boolean, nargs="?", const=True, metavar="BOOL")
         else:
             kwargs.update(type=_TYPES[flag.kind], metavar=flag.kind.upper())
         group.add_argument(_option(flag.name), **kwargs)  # type: ignore[arg-type]
