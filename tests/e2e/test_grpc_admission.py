@@ -93,6 +93,26 @@ def wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+def hold_slots(channel: grpc.Channel, conn: RawH2Connection, count: int, sent: int) -> list[int]:
+    """Keep `count` half-sent ModelInfer calls open on `conn` until a unary call is refused for
+    want of a slot; returns the open calls' stream ids. A half-sent call the server ends at once
+    (refused because a slot was still held by a call of an earlier test that the server had not
+    yet seen end) is replaced, so only calls that really hold slots count; if none ever does,
+    this fails."""
+    next_id = 1
+    open_ids: list[int] = []
+    for _ in range(int(30.0 / 0.05)):
+        open_ids = [i for i in open_ids if not conn.ended[i].is_set()]
+        while len(open_ids) < count:
+            conn.half_call(next_id, INFER, declared=1_000_000, sent=sent)
+            open_ids.append(next_id)
+            next_id += 2
+        if infer_code(channel) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return open_ids
+        threading.Event().wait(0.05)
+    raise AssertionError(f"{count} half-sent calls did not take every slot within 30 s")
+
+
 class IdleStreams:
     """`count` ModelStreamInfer streams that each answer one request, then stay open and idle."""
 
@@ -130,13 +150,7 @@ def test_a_half_sent_grpc_call_ends_and_frees_its_slot_issue_14(server, channel)
     """Calls that send 60 kB of a declared 1 MB message and then nothing used to hold their
     slots (and buffers) for ever; each now ends after the request timeout."""
     with RawH2Connection("127.0.0.1", server.grpc_port) as conn:
-        streams = [1 + 2 * i for i in range(MAX_RPCS)]
-        for stream_id in streams:
-            conn.half_call(stream_id, INFER, declared=1_000_000, sent=60_000)  # in the window
-        wait_for(
-            lambda: infer_code(channel) == grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "the half-sent calls to take every slot",
-        )
+        streams = hold_slots(channel, conn, MAX_RPCS, sent=60_000)  # in the window
         for stream_id in streams:
             assert conn.ended[stream_id].wait(REQUEST_TIMEOUT_S + 30), f"stream {stream_id}"
     wait_for(lambda: infer_code(channel) == grpc.StatusCode.OK, "a slot to be free again")
@@ -168,12 +182,7 @@ def test_health_answers_when_every_call_slot_is_taken_issue_14(server, channel) 
     try:
         assert streams.first_answers() == ["ok"] * MAX_STREAMING_CALLS
         with RawH2Connection("127.0.0.1", server.grpc_port) as conn:
-            for i in range(MAX_RPCS - MAX_STREAMING_CALLS):
-                conn.half_call(1 + 2 * i, INFER, declared=1_000_000, sent=100)
-            wait_for(
-                lambda: infer_code(channel) == grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "every call slot to be taken",
-            )
+            hold_slots(channel, conn, MAX_RPCS - MAX_STREAMING_CALLS, sent=100)
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(v2.ServerLiveRequest(), timeout=10).live
             assert stub.ServerReady(v2.ServerReadyRequest(), timeout=10).ready
