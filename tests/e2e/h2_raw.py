@@ -4,6 +4,7 @@ stream, when the server ended it (HEADERS with END_STREAM, or RST_STREAM)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -63,6 +64,10 @@ class RawH2Connection:
             self._send(_frame(_DATA, 0, stream_id, data[start : start + 16384]))
 
     def close(self) -> None:
+        # shutdown wakes the reader's recv (a close alone does not: each close waited the join's
+        # full 10 s)
+        with contextlib.suppress(OSError):  # the server may have closed it already
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._reader.join(10)
 

@@ -96,9 +96,9 @@ def wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
 def hold_slots(channel: grpc.Channel, conn: RawH2Connection, count: int, sent: int) -> list[int]:
     """Keep `count` half-sent ModelInfer calls open on `conn` until a unary call is refused for
     want of a slot; returns the open calls' stream ids. A half-sent call the server ends at once
-    (refused because a slot was still held by a call of an earlier test that the server had not
-    yet seen end) is replaced, so only calls that really hold slots count; if none ever does,
-    this fails."""
+    (e.g. refused while a call of an earlier test still held its slot: the likely cause of a
+    flake seen under load, not proven) is replaced, so only calls that really hold slots count;
+    if none ever does, this fails."""
     next_id = 1
     open_ids: list[int] = []
     for _ in range(int(30.0 / 0.05)):
