@@ -30,7 +30,6 @@ def bind_port(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
 
 
@@ -38,7 +37,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """Check that no socket is on `host:port` and hold it for this user's SO_REUSEPORT workers
     (module docstring); raises OSError when taken. Close the socket to let the port go."""
     sock = bind_port(host, port)
-    sock.set_inheritable(False)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     return sock

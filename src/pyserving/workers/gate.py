@@ -52,7 +52,7 @@ class GatedManager:
     def available_versions(self, name: str) -> list[int]:
         """AVAILABLE versions of `name` that the gate publishes, highest first."""
         versions = self._manager.available_versions(name)
-        published = self._gate.published.get(name)
+        published = self.published(name)
         return versions if published is None else [v for v in versions if v in published]
 
     def __getattr__(self, attribute: str) -> Any:

@@ -183,7 +183,9 @@ class Supervisor:
             try:
                 rc = worker.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.error("worker %d did not stop in time: killing it", worker.pid)
+                logger.error(
+                    "worker %d (pid %d) did not stop in time: killing it", worker.slot, worker.pid
+                )
                 worker.process.kill()
                 rc = worker.process.wait()
             # killed by the SIGTERM before it could drain (still starting): nothing to drain

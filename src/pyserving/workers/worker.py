@@ -117,8 +117,10 @@ class WorkerLink:
         threading.Thread(target=write_gauges, name="pyserving-worker-gauges", daemon=True).start()
 
     def close(self) -> None:
-        """Stop the gauge thread; a closed supervisor link no longer stops this process."""
+        """Stop the gauge and report threads; a closed supervisor link no longer stops this
+        process."""
         self._stop.set()
+        self._changed.set()  # wakes the report thread, which then sees _stop
 
     # --- requests to the supervisor ------------------------------------------------------------
 
@@ -163,7 +165,7 @@ class WorkerLink:
                         answer.set_result(args[1])
         except ChannelClosed:
             if not self._stop.is_set():
-                logger.error("worker %d: the supervisor is gone: stopping", os.getpid())
+                logger.error("the supervisor is gone: stopping")  # lines say which worker
                 os.kill(os.getpid(), signal.SIGTERM)  # drains as a SIGTERM from it would
 
     def _apply(self, request_id: int, method: str, args: tuple[Any, ...]) -> None:
