@@ -53,11 +53,6 @@ class KeyIndex:
             raise FailedPrecondition("the table has duplicate keys")
         self._collided, self._collided_hashes = collided, shared
 
-    @property
-    def keys(self) -> np.ndarray:
-        """The keys, in row order."""
-        return self._keys
-
     def nbytes(self) -> int:
         """Bytes held by the index (and, for BYTES keys, the key objects)."""
         size = self._sorted.nbytes + self._order.nbytes

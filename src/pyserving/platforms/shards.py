@@ -39,6 +39,7 @@ from pyserving.platforms.shard_checks import check_shards, describe_rpc_error
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, V2_TO_NUMPY, Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from pyserving.protocols.tensors import raw_tensor
 
 __all__ = [
     "SHARDS_PLATFORM",
@@ -290,27 +291,13 @@ def _decode(
                 f"{where} answered {tensor.name!r} as {tensor.datatype} {list(shape)}; the"
                 f" router's signature says {spec.datatype} {list(spec.shape)}"
             )
-        try:
-            if tensor.datatype == "BYTES":
-                outputs[tensor.name] = _decode_bytes(data).reshape(shape)
-            elif tensor.datatype == "BOOL":
-                outputs[tensor.name] = (np.frombuffer(data, np.uint8) != 0).reshape(shape)
-            else:
-                dtype = np.dtype(V2_TO_NUMPY[tensor.datatype]).newbyteorder("<")
-                outputs[tensor.name] = np.frombuffer(data, dtype).reshape(shape)
-        except ValueError as exc:  # its bytes do not make its shape
-            raise Unavailable(f"{where} answered {tensor.name!r}: {exc}") from exc
+        try:  # the V2 codec's checks: byte counts, BYTES length prefixes, alignment
+            outputs[tensor.name] = raw_tensor(
+                tensor.datatype, shape, memoryview(data), f"{where} answered {tensor.name!r}"
+            )
+        except InvalidInput as exc:  # a corrupt answer is the shard's fault, not the client's
+            raise Unavailable(exc.message) from exc
     return outputs
-
-
-def _decode_bytes(data: bytes) -> np.ndarray:
-    items = []
-    offset = 0
-    while offset < len(data):
-        size = int.from_bytes(data[offset : offset + 4], "little")
-        items.append(data[offset + 4 : offset + 4 + size])
-        offset += 4 + size
-    return np.array(items, dtype=object)
 
 
 def _shard_error(

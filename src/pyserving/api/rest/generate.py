@@ -71,8 +71,10 @@ async def answer(
         if stream is None:  # a servable that answers once: one part
             response = await watch.until_gone(service.infer(request))
             answered_version.set(response.version)  # (set in the task until_gone ran it in)
+            # sized as a part is (_size): response.nbytes counts a BYTES element as a pointer,
+            # so large strings would be encoded on the event loop
             document = await run_sized(
-                response.nbytes,
+                sum(_size(array) for array in response.outputs.values()),
                 _document,
                 response.model,
                 response.version,
