@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import struct
 import zipfile
@@ -29,6 +30,9 @@ Shard = tuple[int, int]
 _SLICE_BYTES = 64 << 20
 # a zip local file header: signature ... file name length, extra field length
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
+# the most a compressed byte can inflate to, per zip method (deflate's limit is 1032:1); a method
+# not named here is bounded by its declared size only
+_INFLATE_RATIO = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 
 _log = logging.getLogger(__name__)
 
@@ -204,18 +208,21 @@ def _read_npz(
             raise FailedPrecondition(
                 f"table.npz must hold arrays 'keys' and 'values' (has {', '.join(sorted(members))})"
             )
-        with archive.open(members["keys"]) as stream:
-            keys = _normalise_keys(np.lib.format.read_array(stream, allow_pickle=False), key_type)
+        keys_member = archive.getinfo(members["keys"])
+        with archive.open(keys_member) as stream:
+            raw_keys = _read_rows(stream, _data_limit(file, keys_member), "keys", None)
+        keys = _normalise_keys(raw_keys, key_type)
         mine = None if shard is None else shard_of(keys, shard[1]) == shard[0]
-        mapped = map_stored_array(file, archive.getinfo(members["values"]))
+        values_member = archive.getinfo(members["values"])
+        mapped = map_stored_array(file, values_member)
         if mapped is not None and mine is None:
             values = mapped
         elif mapped is not None and mine is not None and len(mine) == len(mapped):
             # a shard copies its rows in one pass over the mapping, which it then drops
             values = mapped[mine]
         else:
-            with archive.open(members["values"]) as stream:
-                values = _read_rows(stream, mine)
+            with archive.open(values_member) as stream:
+                values = _read_rows(stream, _data_limit(file, values_member), "values", mine)
     if len(values) != (len(keys) if mine is None else int(mine.sum())):
         raise FailedPrecondition(f"table.npz: {len(keys)} keys but a different number of values")
     if values.dtype.kind in "SU":
@@ -243,15 +250,11 @@ def map_stored_array(file: str, member: zipfile.ZipInfo) -> np.ndarray | None:
         start = member.header_offset + _LOCAL_HEADER.size + name_bytes + extra_bytes
         raw.seek(start)
         try:
-            version = np.lib.format.read_magic(raw)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(raw)
-            else:
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(raw)
+            shape, fortran_order, dtype = _read_npy_header(raw)
         except ValueError:
             return None  # not an .npy header: the reader says what is wrong
         offset = raw.tell()
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # exact: a numpy product may wrap around
     if fortran_order or dtype.kind not in "biufc" or not shape or nbytes == 0:
         return None
     if offset + nbytes > start + member.file_size:
@@ -260,35 +263,72 @@ def map_stored_array(file: str, member: zipfile.ZipInfo) -> np.ndarray | None:
     return mapped.view(np.ndarray)  # a plain array; it keeps the mapping open
 
 
-def _read_rows(stream: Any, mine: np.ndarray | None) -> np.ndarray:
-    """An .npy array from `stream`, only the rows where `mine` is true, read a slice of rows at
-    a time so that the whole array is never in memory when only some rows are kept."""
+def _read_npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """(shape, fortran_order, dtype) from the .npy header at `stream`'s position; ValueError
+    when there is none."""
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-    else:
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        return np.lib.format.read_array_header_1_0(stream)
+    return np.lib.format.read_array_header_2_0(stream)
+
+
+def _data_limit(file: str, member: zipfile.ZipInfo) -> int:
+    """The most bytes reading `member` of the zip `file` can yield: its declared size, which the
+    zip reader never reads past, capped by what its stored bytes can inflate to (a corrupt or
+    hostile directory may declare any size)."""
+    stored = min(member.compress_size, os.path.getsize(file))
+    ratio = _INFLATE_RATIO.get(member.compress_type)
+    return member.file_size if ratio is None else min(member.file_size, stored * ratio)
+
+
+def _read_rows(stream: Any, limit: int, array: str, mine: np.ndarray | None) -> np.ndarray:
+    """The .npy `array` ("keys" or "values") from `stream`, which yields at most `limit` bytes,
+    only the rows where `mine` is true, read a slice of rows at a time so that the whole array
+    is never in memory when only some rows are kept.
+
+    The size its header declares is checked against `limit` before anything is allocated, so a
+    header claiming a huge shape fails the load instead of reserving memory for it.
+    """
+    try:
+        shape, fortran_order, dtype = _read_npy_header(stream)
+    except ValueError as exc:
+        raise FailedPrecondition(f"table.npz: {array} is not an .npy array: {exc}") from None
     if dtype.hasobject:
-        raise FailedPrecondition("table.npz: object arrays are not allowed (save text as bytes)")
-    if not shape:
-        raise FailedPrecondition("table.npz: values must have one row per key")
+        raise FailedPrecondition(
+            f"table.npz: object arrays are not allowed (save {array} as bytes)"
+        )
+    if not shape or (array == "keys" and len(shape) != 1):
+        raise FailedPrecondition(
+            f"table.npz: {array} must have one row per key (its shape is {list(shape)})"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    available = limit - stream.tell()
+    if declared > available:
+        raise FailedPrecondition(
+            f"table.npz: the {array} array declares {list(shape)} {dtype} ({declared} bytes) but"
+            f" its file holds at most {max(0, available)}: the file is corrupt or truncated"
+        )
     if fortran_order:  # column-major: rows are not contiguous, read it whole
-        count = int(np.prod(shape))
-        array = np.frombuffer(stream.read(count * dtype.itemsize), dtype, count)
-        array = array.reshape(shape, order="F")
-        return np.ascontiguousarray(array if mine is None else array[mine[: len(array)]])
+        count = math.prod(shape)
+        data = stream.read(declared)
+        if len(data) != declared:
+            raise FailedPrecondition(f"table.npz: the {array} array is truncated")
+        whole = np.frombuffer(data, dtype, count).reshape(shape, order="F")
+        return np.ascontiguousarray(whole if mine is None else whole[mine[: len(whole)]])
     rows, row_shape = shape[0], shape[1:]
-    row_bytes = max(1, int(np.prod(row_shape)) * dtype.itemsize)
+    row_bytes = math.prod(row_shape) * dtype.itemsize
     if mine is not None and len(mine) != rows:
         raise FailedPrecondition(f"table.npz: {len(mine)} keys but {rows} values")
     out = np.empty((rows if mine is None else int(mine.sum()), *row_shape), dtype)
+    if row_bytes == 0:  # nothing stored: the rows are empty
+        return out
     step = max(1, _SLICE_BYTES // row_bytes)
     filled = 0
     for first in range(0, rows, step):
         count = min(step, rows - first)
         data = stream.read(count * row_bytes)
         if len(data) != count * row_bytes:
-            raise FailedPrecondition("table.npz: the values array is truncated")
+            raise FailedPrecondition(f"table.npz: the {array} array is truncated")
         chunk = np.frombuffer(data, dtype).reshape(count, *row_shape)
         if mine is not None:
             chunk = chunk[mine[first : first + count]]
