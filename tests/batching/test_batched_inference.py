@@ -196,11 +196,12 @@ async def test_model_config_batching_mapping_batches_a_real_onnx_model(tmp_path)
     make_mlp(tmp_path / "mlp" / "1" / "model.onnx", seed=1)
     make_mlp(tmp_path / "plain" / "1" / "model.onnx", seed=2)
     config = tmp_path / "models.yaml"
-    # Batches run only when full: the four requests answer only if they share one call.
+    # Batches run only when full (fixed wait): the four requests answer only if they share one
+    # call.
     config.write_text(
         "models:\n"
-        "  - {name: mlp, base_path: mlp,"
-        " batching: {max_batch_size: 4, batch_timeout_micros: 600000000}}\n"
+        "  - {name: mlp, base_path: mlp, batching:"
+        " {max_batch_size: 4, batch_timeout_micros: 600000000, batch_wait: timeout}}\n"
         "  - {name: plain, base_path: plain}\n"
     )
     core = ServerCore(ServerOptions(model_config_file=str(config), file_system_poll_wait_seconds=0))
@@ -234,8 +235,11 @@ async def test_model_config_batching_mapping_batches_a_real_onnx_model(tmp_path)
 async def test_version_pyserving_yaml_batching_applies_unless_the_model_config_says_otherwise(
     tmp_path,
 ):
-    # Batches run only when full: the four requests answer only if they share one call.
-    version_batching = "batching: {max_batch_size: 4, batch_timeout_micros: 600000000}\n"
+    # Batches run only when full (fixed wait): the four requests answer only if they share one
+    # call.
+    version_batching = (
+        "batching: {max_batch_size: 4, batch_timeout_micros: 600000000, batch_wait: timeout}\n"
+    )
     for name in ("own", "overridden"):
         make_mlp(tmp_path / name / "1" / "model.onnx", seed=1)
         (tmp_path / name / "1" / "pyserving.yaml").write_text(version_batching)

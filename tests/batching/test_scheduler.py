@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pyserving.batching import (
     BatchScheduler,
     BatchTask,
 )
+from pyserving.batching.queue import BatchQueue
 from pyserving.errors import DeadlineExceeded, InvalidInput, ModelError, Unavailable
 from pyserving.metrics import REGISTRY
 from tests.batching.recording import RecordingServable, rows
@@ -268,7 +270,9 @@ def test_output_without_batch_rows_is_a_model_error(scheduler):
 
 def test_full_batch_runs_without_waiting_for_the_timeout(scheduler):
     servable = RecordingServable()
-    options = BatchingOptions(max_batch_size=4, batch_timeout_micros=600_000_000)
+    options = BatchingOptions(
+        max_batch_size=4, batch_timeout_micros=600_000_000, batch_wait="timeout"
+    )
     a = submit(scheduler, servable, rows(0, 3), options)
     b = submit(scheduler, servable, rows(3, 1), options)
     np.testing.assert_array_equal(a.result(30)["y"], rows(0, 3) * 2)
@@ -323,7 +327,9 @@ def test_parts_of_split_tasks_run_on_several_threads_and_reassemble_in_order():
 
 def test_open_batch_waits_for_the_timeout_then_runs_though_not_full(scheduler):
     servable = RecordingServable()
-    options = BatchingOptions(max_batch_size=100, batch_timeout_micros=2_000_000)
+    options = BatchingOptions(
+        max_batch_size=100, batch_timeout_micros=2_000_000, batch_wait="timeout"
+    )
     a = submit(scheduler, servable, rows(0, 1), options)
     b = submit(scheduler, servable, rows(1, 2), options)
     np.testing.assert_array_equal(a.result(30)["y"], rows(0, 1) * 2)
@@ -378,3 +384,64 @@ def test_a_hung_model_holds_at_most_its_concurrency_of_the_shared_threads_issue_
     finally:
         hung.release()
         scheduler.close(wait=True, timeout_s=30)
+
+
+def test_adaptive_wait_runs_a_lone_task_at_once_while_the_model_is_idle(scheduler):
+    servable = RecordingServable()
+    options = BatchingOptions(max_batch_size=100, batch_timeout_micros=600_000_000)
+    # The fixed wait would hold it ten minutes: result(30) fails unless it ran at once.
+    np.testing.assert_array_equal(
+        submit(scheduler, servable, rows(0, 1), options).result(30)["y"], rows(0, 1) * 2
+    )
+    assert servable.batch_sizes == [1]
+
+
+def test_adaptive_wait_fills_a_batch_while_the_model_is_busy_and_runs_it_when_idle():
+    # Two threads and two lanes: a free thread could run the open batch, but the model is busy
+    # and requests come far faster than the timeout, so they wait for the running batch to end.
+    scheduler = BatchScheduler(num_batch_threads=2, concurrency=lambda model: 2)
+    try:
+        servable = RecordingServable(hold_first=True)
+        options = BatchingOptions(max_batch_size=100, batch_timeout_micros=600_000_000)
+        busy = hold_the_thread(scheduler, servable, options)
+        futures = [submit(scheduler, servable, rows(10 * i, 2), options) for i in range(3)]
+        wait_for_tasks(scheduler, 3)
+        assert servable.batch_sizes == [1]
+        servable.release()
+        busy.result(30)
+        for i, future in enumerate(futures):
+            np.testing.assert_array_equal(future.result(30)["y"], rows(10 * i, 2) * 2)
+        assert servable.batch_sizes == [1, 6]
+    finally:
+        scheduler.close(wait=True, timeout_s=30)
+
+
+@pytest.mark.parametrize(("gap_s", "runs_at_once"), [(0.010, True), (0.0001, False)])
+def test_adaptive_wait_stops_waiting_when_arrivals_are_sparser_than_the_timeout(
+    gap_s, runs_at_once
+):
+    # The model stays busy throughout (model_idle=False); only the arrival rate decides.
+    options = BatchingOptions(max_batch_size=100, batch_timeout_micros=1000)
+    queue = BatchQueue("m", options, now=0.0)
+    servable = RecordingServable()
+    now = 0.0
+    taken = None
+    for _ in range(8):  # the average learns the gap over a few arrivals
+        now += gap_s
+        queue.schedule_locked(BatchTask(servable, "serving_default", {"x": rows(0, 1)}), now)
+        taken = queue.take_ready_locked(now, False, model_idle=False)
+        if taken is None:
+            assert queue.take_ready_locked(now, True, model_idle=False) is not None
+    assert (taken is not None) == runs_at_once
+    # with the fixed wait the same arrivals always wait for the timeout
+    fixed = BatchQueue("m", dataclasses.replace(options, batch_wait="timeout"), now=0.0)
+    for _ in range(8):
+        now += gap_s
+        fixed.schedule_locked(BatchTask(servable, "serving_default", {"x": rows(0, 1)}), now)
+        assert fixed.take_ready_locked(now, False, model_idle=True) is None
+        assert fixed.take_ready_locked(now, True, model_idle=True) is not None
+
+
+def test_batch_wait_must_be_adaptive_or_timeout():
+    with pytest.raises(InvalidInput, match="batch_wait must be one of adaptive, timeout"):
+        BatchingOptions(batch_wait="sometimes")  # type: ignore[arg-type]

@@ -12,17 +12,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pyserving.errors import InvalidInput
 
 __all__ = [
+    "BATCH_WAITS",
     "BatchingConfigError",
     "BatchingOptions",
     "BatchingPolicy",
     "load_batching_parameters",
     "parse_batching_text_proto",
 ]
+
+
+#: the values of `batch_wait`
+BATCH_WAITS = ("adaptive", "timeout")
 
 
 class BatchingConfigError(InvalidInput):
@@ -59,6 +64,10 @@ class BatchingOptions:
     enable_large_batch_splitting: bool = False
     #: largest batch actually executed (only with splitting); None: max_batch_size
     max_execution_batch_size: int | None = None
+    #: "adaptive": an open batch runs before its timeout when waiting cannot pay (the model is
+    #: idle, or no request is expected in time); "timeout": TF Serving's fixed wait. Not in TF's
+    #: BatchingParameters, so YAML only.
+    batch_wait: Literal["adaptive", "timeout"] = "adaptive"
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
@@ -67,6 +76,11 @@ class BatchingOptions:
                 raise BatchingConfigError(
                     f"batching: {name} must be a positive integer, got {value!r}"
                 )
+        if self.batch_wait not in BATCH_WAITS:
+            raise BatchingConfigError(
+                f"batching: batch_wait must be one of {', '.join(BATCH_WAITS)},"
+                f" got {self.batch_wait!r}"
+            )
         if not _is_int(self.batch_timeout_micros) or self.batch_timeout_micros < 0:
             raise BatchingConfigError(
                 "batching: batch_timeout_micros must be a non-negative integer,"
@@ -155,9 +169,9 @@ def _fields_from_mapping(mapping: Mapping[str, Any], where: str) -> dict[str, An
         elif key in _BOOL_FIELDS:
             if not isinstance(value, bool):
                 raise BatchingConfigError(f"{where}: {key} must be true or false, got {value!r}")
-        elif key == "thread_pool_name":
+        elif key in ("thread_pool_name", "batch_wait"):
             if not isinstance(value, str):
-                raise BatchingConfigError(f"{where}: thread_pool_name must be a string")
+                raise BatchingConfigError(f"{where}: {key} must be a string")
         elif not _is_int(value):
             raise BatchingConfigError(f"{where}: {key} must be an integer, got {value!r}")
         values[key] = value

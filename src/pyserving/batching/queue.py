@@ -5,6 +5,13 @@ scheduler). A task that does not fit the open batch closes it and opens a new on
 already holds `max_enqueued_batches` batches the task is refused at once (Unavailable). With
 `enable_large_batch_splitting` a task is cut to fill the open batch and then new batches of
 `max_execution_batch_size` rows; its parts are reassembled in order when all have run.
+
+With `batch_wait: adaptive` an open batch does not wait out its timeout when waiting cannot pay:
+when no batch of its model is running (nothing holds the model, so each waiting microsecond is
+pure latency: a lone client's request runs at once, as if unbatched), or when the queue's recent
+arrivals say the next request will come after the timeout anyway. While the model is busy and
+requests come faster than the timeout, batches fill as with TF Serving's fixed wait. TF's adaptive
+shared batch scheduler drops the timeout altogether; we keep it as the bound on the wait.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from pyserving.errors import DeadlineExceeded, InvalidInput, Unavailable
 from pyserving.metrics import BATCH_SIZE, QUEUE_DURATION
 
 __all__ = ["QUEUE_FULL_MESSAGE", "BatchQueue", "BatchRecord", "BatchTask"]
+
+#: how much each new gap between tasks moves the queue's average (about the last 5 gaps count)
+_GAP_WEIGHT = 0.2
 
 #: TF Serving's text for a full queue (newer TF appends the sizes, as we do)
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
@@ -168,7 +178,16 @@ class BatchQueue:
     Blocking: nothing here waits.
     """
 
-    __slots__ = ("_batches", "batch_sizes", "idle_since", "model", "options", "queue_durations")
+    __slots__ = (
+        "_arrival_gap",
+        "_batches",
+        "_last_arrival",
+        "batch_sizes",
+        "idle_since",
+        "model",
+        "options",
+        "queue_durations",
+    )
 
     def __init__(self, model: str, options: BatchingOptions, now: float) -> None:
         self.model = model
@@ -179,6 +198,10 @@ class BatchQueue:
         self._batches: deque[Batch] = deque()
         #: when the queue last became empty (the scheduler forgets long-idle queues)
         self.idle_since = now
+        # a moving average of the time between tasks, for `batch_wait: adaptive`; each gap counts
+        # up to twice the timeout, so one long idle spell moves it no further than sparse traffic
+        self._last_arrival: float | None = None
+        self._arrival_gap = 0.0
 
     @property
     def num_batches(self) -> int:
@@ -215,6 +238,7 @@ class BatchQueue:
                 f" {room + max(free_batches, 0) * capacity}"
             )
         task.enqueued_at = now
+        self._record_arrival(now)
         if not options.enable_large_batch_splitting or size <= room:
             if size > room or open_batch is None or open_batch.key != key:
                 self._close_open_locked()
@@ -235,8 +259,9 @@ class BatchQueue:
             batches.append(batch)
             start = stop
 
-    def take_ready_locked(self, now: float, flush: bool) -> Batch | None:
-        """Remove and return the front batch if it may run now (`flush`: run open ones too)."""
+    def take_ready_locked(self, now: float, flush: bool, model_idle: bool) -> Batch | None:
+        """Remove and return the front batch if it may run now (`flush`: run open ones too;
+        `model_idle`: no batch of this queue's model is running)."""
         if not self._batches:
             return None
         front = self._batches[0]
@@ -245,6 +270,7 @@ class BatchQueue:
             or flush
             or front.size >= self.options.execution_batch_size
             or now >= front.opened_at + self.options.batch_timeout_s
+            or (self.options.batch_wait == "adaptive" and (model_idle or self._nobody_due(front)))
         ):
             self._batches.popleft()
             if not self._batches:
@@ -257,6 +283,19 @@ class BatchQueue:
         if not self._batches or self._batches[0].closed:
             return None
         return self._batches[0].opened_at + self.options.batch_timeout_s
+
+    def _record_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, 2 * self.options.batch_timeout_s)
+            self._arrival_gap += (gap - self._arrival_gap) * _GAP_WEIGHT
+        self._last_arrival = now
+
+    def _nobody_due(self, front: Batch) -> bool:
+        """The next task is expected after `front`'s timeout: waiting for it cannot fill it."""
+        if self._last_arrival is None or self._arrival_gap <= 0.0:
+            return False
+        timeout_at = front.opened_at + self.options.batch_timeout_s
+        return self._last_arrival + self._arrival_gap >= timeout_at
 
     def _close_open_locked(self) -> None:
         if self._batches:

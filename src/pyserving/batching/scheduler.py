@@ -177,7 +177,8 @@ class BatchScheduler:
             queue = self._queues[order[index]]
             if self._at_bound_locked(queue.model):
                 continue
-            batch = queue.take_ready_locked(now, flush=self._closing)
+            model_idle = queue.model not in self._running
+            batch = queue.take_ready_locked(now, self._closing, model_idle)
             if batch is not None:
                 self._cursor = index + 1
                 self._batches_run += 1
