@@ -502,10 +502,9 @@ def load_run_bench():
     return module
 
 
-def bench_peers(args, wrk: str, names: list[str]) -> list[Row]:
-    """Start each peer as the peer harness's run_bench.py does; same loads as pyserving."""
-    rb = load_run_bench()
-    peers_dir = Path(rb.P)
+def prepare_peer_inputs(rb) -> Path:
+    """Write the peer harness's model and request body where its run_bench.py (`rb`) reads
+    them; the body's path."""
     os.makedirs(rb.LOGS, exist_ok=True)
     subprocess.run(
         [sys.executable, str(PEERS_HOME / "make_model.py"), rb.MODEL],
@@ -513,11 +512,18 @@ def bench_peers(args, wrk: str, names: list[str]) -> list[Row]:
         capture_output=True,
     )
     subprocess.run(
-        [sys.executable, str(PEERS_HOME / "load" / "make_bodies.py"), str(peers_dir / "bodies")],
+        [sys.executable, str(PEERS_HOME / "load" / "make_bodies.py"), str(Path(rb.P) / "bodies")],
         check=True,
         capture_output=True,
     )
-    body_file = Path(rb.BODY)
+    return Path(rb.BODY)
+
+
+def bench_peers(args, wrk: str, names: list[str]) -> list[Row]:
+    """Start each peer as the peer harness's run_bench.py does; same loads as pyserving."""
+    rb = load_run_bench()
+    peers_dir = Path(rb.P)
+    body_file = prepare_peer_inputs(rb)
     x = np.asarray(orjson.loads(body_file.read_bytes())["inputs"][0]["data"], dtype=np.float32)
     expected = ort_session(Path(rb.MODEL)).run(None, {"input": x.reshape(1, 64)})[0].ravel()
     conns_list = [int(c) for c in args.connections.split(",")]

@@ -3,12 +3,17 @@
 For each model (the demo MLP [b,64]→256→256→10 and a heavy [b,512]→2048→2048→10) this starts
 `pyserving serve` twice — unbatched, then with `--enable_batching` — checks one answer against
 in-process onnxruntime, and drives KServe V2 JSON `infer` (one row per request) with wrk at each
-concurrency after a warm-up. It prints one markdown table: req/s, p50, p99, errors, the
-batched/unbatched ratio, and the anchor (onnxruntime batch-1 calls/s and batch-32 rows/s, one
-thread, in this process). Never part of pytest.
+concurrency after a warm-up. Each of --rounds rounds measures the anchor first, then both
+servers (odd rounds in the other order). The anchor is onnxruntime in this process, one intra-op
+thread as the server's sessions have: batch-1 calls/s, and rows/s of batches of
+--max-batch-size rows run by one thread and by --num-batch-threads threads at once on one
+session, which is what the server's batch threads do. It prints one markdown table: req/s, p50,
+p99, errors, the batched/unbatched ratio and the served rows/s over the anchor with the same
+batch size and threads (the goal for the heavy model: ≥ 0.85 with batching at c=64). Never part
+of pytest.
 
     python benchmarks/bench_batching.py [--duration 10] [--warmup 2] [--connections 64]
-        [--models small,heavy] [--max-batch-size 32] [--batch-timeout-micros 1000]
+        [--models small,heavy] [--rounds 1] [--max-batch-size 32] [--batch-timeout-micros 1000]
         [--num-batch-threads N]
 """
 
@@ -21,9 +26,11 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -160,16 +167,59 @@ def calls_per_second(fn, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def anchors(model: Path, x: np.ndarray, seconds: float) -> tuple[float, float]:
-    """onnxruntime in this process, one thread: batch-1 calls/s and batch-32 rows/s."""
+@dataclass
+class Anchor:
+    """onnxruntime in this process: batch-1 calls/s and rows/s of batches of `batch` rows."""
+
+    b1: float
+    batch: int
+    rows_one_thread: float
+    threads: int
+    rows_threads: float
+
+
+def batch_rows_per_second(session, xb: np.ndarray, threads: int, seconds: float) -> float:
+    """Rows/s of `threads` threads each running batches `xb` on `session` for `seconds`."""
+    for _ in range(5):
+        session.run(None, {"input": xb})
+    counts = [0] * threads
+    start = time.perf_counter()
+    end = start + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < end:
+            session.run(None, {"input": xb})  # releases the GIL while it computes
+            counts[i] += 1
+
+    runners = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    return len(xb) * sum(counts) / (time.perf_counter() - start)
+
+
+def anchors(model: Path, x: np.ndarray, seconds: float, batch: int, threads: int) -> Anchor:
+    """The server's session settings (one intra-op thread), batch size and batch threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    x32 = np.repeat(x, 32, axis=0)
+    xb = np.repeat(x, batch, axis=0)
     b1 = calls_per_second(lambda: session.run(None, {"input": x}), seconds)
-    b32 = 32 * calls_per_second(lambda: session.run(None, {"input": x32}), seconds)
-    return b1, b32
+    one = batch_rows_per_second(session, xb, 1, seconds)
+    many = batch_rows_per_second(session, xb, threads, seconds) if threads > 1 else one
+    return Anchor(b1, batch, one, threads, many)
+
+
+def v2_body(x: np.ndarray) -> str:
+    tensor = {
+        "name": "input",
+        "shape": list(x.shape),
+        "datatype": "FP32",
+        "data": x.ravel().tolist(),
+    }
+    return json.dumps({"inputs": [tensor]})
 
 
 def main() -> None:
@@ -178,6 +228,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
     parser.add_argument("--connections", default="64", help="comma-separated concurrencies")
     parser.add_argument("--models", default="small,heavy", help=f"from {', '.join(MODELS)}")
+    parser.add_argument("--rounds", type=int, default=1, help="anchor + both servers, each round")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=1000)
     parser.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 1)
@@ -196,67 +247,74 @@ def main() -> None:
         f"num_batch_threads {{ value: {args.num_batch_threads} }}\n"
         "max_enqueued_batches { value: 1000 }\n"
     )
+    batch, threads = args.max_batch_size, args.num_batch_threads
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rows: list[str] = []
+    goal: dict[str, list[float]] = {}
     try:
-        for name in args.models.split(","):
-            dims = MODELS[name]
-            base = work / name
-            model = make_mlp(base / "1" / "model.onnx", seed=1, dims=dims)
-            x = np.random.default_rng(0).standard_normal((1, dims[0])).astype(np.float32)
-            body = work / f"{name}.json"
-            body.write_text(
-                json.dumps(
-                    {
-                        "inputs": [
-                            {
-                                "name": "input",
-                                "shape": [1, dims[0]],
-                                "datatype": "FP32",
-                                "data": x.ravel().tolist(),
-                            }
-                        ]
-                    }
-                )
-            )
-            b1, b32 = anchors(model, x, min(args.duration, 3.0))
-            expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-            results: dict[tuple[bool, int], Measured] = {}
-            for batched in (False, True):
-                proc, url = start_server(work, base, params if batched else None)
-                try:
-                    infer = f"{url}/v2/models/model/infer"
-                    answer = post(infer, body.read_bytes())["outputs"][0]["data"]
-                    np.testing.assert_allclose(answer, expected.ravel(), rtol=1e-4, atol=1e-5)
-                    run_wrk(wrk, infer, body, lua, max(connections), args.warmup)
-                    for conns in connections:
-                        results[batched, conns] = run_wrk(
-                            wrk, infer, body, lua, conns, args.duration
+        for round_ in range(1, args.rounds + 1):
+            for name in args.models.split(","):
+                dims = MODELS[name]
+                base = work / name
+                model = make_mlp(base / "1" / "model.onnx", seed=1, dims=dims)
+                x = np.random.default_rng(0).standard_normal((1, dims[0])).astype(np.float32)
+                body = work / f"{name}.json"
+                body.write_text(v2_body(x))
+                anchor = anchors(model, x, min(args.duration, 3.0), batch, threads)
+                expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+                results: dict[tuple[bool, int], Measured] = {}
+                for batched in (False, True) if round_ % 2 else (True, False):
+                    proc, url = start_server(work, base, params if batched else None)
+                    try:
+                        infer = f"{url}/v2/models/model/infer"
+                        answer = post(infer, body.read_bytes())["outputs"][0]["data"]
+                        np.testing.assert_allclose(answer, expected.ravel(), rtol=1e-4, atol=1e-5)
+                        run_wrk(wrk, infer, body, lua, max(connections), args.warmup)
+                        for conns in connections:
+                            results[batched, conns] = run_wrk(
+                                wrk, infer, body, lua, conns, args.duration
+                            )
+                    finally:
+                        stop_server(proc)
+                load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+                for conns in connections:
+                    off, on = results[False, conns], results[True, conns]
+                    goal.setdefault(f"{name} c={conns}", []).append(on.rps / anchor.rows_threads)
+                    for label, m in (("off", off), ("on", on)):
+                        ratio = f"{on.rps / off.rps:.2f}x" if label == "on" else ""
+                        rows.append(
+                            f"| {round_} | {name} {dims[0]}→…→{dims[-1]} | {conns} | {label}"
+                            f" | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors}"
+                            f" | {ratio} | {anchor.b1:,.0f} | {anchor.rows_one_thread:,.0f}"
+                            f" | {anchor.rows_threads:,.0f} | {m.rps / anchor.b1:.2f}"
+                            f" | {m.rps / anchor.rows_one_thread:.2f}"
+                            f" | {m.rps / anchor.rows_threads:.2f} | {load} |"
                         )
-                finally:
-                    stop_server(proc)
-            for conns in connections:
-                off, on = results[False, conns], results[True, conns]
-                for label, m in (("off", off), ("on", on)):
-                    ratio = f"{on.rps / off.rps:.2f}x" if label == "on" else ""
-                    rows.append(
-                        f"| {name} {dims[0]}→…→{dims[-1]} | {conns} | {label} | {m.rps:,.0f}"
-                        f" | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | {ratio}"
-                        f" | {b1:,.0f} | {b32:,.0f} | {m.rps / b1:.2f} |"
-                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nBatching on vs off — V2 REST JSON infer, 1 row per request, {args.duration:.0f} s per"
-        f" cell; max_batch_size {args.max_batch_size}, batch_timeout_micros"
-        f" {args.batch_timeout_micros}, num_batch_threads {args.num_batch_threads};"
-        f" {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n"
+        f"\nBatching on vs off — V2 REST JSON infer, 1 row per request, {args.duration:g} s per"
+        f" cell, {args.rounds} round(s); max_batch_size {batch}, batch_timeout_micros"
+        f" {args.batch_timeout_micros}, num_batch_threads {threads}; {os.cpu_count()} cores,"
+        f" load average before {load_before}\n"
     )
     print(
-        "| model | conns | batching | req/s | p50 ms | p99 ms | errors | on/off"
-        " | ORT b1 calls/s | ORT b32 rows/s | req/s ÷ ORT b1 |"
+        f"| round | model | conns | batching | req/s | p50 ms | p99 ms | errors | on/off"
+        f" | ORT b1 calls/s | ORT b{batch} rows/s, 1 thread | ORT b{batch} rows/s, {threads}"
+        f" threads | ÷ ORT b1 | ÷ b{batch} 1 thread | ÷ b{batch} {threads} threads | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---:|---|---:|---|" + "---:|" * 11 + "---|")
     print("\n".join(rows))
+    print(
+        f"\nBatched rows/s ÷ in-process b{batch} rows/s on {threads} threads (same batch size and"
+        " threads as the server; goal for the heavy model at c=64: ≥ 0.85):"
+    )
+    for key, ratios in goal.items():
+        print(
+            f"- {key}: median {statistics.median(ratios):.2f} (rounds: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ")"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""V2 gRPC at c=64: pyserving `--workers 2` (batching off and on) against PyTriton with its
+dynamic batcher, side by side in one run, in alternating rounds.
+
+All three serve the same ONNX file (the peer harness's small MLP [b,64]→256→256→10, one
+onnxruntime intra-op thread) and take the same load: benchmarks/grpc_load.py, closed loop, c=64
+calls spread over --channels HTTP/2 connections (one connection would reach one worker only), a
+warm-up first. Each round starts every setting afresh, checks one answer against in-process
+onnxruntime, measures, and stops it; even rounds run the settings in reverse order. PyTriton
+(max batch 32, queue delay 2 ms, one instance) is started the way the peer harness's run_bench.py
+starts it; set BENCH_PEERS_HOME to that harness's directory (not part of this repository) and
+install its `base` and `pytriton` venvs under /tmp/peers (PEERS_DIR) first. pyserving batches
+with bench.py's parameters (32, 2 ms, one batch thread per worker).
+
+Server CPU counts the server's whole process tree and session (pyserving's workers run in
+sessions of their own; Triton's python stubs stay in the leader's session). The load generator
+is Python too and shares the 2 cores: its CPU is in the table ("load gen cores"). "noise cores"
+is the machine's busy CPU that was neither. Never part of pytest.
+
+    BENCH_PEERS_HOME=... python benchmarks/bench_grpc_peers.py [--duration 5] [--warmup 2]
+        [--rounds 3] [--connections 64] [--channels 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # grpc_load command, peer harness loader, machine counters
+import bench_workers  # process trees
+import grpc_load  # the request row it sends
+import processes  # starting and stopping servers
+
+PEER = "PyTriton batch (max 32, 2 ms)"
+TRITON_PORTS = (8000, 8001, 8002)
+
+
+@dataclass
+class Started:
+    """A running server: its root process, gRPC target and how to stop it."""
+
+    proc: subprocess.Popen
+    target: str
+    stop: Callable[[], None]
+
+
+def server_cpu_s(root: int) -> float:
+    """CPU seconds of `root`'s process tree and of its session, each process counted once."""
+    stats = processes.proc_stats()
+    pids = set(bench_workers.tree_pids(root, stats))
+    pids |= {pid for pid, fields in stats.items() if int(fields[3]) == root}
+    jiffies = sum(int(stats[p][11]) + int(stats[p][12]) for p in pids if p in stats)
+    return jiffies / os.sysconf("SC_CLK_TCK")
+
+
+def start_pyserving(work: Path, batching: bool) -> Started:
+    rest, grpc_port = processes.free_port(), processes.free_port()
+    flags = [
+        "--model_name=mlp",
+        f"--model_base_path={work / 'mlp'}",
+        "--workers=2",
+        "--log-level=warning",
+    ]
+    if batching:
+        params = work / "batching.pbtxt"
+        params.write_text(bench.BATCHING_PARAMETERS)
+        flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+    log = work / f"pyserving-{'batch' if batching else 'nobatch'}.log"
+    command = processes.pyserving_command(rest, grpc_port, *flags)
+    ready = f"http://127.0.0.1:{rest}/v2/models/mlp/ready"
+    proc = processes.start(command, log, ready, stop=bench_workers.stop)
+    return Started(proc, f"127.0.0.1:{grpc_port}", lambda: bench_workers.stop(proc))
+
+
+def start_pytriton(rb) -> Started:
+    for port in TRITON_PORTS:  # the harness's PyTriton listens on fixed ports
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"bench: port {port} is taken; PyTriton needs {TRITON_PORTS}")
+    spec = rb.SETTINGS["pytriton-batch"]
+    proc, log = rb.start("pytriton-batch", spec)
+    ready_s, _ = rb.wait_ready(proc, spec["url"], 180)
+    if ready_s is None:
+        rb.stop(proc)
+        log.close()
+        sys.exit(f"bench: PyTriton did not become ready, see {rb.LOGS}/server-pytriton-batch.log")
+
+    def stop() -> None:
+        rb.stop(proc)
+        log.close()
+
+    return Started(proc, spec["grpc"], stop)
+
+
+def measure(server: Started, args: argparse.Namespace, expected: np.ndarray) -> dict:
+    """Check one answer, warm up, then one c=`connections` run with CPU and noise beside it."""
+
+    def command(conns: int, seconds: float) -> list[str]:
+        return [
+            *bench.grpc_command(server.target, "v2", "mlp", 64, conns, seconds),
+            f"--channels={args.channels}",
+        ]
+
+    got, problem = bench.grpc_answer(server.target, "v2", "mlp", 64)
+    if got is None or not np.allclose(np.asarray(got, np.float32), expected, 1e-4, 1e-5):
+        raise RuntimeError(f"wrong or no answer from {server.target}: {problem or got}")
+    if args.warmup > 0:
+        bench.run_load(command(args.connections, args.warmup))
+    load = bench.loadavg()
+    cpu0, busy0, client0 = (
+        server_cpu_s(server.proc.pid),
+        bench.machine_busy_s(),
+        bench.children_cpu_s(),
+    )
+    t0 = time.monotonic()
+    result = bench.run_load(command(args.connections, args.duration))
+    elapsed = time.monotonic() - t0
+    server_s = server_cpu_s(server.proc.pid) - cpu0
+    client_s = bench.children_cpu_s() - client0
+    requests = max(1, result["requests"])
+    return {
+        **result,
+        "errors": sum(v for k, v in result.items() if k.startswith("err_")),
+        "server_us": server_s / requests * 1e6,
+        "client_us": client_s / requests * 1e6,
+        "server_cores": server_s / elapsed,
+        "client_cores": client_s / elapsed,
+        "noise_cores": (bench.machine_busy_s() - busy0 - server_s - client_s) / elapsed,
+        "load": load,
+    }
+
+
+def report(args, names: list[str], runs: dict[str, list[dict]], meta: dict) -> None:
+    print(
+        f"\n## V2 gRPC, small MLP, c={args.connections} over {args.channels} connections,"
+        f" {args.duration:g} s per cell after {args.warmup:g} s warm-up, {args.rounds} rounds\n"
+    )
+    print(f"{os.cpu_count()} cores; {meta['date']}; load average before {meta['before']},")
+    print(f"after {meta['after']}; command: {meta['command']}\n")
+    print(
+        "| round | setting | req/s | p50 ms | p99 ms | errors | server CPU µs/req"
+        " | server cores | load gen cores | load gen µs/req | noise cores | load avg |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for i in range(args.rounds):
+        for name in names:
+            r = runs[name][i]
+            print(
+                f"| {i + 1} | {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"
+                f" | {r['errors']} | {r['server_us']:.0f} | {r['server_cores']:.2f}"
+                f" | {r['client_cores']:.2f} | {r['client_us']:.0f} | {r['noise_cores']:.2f}"
+                f" | {r['load']} |"
+            )
+    print(
+        "\n| setting | req/s median (min-max) | p50 ms | p99 ms | server CPU µs/req"
+        " | load gen cores | ÷ PyTriton, per round | ÷ PyTriton, median |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    ratios: dict[str, float] = {}
+    for name in names:
+        rs = runs[name]
+        rps = [r["rps"] for r in rs]
+        per_round = [r["rps"] / p["rps"] for r, p in zip(rs, runs[PEER], strict=True)]
+        ratios[name] = statistics.median(per_round)
+        print(
+            f"| {name} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f})"
+            f" | {statistics.median(r['p50_ms'] for r in rs):.2f}"
+            f" | {statistics.median(r['p99_ms'] for r in rs):.2f}"
+            f" | {statistics.median(r['server_us'] for r in rs):.0f}"
+            f" | {statistics.median(r['client_cores'] for r in rs):.2f}"
+            f" | {', '.join(f'{x:.2f}' for x in per_round)} | {ratios[name]:.2f}x |"
+        )
+    best = max((n for n in names if n != PEER), key=ratios.__getitem__)
+    verdict = "met" if ratios[best] >= 1.2 else "MISSED"
+    print(
+        f"\nGoal: V2 gRPC c={args.connections} with 2 workers ≥ 1.2x PyTriton-with-batching:"
+        f" {ratios[best]:.2f}x ({best}), {verdict}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per cell")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64, help="concurrent calls")
+    parser.add_argument("--channels", type=int, default=8, help="HTTP/2 connections")
+    args = parser.parse_args()
+    rb = bench.load_run_bench()
+    if not (Path(rb.P) / "pytriton" / "bin" / "python").exists():
+        sys.exit(f"bench: PyTriton is not installed under {rb.P} (the harness's install.sh)")
+    bench.prepare_peer_inputs(rb)
+    work = Path(tempfile.mkdtemp(prefix="bench-grpc-peers-"))
+    meta = {
+        "before": bench.loadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/bench_grpc_peers.py " + " ".join(sys.argv[1:]),
+    }
+    try:
+        model = work / "mlp" / "1" / "model.onnx"
+        model.parent.mkdir(parents=True)
+        shutil.copy(rb.MODEL, model)
+        x = grpc_load.request_input(64, 0)
+        expected = bench.ort_session(model).run(None, {"input": x})[0].ravel()
+        starters: dict[str, Callable[[], Started]] = {
+            "pyserving --workers 2": lambda: start_pyserving(work, batching=False),
+            "pyserving --workers 2, batching (32, 2 ms)": lambda: start_pyserving(work, True),
+            PEER: lambda: start_pytriton(rb),
+        }
+        names = list(starters)
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for i in range(args.rounds):
+            for name in names if i % 2 == 0 else reversed(names):
+                rb.wait_quiet(max_wait=60)  # other tenants of the 2 cores: bounded wait
+                server = starters[name]()
+                try:
+                    runs[name].append(measure(server, args, expected))
+                finally:
+                    server.stop()
+                r = runs[name][-1]
+                print(
+                    f"  round {i + 1} {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms,"
+                    f" server {r['server_us']:.0f} µs/req, load gen {r['client_cores']:.2f}"
+                    f" cores, noise {r['noise_cores']:.2f}",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["after"] = bench.loadavg()
+    report(args, names, runs, meta)
+
+
+if __name__ == "__main__":
+    main()
