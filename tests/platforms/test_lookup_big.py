@@ -324,3 +324,40 @@ def _waits_for_a_table(thread: threading.Thread) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def write_chain(root: Path, depth: int) -> None:
+    """Version 1 full (keys 0..depth, value = key), each later version v a delta on v - 1
+    setting key v to 10 v and deleting key v - 1 (so a probe of every key walks every layer)."""
+    write_npz(root / "1", np.arange(depth + 1), np.arange(depth + 1, dtype=np.float64))
+    for version in range(2, depth + 1):
+        write_npz(root / str(version), np.array([version]), np.array([10.0 * version]))
+        (root / str(version) / "delta.yaml").write_text(f"base: {version - 1}\n")
+        (root / str(version) / "deleted.txt").write_text(f"{version - 1}\n")
+
+
+def test_a_chain_of_500_deltas_loads_answers_and_estimates_without_recursion(
+    tmp_path: Path,
+) -> None:
+    depth = 500  # past Python's recursion limit (1000 frames) when each layer was a nested call
+    write_chain(tmp_path, depth)
+    top = loader(tmp_path / str(depth), depth, default=-1.0)
+    assert top.estimate_resources() > FileLoader.estimate_resources(top) * (depth - 1)
+    table = top.load()
+    got, found = lookup(table, np.arange(-1, depth + 2, dtype=np.int64))
+    assert got[:2] == [-1.0, 0.0] and found[:2] == [False, True]  # -1 missing, 0 from version 1
+    assert got[2:-2] == [-1.0] * (depth - 1)  # 1 .. depth-1 deleted along the way
+    assert got[-2:] == [10.0 * depth, -1.0] and found[-2:] == [True, False]
+    assert isinstance(table, LookupServable) and table.memory_bytes()
+
+
+def test_a_broken_base_deep_in_a_chain_names_the_chain_to_it(tmp_path: Path) -> None:
+    write_chain(tmp_path, 6)
+    (tmp_path / "3" / "table.npz").unlink()
+    (tmp_path / "3" / "deleted.txt").unlink()
+    with pytest.raises(FailedPrecondition) as caught:
+        loader(tmp_path / "6", 6).load()
+    assert caught.value.message.startswith(
+        "version 6 is a delta on version 5, which cannot be read (its bases 5 → 4 → 3):"
+        " version 3 is a delta on version 2 (delta.yaml) but holds neither"
+    )

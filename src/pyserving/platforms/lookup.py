@@ -29,6 +29,8 @@ another.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -41,11 +43,12 @@ from pyserving.platforms.common import FileLoader, local_version_dir
 from pyserving.platforms.lookup_delta import (
     DELETED_FILE,
     DELTA_FILE,
+    TableKey,
     TableRegistry,
     files_fingerprint,
     read_delta_base,
     table_key,
-    version_directory,
+    version_directories,
 )
 from pyserving.platforms.lookup_files import Shard, read_keys, read_table
 from pyserving.platforms.lookup_index import KeyIndex
@@ -81,19 +84,26 @@ class LookupLoader(FileLoader):
         self.origin = path
 
     def estimate_resources(self) -> int:
-        """The version's files, plus its base's (and theirs) while no table of the base is in
-        memory: the delta then reads the base's files itself."""
+        """The version's files, plus its bases' files down to the first base whose table is in
+        memory: the delta then reads those bases' files itself."""
         total = super().estimate_resources()
-        name, version = self.servable_id.name, self.servable_id.version
+        name, origin, version = self.servable_id.name, self.origin, self.servable_id.version
         try:
-            base = read_delta_base(self.origin, version)
-            base_origin = None if base is None else version_directory(self.origin, base)
-            if base is None or base_origin is None:
-                return total
-            if _TABLES.holds(table_key(name, self.origin, base)):
-                return total
-            base_loader = LookupLoader(ServableId(name, base), base_origin, self.config)
-            return total + base_loader.estimate_resources()
+            siblings: dict[int, str] | None = None  # the version directories, listed once
+            while True:  # a loop, not recursion: a chain may be hundreds of deltas deep
+                base = read_delta_base(origin, version)
+                if base is None:
+                    return total
+                if siblings is None:
+                    siblings = version_directories(origin)
+                base_origin = siblings.get(base)
+                if base_origin is None:
+                    return total
+                if _TABLES.holds(table_key(name, origin, base)):
+                    return total
+                base_files = LookupLoader(ServableId(name, base), base_origin, self.config)
+                total += FileLoader.estimate_resources(base_files)  # its files, not its bases
+                origin, version = base_origin, base
         except (OSError, FailedPrecondition):
             return total  # the load reports what is wrong
 
@@ -102,29 +112,59 @@ class LookupLoader(FileLoader):
         return self._table(self.servable_id.version, self.origin, directory, settings)
 
     def _table(
-        self, version: int, origin: str, directory: str | None, settings: _Settings
+        self, version: int, origin: str, directory: str, settings: _Settings
     ) -> LookupServable:
-        """The table of `version` (files at `origin`, read from the local `directory` when
-        given): the one in memory when its files and settings are unchanged, else read."""
-        key = table_key(self.servable_id.name, origin, version)
-        identity = (files_fingerprint(origin), settings)
-        with _TABLES.reading(key):
-            table = _TABLES.get(key, identity)
-            if table is None:
-                if directory is None:
-                    with local_version_dir(origin) as local:
-                        table = self._read(version, origin, local, settings)
-                else:
-                    table = self._read(version, origin, directory, settings)
-                _TABLES.put(key, identity, table)
+        """The table of `version` (files at `origin`, read from the local `directory`): the one
+        in memory when its files and settings are unchanged, else read on the tables of its
+        bases.
+
+        Walks down the chain of bases in a loop (a chain may be hundreds of deltas deep, past
+        Python's recursion limit), holding each layer's reading lock, to the first base whose
+        table is in memory or to the full table; then reads the layers missing from the
+        deepest up, putting each in memory.
+        """
+        missing: list[_Layer] = []  # layers to read, from `version` down
+        table: LookupServable | None = None
+        siblings: dict[int, str] | None = None  # the version directories, listed once
+        with contextlib.ExitStack() as reading:
+            at: tuple[int, str, str | None] = (version, origin, directory)
+            while True:
+                key = table_key(self.servable_id.name, at[1], at[0])
+                identity = (files_fingerprint(at[1]), settings)
+                reading.enter_context(_TABLES.reading(key))
+                table = _TABLES.get(key, identity)
+                if table is not None:
+                    break
+                layer = _Layer(*at, key, identity)
+                missing.append(layer)
+                try:
+                    layer.base = read_delta_base(layer.directory or layer.origin, layer.version)
+                    if layer.base is None:
+                        break
+                    if siblings is None:
+                        siblings = version_directories(origin)
+                    at = (layer.base, _base_origin(layer, siblings), None)
+                except FailedPrecondition as exc:
+                    raise _in_chain(missing, exc) from exc
+            for depth in range(len(missing) - 1, -1, -1):
+                layer = missing[depth]
+                try:
+                    if layer.directory is None:
+                        with local_version_dir(layer.origin) as local:
+                            table = self._read(layer, local, settings, table)
+                    else:
+                        table = self._read(layer, layer.directory, settings, table)
+                except FailedPrecondition as exc:
+                    raise _in_chain(missing[: depth + 1], exc) from exc
+                _TABLES.put(layer.key, layer.identity, table)
+        assert table is not None  # the walk read at least `version` or found it in memory
         return table
 
     def _read(
-        self, version: int, origin: str, directory: str, settings: _Settings
+        self, layer: _Layer, directory: str, settings: _Settings, base: LookupServable | None
     ) -> LookupServable:
+        """`layer`'s table from its files in `directory`, on `base` when it is a delta."""
         header, key_type, shard, default = settings
-        base_version = read_delta_base(directory, version)
-        base = None if base_version is None else self._base(version, origin, base_version, settings)
         candidates = (os.path.join(directory, name) for name in TABLE_FILES)
         file = next((path for path in candidates if os.path.isfile(path)), None)
         deleted_file = os.path.join(directory, DELETED_FILE)
@@ -135,9 +175,9 @@ class LookupLoader(FileLoader):
             return LookupServable(keys, values, default)
         if file is None and not os.path.isfile(deleted_file):
             raise FailedPrecondition(
-                f"version {version} is a delta on version {base_version} ({DELTA_FILE}) but holds"
-                f" neither rows added or replaced ({' / '.join(TABLE_FILES)}) nor keys removed"
-                f" ({DELETED_FILE}); a delta needs one of them or both"
+                f"version {layer.version} is a delta on version {layer.base} ({DELTA_FILE}) but"
+                f" holds neither rows added or replaced ({' / '.join(TABLE_FILES)}) nor keys"
+                f" removed ({DELETED_FILE}); a delta needs one of them or both"
             )
         if file is None:  # a delta that only removes keys
             keys = np.zeros(0, dtype=object if base.string_keys else np.int64)
@@ -151,20 +191,44 @@ class LookupLoader(FileLoader):
             deleted = read_keys(deleted_file, base.string_keys)
         return LookupServable(keys, values, default, base=base, deleted=deleted)
 
-    def _base(self, version: int, origin: str, base: int, settings: _Settings) -> LookupServable:
-        """The table of `version`'s base: in memory when it is there, else read from its files."""
-        base_origin = version_directory(origin, base)
-        if base_origin is None:
-            raise FailedPrecondition(
-                f"version {version} is a delta on version {base} ({DELTA_FILE}), which does not"
-                f" exist: no directory of version {base} next to {redact_url(origin)}"
-            )
-        try:
-            return self._table(base, base_origin, None, settings)
-        except FailedPrecondition as exc:
-            raise FailedPrecondition(
-                f"version {version} is a delta on version {base}, which cannot be read: {exc}"
-            ) from exc
+
+@dataclasses.dataclass
+class _Layer:
+    """One version in a chain of deltas: where its files are, and (once known) its base."""
+
+    version: int
+    origin: str
+    directory: str | None  # a local copy of `origin` when there is one
+    key: TableKey
+    identity: object  # what its table is made from: files and settings
+    base: int | None = None  # None: the full table (or not read yet)
+
+
+def _base_origin(layer: _Layer, siblings: dict[int, str]) -> str:
+    """The directory of `layer`'s base version among its `siblings`; FailedPrecondition when
+    there is none."""
+    assert layer.base is not None
+    base_origin = siblings.get(layer.base)
+    if base_origin is None:
+        raise FailedPrecondition(
+            f"version {layer.version} is a delta on version {layer.base} ({DELTA_FILE}), which"
+            f" does not exist: no directory of version {layer.base} next to"
+            f" {redact_url(layer.origin)}"
+        )
+    return base_origin
+
+
+def _in_chain(chain: list[_Layer], exc: FailedPrecondition) -> FailedPrecondition:
+    """`exc`, raised for the last layer of `chain`, as the failure of the first layer: a delta
+    whose base (or a base further down) cannot be read says which."""
+    if len(chain) == 1:
+        return exc
+    top, bases = chain[0], [layer.version for layer in chain[1:]]
+    through = "" if len(bases) == 1 else f" (its bases {' → '.join(map(str, bases))})"
+    return FailedPrecondition(
+        f"version {top.version} is a delta on version {bases[0]}, which cannot be read"
+        f"{through}: {exc.message}"
+    )
 
 
 #: a table's settings from the model config: header, key_type, shard, default
@@ -241,35 +305,40 @@ class LookupServable(Servable):
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = inputs["keys"]
         values = np.empty((len(keys), *self.row_shape), dtype=self.values_dtype)
-        found = self._fill(keys, np.arange(len(keys)), values)
+        found = self._fill(keys, values)
         if not found.all():
             values[~found] = self._default
         return {"values": values, "found": found}
 
-    def _fill(self, keys: np.ndarray, slots: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Write the rows of `keys` found in this table (or its bases) into `out[slots]`;
-        returns which were found."""
-        rows = self._index.rows(keys)
-        found = rows >= 0
-        if found.any():
-            out[slots[found]] = self._values[rows[found]]
-        if self._base is None or found.all():
-            return found
-        rest = np.flatnonzero(~found)
-        if self._deleted is not None:  # deleted here: missing, whatever the base holds
-            rest = rest[self._deleted.rows(keys[rest]) < 0]
-        if len(rest):
-            found[rest] = self._base._fill(keys[rest], slots[rest], out)
-        return found
+    def _fill(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the rows of `keys` found in this table (or its bases) into `out`; returns which
+        were found. Walks the layers in a loop: a chain may be hundreds of deltas deep."""
+        found = np.zeros(len(keys), dtype=bool)
+        rest = np.arange(len(keys))  # the keys no layer above has answered
+        layer, layer_keys = self, keys
+        while True:
+            rows = layer._index.rows(layer_keys)
+            hit = rows >= 0
+            if hit.any():
+                out[rest[hit]] = layer._values[rows[hit]]
+                found[rest[hit]] = True
+            rest = rest[~hit]
+            if layer._deleted is not None and len(rest):  # deleted here: missing below too
+                rest = rest[layer._deleted.rows(keys[rest]) < 0]
+            if layer._base is None or not len(rest):
+                return found
+            layer, layer_keys = layer._base, keys[rest]
 
     def memory_bytes(self) -> int | None:
         """This layer's rows and index plus every base layer it keeps alive (counted again when
         the base version is loaded too: the budget errs on the safe side)."""
-        size = self._values.nbytes + self._index.nbytes()
-        if self._deleted is not None:
-            size += self._deleted.nbytes()
-        if self._base is not None:
-            size += self._base.memory_bytes() or 0
+        size = 0
+        layer: LookupServable | None = self
+        while layer is not None:
+            size += layer._values.nbytes + layer._index.nbytes()
+            if layer._deleted is not None:
+                size += layer._deleted.nbytes()
+            layer = layer._base
         return int(size)
 
 

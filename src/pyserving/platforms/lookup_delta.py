@@ -70,25 +70,27 @@ def read_delta_base(directory: str, version: int) -> int | None:
     return base
 
 
-def version_directory(origin: str, version: int) -> str | None:
-    """The directory of `version` next to the version directory `origin` (a local path or an
-    fsspec URL, spelt like `origin`); None when there is none. Directory `0007` is version 7."""
+def version_directories(origin: str) -> dict[int, str]:
+    """The version directories next to the version directory `origin` (a local path or an
+    fsspec URL), by version, spelt like `origin`: directory `0007` is version 7. Listed once, so
+    that walking a chain of deltas lists their directory once, not once a layer."""
     fs, root = fsspec.core.url_to_fs(origin)
     parent = posixpath.dirname(root.rstrip("/"))
     try:
         entries = fs.ls(parent, detail=True)
     except FileNotFoundError:
-        return None
+        return {}
     names = sorted(
         posixpath.basename(str(info["name"]).rstrip("/"))
         for info in entries
         if info.get("type") == "directory"
     )
-    name = next((n for n in names if n.isascii() and n.isdigit() and int(n) == version), None)
-    if name is None:
-        return None
     origin_parent = origin.rstrip("/").rsplit("/", 1)[0]
-    return f"{origin_parent}/{name}"
+    directories: dict[int, str] = {}
+    for name in names:
+        if name.isascii() and name.isdigit():
+            directories.setdefault(int(name), f"{origin_parent}/{name}")
+    return directories
 
 
 def files_fingerprint(origin: str) -> str:
