@@ -31,7 +31,8 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyserving.api.rest.http_connection import AsgiApp, Connection, plain_response
+from pyserving.api.rest.http_connection import Connection
+from pyserving.api.rest.http_exchange import AsgiApp, plain_response
 
 __all__ = ["HttpOptions", "HttpServer"]
 

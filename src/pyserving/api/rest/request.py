@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 
 from pyserving.api.limits import Reservation
 from pyserving.api.rest.asgi import Receive, Scope
-from pyserving.api.rest.http_connection import ANSWERED_STATUS
+from pyserving.api.rest.http_exchange import ANSWERED_STATUS
 from pyserving.api.rest.responses import Disconnected, HttpError, error_json, too_large
 from pyserving.errors import InvalidInput
 from pyserving.protocols.request import parse_version
