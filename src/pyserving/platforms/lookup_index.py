@@ -36,9 +36,14 @@ class KeyIndex:
         # BYTES keys are indexed by hash; `_collided` holds the keys whose hash another key shares
         self._collided: dict[bytes, int] = {}
         self._collided_hashes = np.zeros(0, dtype=np.int64)
-        sortable = _hashes(keys.tolist()) if self.string_keys else keys
+        listed = keys.tolist() if self.string_keys else []
+        sortable = _hashes(listed) if self.string_keys else keys
         self._order = np.argsort(sortable, kind="stable")
         self._sorted = sortable[self._order]
+        # the index and, for BYTES keys, the key objects: counted once, the keys never change
+        self._nbytes = self._sorted.nbytes + self._order.nbytes
+        if self.string_keys:
+            self._nbytes += keys.nbytes + sum(map(len, listed)) + 33 * self.size
         same = self._sorted[1:] == self._sorted[:-1] if self.size > 1 else np.zeros(0, bool)
         if not same.any():
             return
@@ -55,10 +60,7 @@ class KeyIndex:
 
     def nbytes(self) -> int:
         """Bytes held by the index (and, for BYTES keys, the key objects)."""
-        size = self._sorted.nbytes + self._order.nbytes
-        if self.string_keys:
-            size += self._keys.nbytes + sum(map(len, self._keys.tolist())) + 33 * self.size
-        return int(size)
+        return int(self._nbytes)
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """The row of each key (INT64 [len(keys)]), -1 where the key is not in the table."""
