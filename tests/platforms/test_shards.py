@@ -15,7 +15,7 @@ from pyserving.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from pyserving.platforms.lookup import LookupServable
 from pyserving.platforms.servable import current_deadline
 from pyserving.platforms.shard_checks import check_shards
-from pyserving.platforms.shards import ShardRouter
+from pyserving.platforms.shards import ShardRouter, ShardView
 from pyserving.platforms.signature import DEFAULT_SIGNATURE
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2_metadata
@@ -87,13 +87,18 @@ class ShardStub:
         return Done(response_to_proto(InferResponse("t", version, DEFAULT_SIGNATURE, outputs)))
 
 
-class Routes:
-    def __init__(self, stubs: list[ShardStub]) -> None:
-        self.model = "t"
-        self._targets = tuple((f"shard-host:{i}", stub) for i, stub in enumerate(stubs))
+def view_of(stubs: list[ShardStub], model: str = "t") -> ShardView:
+    return ShardView(model, tuple((f"shard-host:{i}", stub) for i, stub in enumerate(stubs)))  # type: ignore[misc]
 
-    def targets(self) -> tuple[tuple[str, ShardStub], ...]:
-        return self._targets
+
+class Routes:
+    """As ShardRoutes: one view of the model and its shards, replaced whole by a reload."""
+
+    def __init__(self, stubs: list[ShardStub]) -> None:
+        self.current = view_of(stubs)
+
+    def view(self) -> ShardView:
+        return self.current
 
 
 def shard_tables(count: int, width: int = 2) -> list[LookupServable]:
@@ -178,9 +183,9 @@ def test_a_shards_status_becomes_the_requests_naming_the_shard(
 
 def test_check_passes_shards_in_index_order_and_a_whole_table_alone() -> None:
     stubs = [ShardStub(t, shard=(i, 3)) for i, t in enumerate(shard_tables(3))]
-    signature = check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+    signature = check_shards(view_of(stubs), 1)
     assert signature == stubs[0].table.signatures[DEFAULT_SIGNATURE]
-    assert check_shards(Routes([ShardStub(shard_tables(1)[0])]), 1)  # type: ignore[arg-type]
+    assert check_shards(view_of([ShardStub(shard_tables(1)[0])]), 1)
 
 
 @pytest.mark.parametrize(
@@ -200,14 +205,14 @@ def test_check_refuses_a_shard_listed_out_of_place_naming_it(
         for i in order
     ]
     with pytest.raises(FailedPrecondition, match=message):
-        check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+        check_shards(view_of(stubs), 1)
 
 
 def test_check_refuses_a_shard_whose_signature_differs_naming_it() -> None:
     narrow, wide = shard_tables(2), shard_tables(2, width=8)
     stubs = [ShardStub(narrow[0], shard=(0, 2)), ShardStub(wide[1], shard=(1, 2))]
     with pytest.raises(FailedPrecondition, match=r"shard 1 \(shard-host:1\) has signature .*8\]"):
-        check_shards(Routes(stubs), 1)  # type: ignore[arg-type]
+        check_shards(view_of(stubs), 1)
 
 
 def test_an_answer_not_of_the_routers_signature_is_unavailable_naming_the_shard() -> None:
@@ -250,3 +255,25 @@ def test_a_deadline_names_every_shard_that_did_not_answer_before_the_requests() 
         "shard 1 (shard-host:1), shard 2 (shard-host:2) did not answer within the deadline"
     )
     assert timeouts[0] <= 0.8  # the fan-out ends before the request's own deadline
+
+
+def test_a_reload_during_the_fan_out_leaves_the_request_on_the_view_it_began_with() -> None:
+    tables = shard_tables(2)
+    before, after = [ShardStub(t) for t in tables], [ShardStub(t) for t in tables]
+    routes = Routes(before)
+    answer = before[0].ModelInfer.future
+
+    def answer_then_reload(request: pb.ModelInferRequest, timeout: float) -> Done:
+        routes.current = view_of(after, model="renamed")  # lands between two shards' calls
+        return answer(request, timeout)
+
+    before[0].ModelInfer = types.SimpleNamespace(future=answer_then_reload)
+    router = ShardRouter(routes, 1, tables[0].signatures[DEFAULT_SIGNATURE])  # type: ignore[arg-type]
+    out = router.run(
+        DEFAULT_SIGNATURE, {"keys": np.array([w.encode() for w in WORDS], dtype=object)}
+    )
+    assert out["found"].all()
+    assert [r.model_name for s in before for r in s.requests] == ["t", "t"]
+    assert not any(s.requests for s in after)
+    router.run(DEFAULT_SIGNATURE, {"keys": np.array([b"word-1"], dtype=object)})
+    assert [r.model_name for s in after for r in s.requests] == ["renamed"]  # the next request

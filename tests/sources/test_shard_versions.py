@@ -77,7 +77,7 @@ def test_aspires_the_versions_every_shard_has_and_keeps_them_while_one_is_down(
         assert key is not None
         routes = find_routes(key)
         assert routes is not None
-        assert [address for address, _ in routes.targets()] == [first.address]
+        assert [address for address, _ in routes.view().targets] == [first.address]
         source.configure({})
         assert sent[-1] == ("router", [])
         assert find_routes(key) is None

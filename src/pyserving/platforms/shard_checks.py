@@ -24,24 +24,28 @@ __all__ = ["check_shards", "describe_rpc_error", "describe_signature"]
 _CHECK_TIMEOUT_S = 10.0
 
 
-class _Routes(Protocol):
-    model: str
+class _ShardView(Protocol):
+    """What the checks read of a router's routes (shards.ShardView): one snapshot."""
 
+    @property
+    def model(self) -> str: ...
+
+    @property
     def targets(self) -> Sequence[tuple[str, Any]]: ...
 
 
-def check_shards(routes: _Routes, version: int) -> Signature:
+def check_shards(view: _ShardView, version: int) -> Signature:
     """The shards' common signature of `version` once every shard is the one the router lists at
     its place and has that signature; raises naming the first shard that is not or does not.
 
     Raises Unavailable (a shard did not answer: retried) or FailedPrecondition (a wrong shard).
     """
-    targets = routes.targets()
+    model, targets = view.model, view.targets
     count = len(targets)
     calls = []
     for address, stub in targets:
-        metadata = pb.ModelMetadataRequest(name=routes.model, version=str(version))
-        config = pb.ModelConfigRequest(name=routes.model, version=str(version))
+        metadata = pb.ModelMetadataRequest(name=model, version=str(version))
+        config = pb.ModelConfigRequest(name=model, version=str(version))
         calls.append(
             (
                 address,
@@ -58,14 +62,14 @@ def check_shards(routes: _Routes, version: int) -> Signature:
                 parameters = config_call.result().config.parameters
             except grpc.RpcError as exc:
                 raise Unavailable(f"{where}: {describe_rpc_error(exc)}") from exc
-            _check_identity(where, index, count, parameters, routes.model, version)
+            _check_identity(where, index, count, parameters, model, version)
             signature = _signature(metadata)
             if first is None:
                 first = signature
             elif signature != first:
                 raise FailedPrecondition(
                     f"{where} has signature {describe_signature(signature)} for version"
-                    f" {version} of model {routes.model}, shard 0 has"
+                    f" {version} of model {model}, shard 0 has"
                     f" {describe_signature(first)}: every shard must serve the same table"
                 )
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
     "SHARDS_PLATFORM",
     "ShardRouter",
     "ShardRoutes",
+    "ShardView",
     "ShardsLoader",
     "find_routes",
     "routes_for",
@@ -67,11 +68,20 @@ _CHANNEL_OPTIONS = (
 )
 
 
+class ShardView(NamedTuple):
+    """One consistent reading of a router's routes: the model's name on the shards and
+    (address, stub) of every shard, in shard index order."""
+
+    model: str
+    targets: tuple[tuple[str, GRPCInferenceServiceStub], ...]
+
+
 class ShardRoutes:
     """The live shard addresses of one router model and one reused channel per address.
 
-    Thread-safety: `update` and `close` may run while requests call `targets`; a request uses
-    the addresses it read (one tuple, replaced whole).
+    Thread-safety: `update` and `close` may run while requests call `view`; a request uses the
+    view it read (model and addresses together, replaced whole), so a reload never gives it
+    one's model and the other's addresses.
     Ownership: ShardVersionSource creates, updates and closes it.
     """
 
@@ -79,13 +89,12 @@ class ShardRoutes:
         self._lock = threading.Lock()  # guards _stubs, _channels
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, GRPCInferenceServiceStub] = {}
-        self.model = model
-        self._targets: tuple[tuple[str, GRPCInferenceServiceStub], ...] = ()
+        self._view = ShardView(model, ())
         self.update(model, addresses)
 
-    def targets(self) -> tuple[tuple[str, GRPCInferenceServiceStub], ...]:
-        """(address, stub) of every shard, in shard index order."""
-        return self._targets
+    def view(self) -> ShardView:
+        """The model and shards as they are now: one snapshot for one request or check."""
+        return self._view
 
     def update(self, model: str, addresses: Sequence[str]) -> None:
         """Use `addresses` (and shard model name `model`) from the next request on; channels to
@@ -96,8 +105,7 @@ class ShardRoutes:
                     channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
                     self._channels[address] = channel
                     self._stubs[address] = GRPCInferenceServiceStub(channel)
-            self.model = model
-            self._targets = tuple((a, self._stubs[a]) for a in addresses)
+            self._view = ShardView(model, tuple((a, self._stubs[a]) for a in addresses))
             for gone in set(self._channels) - set(addresses):
                 self._stubs.pop(gone)
                 self._channels.pop(gone).close()
@@ -105,7 +113,7 @@ class ShardRoutes:
     def close(self) -> None:
         """Close every channel."""
         with self._lock:
-            self._targets = ()
+            self._view = ShardView(self._view.model, ())
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
@@ -149,12 +157,13 @@ class ShardsLoader(Loader):
 
     def load(self) -> Servable:
         routes = find_routes(self.path)
-        if routes is None or not routes.targets():
+        view = None if routes is None else routes.view()
+        if routes is None or view is None or not view.targets:
             raise FailedPrecondition(f"model {self.servable_id.name}: no shards configured")
-        signature = check_shards(routes, self.servable_id.version)
+        signature = check_shards(view, self.servable_id.version)
         if [t.name for t in signature.inputs] != ["keys"]:
             raise FailedPrecondition(
-                f"model {routes.model} on the shards takes"
+                f"model {view.model} on the shards takes"
                 f" {', '.join(t.name for t in signature.inputs)}; a router needs one input, keys"
             )
         return ShardRouter(routes, self.servable_id.version, signature)
@@ -193,9 +202,9 @@ class ShardRouter(Servable):
             deadline = now + _DEFAULT_TIMEOUT_S
         else:
             deadline -= min(_FANOUT_MARGIN_S, max(0.0, deadline - now) * _FANOUT_MARGIN_FRACTION)
-        targets = self._routes.targets()
+        model, targets = self._routes.view()  # one snapshot: a reload may replace it meanwhile
         if not targets:  # the router is being removed or the server stops
-            raise Unavailable(f"model {self._routes.model}: no shards configured")
+            raise Unavailable(f"model {model}: no shards configured")
         owners = shard_of(keys, len(targets))
         order = np.argsort(owners, kind="stable")
         groups = np.split(order, np.cumsum(np.bincount(owners, minlength=len(targets)))[:-1])
@@ -206,7 +215,7 @@ class ShardRouter(Servable):
                 if timeout <= 0:
                     _cancel(calls)
                     raise DeadlineExceeded("Deadline exceeded before the shards were called")
-                request = self._request(keys[rows])
+                request = self._request(model, keys[rows])
                 calls.append(
                     (index, address, rows, stub.ModelInfer.future(request, timeout=timeout))
                 )
@@ -220,9 +229,7 @@ class ShardRouter(Servable):
                         raise DeadlineExceeded(
                             f"{', '.join(_late(calls))} did not answer within the deadline"
                         ) from exc
-                    raise _shard_error(
-                        index, address, self._routes.model, self._version, exc
-                    ) from exc
+                    raise _shard_error(index, address, model, self._version, exc) from exc
                 parts = _decode(response, index, address, self._outputs)
                 for name, part in parts.items():
                     if len(part) != len(rows):
@@ -242,8 +249,8 @@ class ShardRouter(Servable):
                 outputs[spec.name] = np.empty(shape, V2_TO_NUMPY.get(spec.datatype, object))
         return outputs
 
-    def _request(self, keys: np.ndarray) -> pb.ModelInferRequest:
-        request = pb.ModelInferRequest(model_name=self._routes.model, model_version=self._version)
+    def _request(self, model: str, keys: np.ndarray) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name=model, model_version=self._version)
         tensor = request.inputs.add(name="keys", datatype=self._key_datatype, shape=[len(keys)])
         if self._key_datatype == "BYTES":
             tensor.contents.bytes_contents.extend(as_bytes_list(keys))

@@ -165,10 +165,10 @@ class ShardVersionSource:
 def _common_versions(routes: ShardRoutes) -> tuple[tuple[int, ...] | None, str | None]:
     """The versions every shard has AVAILABLE (sorted; None when some shard did not answer), and
     why that is none (naming the shard), None when there are some."""
-    targets = routes.targets()
+    model, targets = routes.view()
     if not targets:
         return None, "no shards configured"
-    request = pb.ModelMetadataRequest(name=routes.model)
+    request = pb.ModelMetadataRequest(name=model)
     calls = [
         (address, stub.ModelMetadata.future(request, timeout=_METADATA_TIMEOUT_S))
         for address, stub in targets
@@ -189,10 +189,10 @@ def _common_versions(routes: ShardRoutes) -> tuple[tuple[int, ...] | None, str |
                 unreachable = True
                 continue
         if not versions:
-            problems.append(f"{where} has no AVAILABLE version of model {routes.model}")
+            problems.append(f"{where} has no AVAILABLE version of model {model}")
         common = versions if common is None else common & versions
     if unreachable or common is None:
         return None, "; ".join(problems)
     if not common and not problems:
-        problems.append(f"the shards have no version of model {routes.model} in common")
+        problems.append(f"the shards have no version of model {model} in common")
     return tuple(sorted(common)), "; ".join(problems) or None
