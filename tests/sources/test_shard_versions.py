@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -15,14 +16,19 @@ from pyserving.proto.grpc_service_pb2_grpc import (
     GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
+from pyserving.sources import shard_versions
 from pyserving.sources.shard_versions import ShardVersionSource
 
 
 class Shard(GRPCInferenceServiceServicer):
-    """Answers ModelMetadata with the versions a test sets."""
+    """Answers ModelMetadata with the versions a test sets; a held shard answers only once the
+    test releases it."""
 
     def __init__(self) -> None:
         self.versions: list[int] = [1]
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         add_GRPCInferenceServiceServicer_to_server(self, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
@@ -31,6 +37,8 @@ class Shard(GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> object:
         assert request.name == "t"
+        self.asked.set()
+        self.release.wait(30)  # bounded: the server's thread ends even when a test fails
         return pb.ModelMetadataResponse(name="t", versions=[str(v) for v in self.versions])
 
 
@@ -41,6 +49,7 @@ def two_shards() -> Iterator[list[Shard]]:
         yield started
     finally:
         for shard in started:
+            shard.release.set()
             shard.server.stop(None)
 
 
@@ -136,4 +145,42 @@ def test_new_addresses_send_the_versions_again_with_a_new_revision(
         assert [versions for versions, _ in sent] == [[1], [1]]
         assert sent[0][1] != sent[1][1]
     finally:
+        source.stop()
+
+
+def test_a_slow_shard_delays_neither_a_reload_nor_another_routers_poll(
+    two_shards: list[Shard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_versions, "_METADATA_TIMEOUT_S", 30.0)  # held, not timed out
+    slow, quick = two_shards
+    slow.release.clear()
+    sent: list[tuple[str, list[int]]] = []
+    source = ShardVersionSource(0)
+    source.set_aspired_versions_callback(
+        lambda name, versions: sent.append((name, [item.id.version for item in versions]))
+    )
+    routers = {"slow": ("t", [slow.address]), "quick": ("t", [quick.address])}
+    source.configure(routers)
+    poll = threading.Thread(target=source.poll_once, daemon=True)
+    reload = threading.Thread(
+        target=source.configure, args=({**routers, "new": ("t", [quick.address])},), daemon=True
+    )
+    try:
+        poll.start()
+        assert slow.asked.wait(10)
+        assert quick.asked.wait(10)  # asked while the slow router's shard has not answered
+        reload.start()
+        reload.join(10)
+        assert not reload.is_alive()  # the reload did not wait for the slow shard
+        assert slow.release.is_set() is False and poll.is_alive()
+        slow.release.set()
+        poll.join(10)
+        assert sorted(sent) == [("quick", [1]), ("slow", [1])]
+        source.poll_once()  # the router the reload added is asked by the next poll
+        assert sent[-1] == ("new", [1])
+    finally:
+        slow.release.set()
+        for thread in (poll, reload):
+            if thread.ident is not None:  # started
+                thread.join(10)
         source.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -40,15 +41,18 @@ class ShardVersionSource:
     """Emits `ServableData[str]` per router model (data = the key its ShardRoutes are under).
 
     Thread-safety: `configure`, `poll_once` and `stop` may be called from any thread; polls are
-    serialised.
-    Blocking: `poll_once` waits for the shards' answers (at most `_METADATA_TIMEOUT_S` each, in
-    parallel); `stop` waits for a poll under way.
+    serialised, and a poll's answers for a router that `configure` replaced or changed meanwhile
+    are dropped (the next poll asks its new shards).
+    Blocking: `poll_once` waits for the shards' answers (every shard of every router asked at
+    once, at most `_METADATA_TIMEOUT_S`) without holding the lock `configure` takes, so a slow
+    shard delays neither a reload nor the other routers; `stop` waits for a poll under way.
     """
 
     def __init__(self, poll_wait_s: float) -> None:
         self._poll_wait_s = poll_wait_s
         self._callback: AspiredVersionsCallback[str] | None = None
-        self._lock = threading.Lock()  # guards _routers, _sent; held for a whole poll
+        self._poll_lock = threading.Lock()  # held for a whole poll: polls one at a time
+        self._lock = threading.Lock()  # guards _routers, _sent, _revisions; never while polling
         self._routers: dict[str, ShardRoutes] = {}
         self._sent: dict[str, tuple[int, ...]] = {}
         # router → its model and addresses: the versions' revision, so that a version whose load
@@ -94,15 +98,31 @@ class ShardVersionSource:
 
     def poll_once(self) -> None:
         """Ask every shard of every router for its versions; send the lists that changed."""
-        with self._lock:
-            for name, routes in self._routers.items():
-                versions, problem = _common_versions(routes)
-                served = versions if versions is not None else self._sent.get(name)
-                self._note_problem(name, None if served else problem)
-                if versions is None or self._sent.get(name) == versions:
-                    continue
-                self._sent[name] = versions
-                self._send(name, list(versions))
+        with self._poll_lock:
+            with self._lock:  # starting the calls does not wait for them
+                asked = [
+                    (name, routes, self._revisions.get(name), *_ask(routes))
+                    for name, routes in self._routers.items()
+                ]
+            answers = [
+                (name, routes, revision, _common_versions(model, calls))
+                for name, routes, revision, model, calls in asked
+            ]
+            with self._lock:
+                for name, routes, revision, answer in answers:
+                    if self._routers.get(name) is routes and self._revisions.get(name) == revision:
+                        self._apply_locked(name, *answer)
+
+    def _apply_locked(
+        self, name: str, versions: tuple[int, ...] | None, problem: str | None
+    ) -> None:
+        """Note router `name`'s poll answer; send its versions when they changed."""
+        served = versions if versions is not None else self._sent.get(name)
+        self._note_problem(name, None if served else problem)
+        if versions is None or self._sent.get(name) == versions:
+            return
+        self._sent[name] = versions
+        self._send(name, list(versions))
 
     def problem(self, name: str) -> str | None:
         """Why router `name` has no version (naming the shard), None when none is known."""
@@ -162,17 +182,24 @@ class ShardVersionSource:
         return f"shards:{id(self):x}/{name}"
 
 
-def _common_versions(routes: ShardRoutes) -> tuple[tuple[int, ...] | None, str | None]:
-    """The versions every shard has AVAILABLE (sorted; None when some shard did not answer), and
-    why that is none (naming the shard), None when there are some."""
+def _ask(routes: ShardRoutes) -> tuple[str, list[tuple[str, Any]]]:
+    """The model and every shard's ModelMetadata call for it, started (answered later)."""
     model, targets = routes.view()
-    if not targets:
-        return None, "no shards configured"
     request = pb.ModelMetadataRequest(name=model)
     calls = [
         (address, stub.ModelMetadata.future(request, timeout=_METADATA_TIMEOUT_S))
         for address, stub in targets
     ]
+    return model, calls
+
+
+def _common_versions(
+    model: str, calls: list[tuple[str, Any]]
+) -> tuple[tuple[int, ...] | None, str | None]:
+    """The versions every shard has AVAILABLE, from their `calls` (sorted; None when some shard
+    did not answer), and why that is none (naming the shard), None when there are some."""
+    if not calls:
+        return None, "no shards configured"
     common: set[int] | None = None
     problems = []
     unreachable = False
