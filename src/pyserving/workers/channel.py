@@ -8,17 +8,25 @@ carries only our own objects; nothing else can reach the socket.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import pickle
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 _HEADER = struct.Struct("!I")
+#: the largest message either end sends or accepts (a whole config fits many times over): a
+#: longer length means a broken stream, which closes the channel instead of allocating it
+MAX_FRAME_BYTES = 64 << 20
+
+_log = logging.getLogger(__name__)
 
 
 class ChannelClosed(Exception):
-    """The other end went away (exited, was killed, or closed its socket)."""
+    """The other end went away (exited, was killed, or closed its socket), or a message broke
+    the frame limit and this end closed the channel."""
 
 
 class Channel:
@@ -37,17 +45,28 @@ class Channel:
         return self._sock.fileno()
 
     def send(self, *message: Any) -> None:
-        """Send one message; raises ChannelClosed when the other end is gone."""
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            with self._send_lock:
-                self._sock.sendall(_HEADER.pack(len(data)) + data)
-        except OSError as exc:
-            raise ChannelClosed(str(exc)) from exc
+        """Send one message; raises ChannelClosed when the other end is gone, or (closing the
+        channel) when the message is over MAX_FRAME_BYTES."""
+        buffer = io.BytesIO()
+        buffer.write(bytes(_HEADER.size))  # the length goes here once the pickle is written
+        pickle.dump(message, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        with buffer.getbuffer() as frame:  # the pickle sent where it was written: no copy
+            size = len(frame) - _HEADER.size
+            if size > MAX_FRAME_BYTES:
+                self._close_over_limit(f"a {message[0]!r} message of {size} bytes")
+            _HEADER.pack_into(frame, 0, size)
+            try:
+                with self._send_lock:
+                    self._sock.sendall(frame)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
 
     def receive(self) -> tuple[Any, ...]:
-        """The next message; raises ChannelClosed at the end of the stream."""
+        """The next message; raises ChannelClosed at the end of the stream, or (closing the
+        channel) when its length is over MAX_FRAME_BYTES."""
         (size,) = _HEADER.unpack(self._read_exactly(_HEADER.size))
+        if size > MAX_FRAME_BYTES:
+            self._close_over_limit(f"a message of {size} bytes announced")
         message: tuple[Any, ...] = pickle.loads(self._read_exactly(size))
         return message
 
@@ -56,15 +75,21 @@ class Channel:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
-    def _read_exactly(self, size: int) -> bytes:
-        chunks: list[bytes] = []
-        while size:
+    def _close_over_limit(self, what: str) -> NoReturn:
+        reason = f"{what}: over the channel's {MAX_FRAME_BYTES}-byte limit; closing the channel"
+        _log.error("%s", reason)
+        self.close()  # the other end reads the end of the stream
+        raise ChannelClosed(reason)
+
+    def _read_exactly(self, size: int) -> bytearray:
+        data = bytearray(size)  # received in place: no chunks joined after
+        view = memoryview(data)
+        while view:
             try:
-                chunk = self._sock.recv(min(size, 1 << 20))
+                count = self._sock.recv_into(view, min(len(view), 1 << 20))
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
-            if not chunk:
+            if not count:
                 raise ChannelClosed("end of stream")
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            view = view[count:]
+        return data
