@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import shutil
 import sys
@@ -19,7 +20,7 @@ from pyserving.api.tls import TlsConfig, TlsConfigError, load_tls_config
 from pyserving.cli_flags import build_parser
 from pyserving.cli_listeners import Drain, TransportLimits, exit_now, serve_listeners
 from pyserving.errors import ServingError
-from pyserving.listen_ports import bind_port, port_error
+from pyserving.listen_ports import PortTaken, bind_listeners, bind_port
 from pyserving.logs import configure_logging
 from pyserving.serving import tracing
 from pyserving.serving.config import ModelConfig, ModelServerConfig
@@ -117,25 +118,14 @@ def _serve_models(
     if options.rest_api_port == 0 and options.port == 0:
         print("pyserving: --port=0 and --rest_api_port=0 leave nothing to serve", file=sys.stderr)
         return 2
-    sock = None
     try:
-        if options.rest_api_port:
-            sock = bind_port(options.host, options.rest_api_port, reuse_port=worker is not None)
-    except OSError as exc:
-        print(
-            port_error("REST", "--rest_api_port", options.host, options.rest_api_port, exc),
-            file=sys.stderr,
-        )
+        bind = functools.partial(bind_port, reuse_port=worker is not None)
+        sock, grpc_probe = bind_listeners(options.host, options.rest_api_port, options.port, bind)
+    except PortTaken as exc:
+        print(exc, file=sys.stderr)
         return 2
-    if options.port:
-        try:
-            # Probed here: grpc reports a taken port only as a raw C-core log line.
-            bind_port(options.host, options.port, reuse_port=worker is not None).close()
-        except OSError as exc:
-            if sock is not None:
-                sock.close()
-            print(port_error("gRPC", "--port", options.host, options.port, exc), file=sys.stderr)
-            return 2
+    if grpc_probe is not None:  # probed here: grpc reports a taken port only as a C-core log line
+        grpc_probe.close()
     metrics.PENDING_REQUESTS.set_function(lambda: core.service.pending_requests)
     # OpenTelemetry's environment (OTEL_EXPORTER_OTLP_ENDPOINT, ...): off when it names none
     tracing.configure()

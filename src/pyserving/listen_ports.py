@@ -14,8 +14,34 @@ last connections are still in TIME_WAIT be reused, as one process can.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
-__all__ = ["bind_port", "port_error", "reserve_port"]
+__all__ = ["PortTaken", "bind_listeners", "bind_port", "reserve_port"]
+
+
+class PortTaken(Exception):
+    """A listener's port could not be bound; `str()` is the line for stderr (exit status 2)."""
+
+
+def bind_listeners(
+    host: str, rest_api_port: int, grpc_port: int, bind: Callable[[str, int], socket.socket]
+) -> tuple[socket.socket | None, socket.socket | None]:
+    """The (REST, gRPC) sockets `bind` made for the ports that are not 0, REST first (None for
+    a port of 0). Raises PortTaken naming the listener, the reason and the flag that moves it,
+    after closing what it bound."""
+    bound: list[socket.socket | None] = []
+    for what, flag, port in (
+        ("REST", "--rest_api_port", rest_api_port),
+        ("gRPC", "--port", grpc_port),
+    ):
+        try:
+            bound.append(bind(host, port) if port else None)
+        except OSError as exc:
+            for sock in bound:
+                if sock is not None:
+                    sock.close()
+            raise PortTaken(_port_error(what, flag, host, port, exc)) from exc
+    return bound[0], bound[1]
 
 
 def bind_port(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -42,7 +68,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
+def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
     """One line for stderr: which listener could not bind, why, and which flag moves it."""
     reason = exc.strerror or str(exc)
     return (

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pyserving.cli_flag_types import WORKERS_PER_CPU_LIMIT, worker_count
-from pyserving.listen_ports import bind_port, reserve_port
+from pyserving.listen_ports import PortTaken, bind_listeners, bind_port, reserve_port
 
 
 def _reuse_port_listener() -> socket.socket:
@@ -97,3 +97,25 @@ def test_a_port_whose_connections_are_in_time_wait_can_be_held_again() -> None:
     client.close()
     listener.close()
     reserve_port("127.0.0.1", port).close()
+
+
+def test_a_taken_grpc_port_lets_the_rest_port_go_and_names_the_flag() -> None:
+    taken = bind_port("127.0.0.1", 0)
+    taken.listen()
+    free = bind_port("127.0.0.1", 0)
+    rest_port = free.getsockname()[1]
+    free.close()
+    grpc_port = taken.getsockname()[1]
+    try:
+        with pytest.raises(PortTaken) as raised:
+            bind_listeners("127.0.0.1", rest_port, grpc_port, reserve_port)
+        assert str(raised.value).startswith(
+            f"pyserving: cannot listen for gRPC on 127.0.0.1:{grpc_port}: Address already in use"
+        )
+        assert "--port=N" in str(raised.value)
+        reserve_port("127.0.0.1", rest_port).close()  # the REST port it bound was let go
+        rest, grpc = bind_listeners("127.0.0.1", rest_port, 0, reserve_port)
+        assert rest is not None and grpc is None  # port 0: no listener
+        rest.close()
+    finally:
+        taken.close()

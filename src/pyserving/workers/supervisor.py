@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from pyserving.core.ids import ServableData
-from pyserving.listen_ports import port_error, reserve_port
+from pyserving.listen_ports import PortTaken, bind_listeners, reserve_port
 from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
 from pyserving.workers.aspired_feed import AspiredFeed, Gate, compute_gate
 from pyserving.workers.channel import ChannelClosed
@@ -54,18 +54,13 @@ def run_supervisor(args: argparse.Namespace, argv: Sequence[str], demo_root: Pat
     """Serve with `args.workers` processes until SIGTERM/SIGINT; 0 after a clean drain, 2 when
     the first workers cannot start (a bad flag, config or port: they said why on stderr) or a
     port is taken (by anyone: listen_ports.reserve_port holds both until the workers exited)."""
-    held = []
     try:
-        for what, flag, port in (
-            ("REST", "--rest_api_port", args.rest_api_port),
-            ("gRPC", "--port", args.port),
-        ):
-            if port:
-                try:
-                    held.append(reserve_port(args.host, port))
-                except OSError as exc:
-                    print(port_error(what, flag, args.host, port, exc), file=sys.stderr)
-                    return 2
+        reserved = bind_listeners(args.host, args.rest_api_port, args.port, reserve_port)
+    except PortTaken as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    held = [sock for sock in reserved if sock is not None]
+    try:
         return _supervise(args, argv, demo_root)
     finally:
         for sock in held:  # after every worker exited: no other server shares the port
