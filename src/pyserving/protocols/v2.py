@@ -40,6 +40,7 @@ from pyserving.protocols.tensors import (
     raw_tensor,
     reserve_decoded,
 )
+from pyserving.protocols.v2_wire import infer_response_bytes, packed_values
 
 __all__ = [
     "parse_version",
@@ -47,6 +48,7 @@ __all__ = [
     "request_from_proto",
     "response_to_json",
     "response_to_proto",
+    "response_to_wire",
 ]
 
 # datatype → the InferTensorContents field that carries it (FP16 has none: raw only)
@@ -417,6 +419,9 @@ def _typed_contents(
         return array.reshape(shape)
     dtype = V2_TO_NUMPY[datatype]
     if dtype.kind == "f":  # FP32 and FP64 contents hold values of exactly that type
+        packed = packed_values(contents, field, count * dtype.itemsize)
+        if packed is not None:  # their wire bytes, not one Python float per value
+            return raw_tensor(datatype, shape, packed, what)
         return np.array(values, dtype=dtype).reshape(shape)
     wide = np.array(values)
     if dtype.kind in "iu" and wide.size:
@@ -484,6 +489,17 @@ def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
         out.outputs.add(name=name, datatype=_datatype(name, array), shape=array.shape)
         raw.append(encode_raw(array))
     return out
+
+
+def response_to_wire(response: InferResponse) -> bytes:
+    """`response_to_proto`'s wire bytes, written without building the message."""
+    if response.parameters:
+        return response_to_proto(response).SerializeToString()
+    outputs = [
+        (name, _datatype(name, array), array.shape, encode_raw(array))
+        for name, array in response.outputs.items()
+    ]
+    return infer_response_bytes(response.model, str(response.version), response.id or "", outputs)
 
 
 def _datatype(name: str, array: np.ndarray) -> str:

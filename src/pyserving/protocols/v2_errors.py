@@ -7,8 +7,7 @@ Latest(m)`); the V2 transports re-word it here, the TF Serving APIs keep TF's te
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from pyserving.errors import NotFound, ServableNotFound
 
@@ -21,11 +20,27 @@ def unknown_model(name: str, version: int | None) -> str:
     return f"Request for unknown model: '{name}'{at} is not found"
 
 
-@contextmanager
-def in_triton_words() -> Iterator[None]:
-    """Re-raises a ServableNotFound raised inside as NotFound in Triton's words."""
-    try:
-        yield
-    except ServableNotFound as exc:
-        # from None: a log shows the one error the client saw, not TF's text chained under it
-        raise NotFound(unknown_model(exc.name, exc.version)) from None
+class _InTritonWords:
+    """Re-raises a ServableNotFound raised inside as NotFound in Triton's words (a class, not a
+    generator-based context manager: it is entered on every V2 request)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, ServableNotFound):
+            # from None: a log shows the one error the client saw, not TF's text chained under it
+            raise NotFound(unknown_model(exc.name, exc.version)) from None
+
+
+_IN_TRITON_WORDS = _InTritonWords()
+
+
+def in_triton_words() -> _InTritonWords:
+    """A context manager that re-raises a ServableNotFound raised inside as NotFound in
+    Triton's words."""
+    return _IN_TRITON_WORDS

@@ -121,13 +121,14 @@ def release_frames(exc: BaseException) -> None:
 
 
 def unary_handler(
-    behavior: Callable[[Req, Context], Awaitable[Resp]],
+    behavior: Callable[[Req, Context], Awaitable[Resp | bytes]],
     request_type: type[Req],
     model_of: ModelOf | None = None,
     version_of: VersionOf | None = None,
 ) -> Any:
     """A unary-unary method handler around `behavior`, counting it in the request metrics when
-    `model_of` names a model."""
+    `model_of` names a model (under the version `version_of` reads from the answer, else the
+    one `answered_version` holds). `behavior` answers a message, or the answer's wire bytes."""
     package = request_type.DESCRIPTOR.full_name.partition(".")[0]
     protocol = "v2-grpc" if package == "inference" else "tfserving-grpc"
 
@@ -202,9 +203,12 @@ def _traceparent(context: Context) -> str | None:
     return None
 
 
-async def serialize_sized(message: Message) -> bytes:
+async def serialize_sized(message: Message | bytes) -> bytes:
     """`message`'s wire bytes, made off the event loop when it is large (handlers are registered
-    without a response serializer, which grpc would run on the loop)."""
+    without a response serializer, which grpc would run on the loop); a handler that wrote its
+    answer's bytes itself returns them as they are."""
+    if isinstance(message, bytes):
+        return message
     return await run_sized(message.ByteSize(), message.SerializeToString)
 
 

@@ -70,18 +70,14 @@ class V2Servicer:
         def model_name(request: Any) -> str:
             return request.model_name
 
-        def answered(response: Any) -> int | None:
-            return int(response.model_version) if response.model_version else None
-
         methods = {
             "ServerLive": unary_handler(self.server_live, pb.ServerLiveRequest),
             "ServerReady": unary_handler(self.server_ready, pb.ServerReadyRequest),
             "ModelReady": unary_handler(self.model_ready, pb.ModelReadyRequest),
             "ServerMetadata": unary_handler(self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": unary_handler(self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": unary_handler(
-                self.model_infer, pb.ModelInferRequest, model_name, answered
-            ),
+            # counted under the version `InferenceService` answered on (`answered_version`)
+            "ModelInfer": unary_handler(self.model_infer, pb.ModelInferRequest, model_name),
             "ModelStreamInfer": stream_handler(self.model_stream_infer),
             "ModelConfig": unary_handler(self.model_config, pb.ModelConfigRequest),
             "ModelStatistics": unary_handler(self.model_statistics, pb.ModelStatisticsRequest),
@@ -181,8 +177,13 @@ class V2Servicer:
 
     # --- inference -----------------------------------------------------------------------------
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        return await self._infer(request, deadline_of(context))
+    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> bytes:
+        """The answer's wire bytes (`v2.response_to_wire`: no response message is built)."""
+        with v2_errors.in_triton_words():
+            response = await self._service.infer(
+                v2.request_from_proto(request, deadline_of(context))
+            )
+        return await run_sized(response.nbytes, v2.response_to_wire, response)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
