@@ -5,8 +5,11 @@ only after both (issue 17)."""
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pyserving.core.ids import ServableData, ServableId
 from pyserving.workers import supervisor as sup
@@ -104,3 +107,57 @@ def test_a_worker_silent_past_the_limit_is_killed_once_issue_17(tmp_path: Path) 
     worker.ping_or_kill(now=131.0, hung_after_s=30.0)
     worker.ping_or_kill(now=133.0, hung_after_s=30.0)
     assert process.signals == [signal.SIGKILL]
+
+
+class HeldApplyChannel(RecordingChannel):
+    """Answers an "apply" only once the test lets it, as a worker loading models would."""
+
+    def __init__(self, owner: sup.Supervisor) -> None:
+        super().__init__(owner)
+        self.asked = threading.Event()
+        self.answer = threading.Event()
+
+    def send(self, *message: Any) -> None:
+        super().send(*message)
+        if message[0] == "apply":
+            self.asked.set()
+            threading.Thread(target=self._applied, args=(message[1],), daemon=True).start()
+
+    def _applied(self, apply_id: int) -> None:
+        self.answer.wait(30)  # bounded: the thread ends even when the test fails
+        with self.owner._lock:
+            assert self.worker is not None
+            self.worker.answers[apply_id] = (None, None)
+            self.owner._changed.notify_all()
+
+
+def test_a_restart_during_model_control_waits_for_the_call_without_timers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor = sup.Supervisor([], 2, None, str(tmp_path), True, 1.0)
+    spawned: list[int] = []
+    monkeypatch.setattr(
+        supervisor, "_spawn", lambda slot, load_before_listening: spawned.append(slot)
+    )
+    channel = HeldApplyChannel(supervisor)
+    worker = WorkerProcess(0, FakeProcess(1000), channel)
+    channel.worker = worker
+    supervisor._workers[0] = worker
+    control = threading.Thread(
+        target=supervisor._control, args=(worker, 7, "reload_config", ()), daemon=True
+    )
+    try:
+        control.start()
+        assert channel.asked.wait(10)  # the call is under way
+        supervisor._respawn(1)  # slot 1 died meanwhile
+        assert spawned == [] and supervisor._events.empty()
+        assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+        channel.answer.set()
+        while not spawned:  # the coordinator's part, run here: the gate sync, then the restart
+            supervisor._events.get(timeout=10)()
+        control.join(10)
+        assert spawned == [1]  # started once, after the call ended: with the config it left
+        assert channel.sent[-1] == ("answer", 7, None)
+    finally:
+        channel.answer.set()
+        control.join(10)

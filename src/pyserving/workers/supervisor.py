@@ -125,6 +125,8 @@ class Supervisor:
         self._stopping = threading.Event()
         self._exit_code = 0
         self._restarts: dict[int, float] = {}  # slot → backoff of its next restart
+        # slots whose restart waits for the model-control call under way (guarded by _lock)
+        self._respawn_after_control: set[int] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -292,15 +294,20 @@ class Supervisor:
     def _respawn(self, slot: int) -> None:
         if self._stopping.is_set():
             return
-        if self._control_lock.locked():
-            # a model-control call is being applied: start it with the config that call leaves
-            timer = threading.Timer(
-                0.2, self._events.put, (functools.partial(self._respawn, slot),)
-            )
-            timer.daemon = True
-            timer.start()
-            return
+        with self._lock:  # checked and noted at once: _control takes the slots under it
+            if self._control_lock.locked():
+                # a model-control call is being applied: _control restarts the slot when it
+                # is done, with the config the call leaves
+                self._respawn_after_control.add(slot)
+                return
         self._spawn(slot, load_before_listening=True)
+
+    def _restart_after_control(self) -> None:
+        """Queue the restarts that waited for the model-control call that just ended."""
+        with self._lock:
+            waiting, self._respawn_after_control = self._respawn_after_control, set()
+        for slot in sorted(waiting):
+            self._events.put(functools.partial(self._respawn, slot))
 
     def _ever_listened(self) -> bool:
         with self._lock:
@@ -408,27 +415,30 @@ class Supervisor:
     ) -> None:
         """Apply one model-control call in every worker, then answer the one that received it
         with the first error any worker met (None: applied everywhere)."""
-        with self._control_lock:
-            with self._lock:
-                self._request_ids += 1
-                apply_id = self._request_ids
-                workers = list(self._workers.values())
-            for worker in workers:
-                worker.send("apply", apply_id, method, args)
-            with self._lock:
-                self._changed.wait_for(
-                    lambda: all(w.gone or apply_id in w.answers for w in workers)
-                )
-                answers = [w.answers.pop(apply_id) for w in workers if apply_id in w.answers]
-                errors = [error for error, _state in answers if error is not None]
-                if answers and not errors:
-                    self._state = answers[0][1]
-            synced = threading.Event()
+        try:
+            with self._control_lock:
+                with self._lock:
+                    self._request_ids += 1
+                    apply_id = self._request_ids
+                    workers = list(self._workers.values())
+                for worker in workers:
+                    worker.send("apply", apply_id, method, args)
+                with self._lock:
+                    self._changed.wait_for(
+                        lambda: all(w.gone or apply_id in w.answers for w in workers)
+                    )
+                    answers = [w.answers.pop(apply_id) for w in workers if apply_id in w.answers]
+                    errors = [error for error, _state in answers if error is not None]
+                    if answers and not errors:
+                        self._state = answers[0][1]
+                synced = threading.Event()
 
-            def sync() -> None:
-                self._sync_gate()
-                synced.set()
+                def sync() -> None:
+                    self._sync_gate()
+                    synced.set()
 
-            self._events.put(sync)
-            synced.wait(_GATE_WAIT_S * 2)
+                self._events.put(sync)
+                synced.wait(_GATE_WAIT_S * 2)
+        finally:
+            self._restart_after_control()
         origin.send("answer", request_id, errors[0] if errors else None)
