@@ -24,9 +24,10 @@ from pyserving.core.handle import ServableHandle
 from pyserving.errors import ModelError, ServingError, Unimplemented
 from pyserving.metrics import PIPELINE_STEP_DURATION
 from pyserving.platforms.servable import Servable
-from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, v2_datatype
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving.pipeline_config import PipelineSpec, Step
+from pyserving.serving.signature_plan import describe_array, fits
 
 if TYPE_CHECKING:
     from pyserving.serving.inference import InferenceService
@@ -185,19 +186,10 @@ def _check_outputs(outputs: Mapping[str, np.ndarray], signature: Signature) -> N
     client) would otherwise be told its input is wrong, for a fault of this step's model."""
     for name, array in outputs.items():
         spec = signature.output(name)
-        if spec is None:
-            continue
-        if spec.datatype == "BYTES":
-            dtype_ok = array.dtype.kind in "OSU"
-        else:
-            dtype_ok = array.dtype == spec.numpy_dtype
-        if not dtype_ok or not spec.shape_matches(array.shape):
-            try:
-                got = f"{v2_datatype(array.dtype)} {list(array.shape)}"
-            except KeyError:
-                got = f"{array.dtype} {list(array.shape)}"
+        if spec is not None and not fits(array, spec):
             raise ModelError(
-                f'output "{name}" is {got}, but the model\'s signature declares {spec.describe()}'
+                f'output "{name}" is {describe_array(array)}, but the model\'s signature'
+                f" declares {spec.describe()}"
             )
 
 

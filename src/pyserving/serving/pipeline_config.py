@@ -19,7 +19,7 @@ steps' real signatures (unknown tensors, unwired inputs, dtype and shape mismatc
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
@@ -76,9 +76,14 @@ class PipelineSpec:
     in `levels` (the steps of one level do not depend on each other and may run together)."""
 
     name: str
-    steps: tuple[Step, ...]
     outputs: Mapping[str, Wire]
     levels: tuple[tuple[Step, ...], ...]
+    #: every step, level by level: derived from `levels` once (requests walk it)
+    steps: tuple[Step, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        steps = tuple(step for level in self.levels for step in level)
+        object.__setattr__(self, "steps", steps)  # frozen: set once, here
 
 
 def parse_pipeline(value: object, name: str) -> PipelineSpec:
@@ -117,9 +122,7 @@ def parse_pipeline(value: object, name: str) -> PipelineSpec:
                 f' "{text}" (steps: {", ".join(steps)})'
             )
         wired_outputs[str(output)] = wire
-    levels = _levels(steps, where)
-    ordered = tuple(step for level in levels for step in level)
-    return PipelineSpec(name, ordered, wired_outputs, levels)
+    return PipelineSpec(name, wired_outputs, _levels(steps, where))
 
 
 def check_pipelines(

@@ -25,11 +25,12 @@ from pyserving.core.handle import ServableHandle
 from pyserving.core.ids import ServableData, ServableId, ServableState, ServableStateEvent
 from pyserving.core.loader import Loader, PermanentLoadError
 from pyserving.core.monitor import EventBus, StateMonitor
-from pyserving.errors import ServingError
+from pyserving.errors import FailedPrecondition, ServingError
 from pyserving.platforms.servable import STREAMING_KINDS
 from pyserving.platforms.signature import DEFAULT_SIGNATURE, Signature
 from pyserving.serving.pipeline import PipelineServable
 from pyserving.serving.pipeline_config import PipelineError, PipelineSpec, derive_signature
+from pyserving.serving.signature_plan import find_signature
 
 __all__ = ["PipelineLoader", "PipelineSource"]
 
@@ -94,6 +95,9 @@ class PipelineSource:
         self._versions: dict[str, int] = {}  # pipeline → version its definition has (1, 2, ...)
         # pipeline → the (version, steps' versions) last aspired; None: aspired nothing
         self._aspired: dict[str, tuple[int, str] | None] = {}
+        # every model some pipeline's step calls: only their events can change what is aspired
+        # (replaced whole, read by the event subscriber without the lock)
+        self._step_models: frozenset[str] = frozenset()
         self._wake = threading.Event()
         self._stopping = False
         self._unsubscribe = manager.bus.subscribe(self._on_event)
@@ -119,6 +123,7 @@ class PipelineSource:
             # replaced whole: readers outside the lock (event subscriber, status) never see it
             # change under them
             self._specs = dict(specs)
+            self._step_models = frozenset(s.model for spec in specs.values() for s in spec.steps)
         self.reconcile()
 
     def start(self) -> None:
@@ -237,8 +242,9 @@ class PipelineSource:
         return ",".join(parts)
 
     def _on_event(self, event: ServableStateEvent) -> None:
-        # Subscribers must not call the Manager: wake the thread instead.
-        if event.id.name not in self._specs:
+        # Subscribers must not call the Manager: wake the thread instead, for a step's model
+        # only (a pipeline's own events, and other models', change nothing aspired here).
+        if event.id.name in self._step_models:
             self._wake.set()
 
     def _follow(self) -> None:
@@ -280,13 +286,11 @@ def _derive(spec: PipelineSpec, acquire: Acquire) -> Signature:
                 f'pipeline "{spec.name}": step "{step.name}" (model "{step.model}") streams its'
                 " results (its run is a generator): a pipeline step must answer once"
             )
-        signature = found.get(DEFAULT_SIGNATURE) or (
-            next(iter(found.values())) if len(found) == 1 else None
-        )
-        if signature is None:
+        try:  # serving_default, or the only signature: as a request that names none
+            steps[step.name] = find_signature(found, None)
+        except FailedPrecondition:
             raise PipelineError(
                 f'pipeline "{spec.name}": step "{step.name}" (model "{step.model}") has no'
                 f" {DEFAULT_SIGNATURE} signature (it has: {', '.join(found) or 'none'})"
-            )
-        steps[step.name] = signature
+            ) from None
     return derive_signature(spec, steps)

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pyserving.errors import FailedPrecondition, InvalidInput, ModelError
-from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature
+from pyserving.platforms.signature import DEFAULT_SIGNATURE, NUMPY_TO_V2, Signature, TensorSpec
 from pyserving.protocols.tensors import mismatch_message
 
-__all__ = ["SignaturePlan", "SignaturePlans", "find_signature"]
+__all__ = ["SignaturePlan", "SignaturePlans", "describe_array", "find_signature", "fits"]
 
 #: the most plans cached across every model version before the cache starts again
 _MAX_PLANS = 4096
@@ -97,7 +97,7 @@ class SignaturePlan:
             dtype_ok = array.dtype.kind in "OSU" if dtype is None else array.dtype == dtype
             if not dtype_ok or not spec.shape_matches(array.shape):
                 raise InvalidInput(
-                    f'input "{name}": expected {spec.describe()}, got {_describe(array)}'
+                    f'input "{name}": expected {spec.describe()}, got {describe_array(array)}'
                 )
             if array.size > max_elements:
                 raise InvalidInput(
@@ -137,6 +137,15 @@ class SignaturePlan:
         return out
 
 
-def _describe(array: np.ndarray) -> str:
+def fits(array: np.ndarray, spec: TensorSpec) -> bool:
+    """Whether `array` has `spec`'s datatype (any text or object array for BYTES) and shape:
+    the check `SignaturePlan.validate` makes of each input, for a model's outputs."""
+    if spec.datatype == "BYTES":
+        return array.dtype.kind in "OSU" and spec.shape_matches(array.shape)
+    return array.dtype == spec.numpy_dtype and spec.shape_matches(array.shape)
+
+
+def describe_array(array: np.ndarray) -> str:
+    """`array`'s V2 datatype (or numpy dtype) and shape, as errors name it: `FP32 [2, 4]`."""
     datatype = "BYTES" if array.dtype.kind in "OSU" else NUMPY_TO_V2.get(array.dtype)
     return f"{datatype or array.dtype} {list(array.shape)}"
