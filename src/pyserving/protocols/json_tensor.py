@@ -153,7 +153,8 @@ def bytes_to_json(array: np.ndarray, *, encoding: str, what: str) -> Any:
 
     `encoding`: "b64" writes `{"b64": ...}` objects; "utf8" writes strings and raises InvalidInput
     for bytes that are not UTF-8 (the client should ask for binary output); "utf8_or_b64" writes
-    strings and falls back to `{"b64": ...}` for such bytes (TF REST).
+    strings and falls back to `{"b64": ...}` for such bytes (TF REST); "utf8_replace" writes
+    strings with U+FFFD for such bytes (Triton's generate extension, whose outputs are text).
     """
     flat = [_string_element(v, encoding, what) for v in array.ravel()]
     if array.ndim == 0:
@@ -324,6 +325,8 @@ def _string_element(value: object, encoding: str, what: str) -> str | dict[str, 
     except UnicodeDecodeError as exc:
         if encoding == "utf8_or_b64":
             return {"b64": base64.b64encode(value).decode("ascii")}
+        if encoding == "utf8_replace":
+            return value.decode(errors="replace")
         raise InvalidInput(
             f"{what} holds bytes that are not UTF-8 and cannot be written as JSON: request it as"
             " binary data"

@@ -25,8 +25,9 @@ import orjson
 from pyserving.api.rest.disconnect import ClientGone, ClientWatch
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.signature import Signature
-from pyserving.protocols.json_tensor import parse_json, to_array
+from pyserving.protocols.json_tensor import bytes_to_json, parse_json, to_array
 from pyserving.protocols.request import InferRequest, Limits
+from pyserving.protocols.v2 import _parameters as v2_parameters
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
 from pyserving.serving.streaming import PartStream, open_stream
@@ -170,11 +171,8 @@ def request_from_json(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, not {_json_type(request_id)}")
-    parameters = document.get("parameters")
-    if parameters is None:
-        parameters = {}
-    elif not isinstance(parameters, dict):
-        raise InvalidInput(f"'parameters' must be an object, not {_json_type(parameters)}")
+    # the V2 request's own check (an object, or absent), as every V2 route makes it
+    parameters = v2_parameters(document.get("parameters"), "the generate request")
     values = {key: value for key, value in document.items() if key not in _RESERVED}
 
     def decode(signature: Signature, limits: Limits) -> Outputs:
@@ -238,23 +236,16 @@ def _document(model: str, version: int, request_id: str | None, outputs: Outputs
     if request_id is not None:
         document["id"] = request_id
     for name, array in outputs.items():
-        document[name] = _value(array)
+        document[name] = _value(name, array)
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _value(array: np.ndarray) -> Any:
+def _value(name: str, array: np.ndarray) -> Any:
+    """An output as JSON: one element is the value itself, BYTES are text."""
     if array.dtype.kind in "OSU":
-        items = [_text(item) for item in array.reshape(-1)]
-        return (
-            items[0]
-            if len(items) == 1
-            else np.array(items, dtype=object).reshape(array.shape).tolist()
-        )
+        single = array.reshape(()) if array.size == 1 else array
+        return bytes_to_json(single, encoding="utf8_replace", what=f'output "{name}"')
     return array.reshape(-1)[0].item() if array.size == 1 else array.tolist()
-
-
-def _text(item: Any) -> str:
-    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
 
 
 def _json_type(value: object) -> str:
