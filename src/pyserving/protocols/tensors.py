@@ -60,7 +60,7 @@ def check_shape(dims: Sequence[int], what: str, limits: Limits) -> tuple[int, ..
     bounds. Returns the shape."""
     if len(dims) > MAX_RANK:
         raise InvalidInput(f"{what}: rank {len(dims)} exceeds the limit of {MAX_RANK}")
-    shape = tuple(dims)
+    shape = tuple(dims[:])  # a slice: a protobuf container's iteration ends in a raised error
     if shape and min(shape) < 0:
         raise InvalidInput(
             f"{what}: shape {list(shape)} has a negative dimension; dimensions are non-negative"

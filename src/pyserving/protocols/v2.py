@@ -32,6 +32,7 @@ from pyserving.protocols.request import (
     parse_version,
 )
 from pyserving.protocols.tensors import (
+    MAX_RANK,
     check_declared,
     check_names,
     check_shape,
@@ -130,7 +131,9 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
     _bool_parameter(parameters, "binary_data_output", "request")
     deadline = _timeout_deadline(parameters, deadline)
     names: list[str] = []
-    for item in request.outputs:
+    # slices, not the containers: iterating a upb container ends in a raised (and formatted)
+    # IndexError, a cost per loop that a slice's list does not have
+    for item in request.outputs[:]:
         _requested_output(item.name, names, _proto_parameters(item.parameters), False)
         names.append(item.name)
     decode = functools.partial(_decode_proto_inputs, request, decode_reserve.get())
@@ -152,9 +155,12 @@ def _declared_size(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> i
     that does not match its declaration is refused before it is read; not ByteSize(), which
     walks every value on the loop."""
     total = 0
-    for item in inputs:
+    for item in inputs[:]:
+        dims = item.shape
+        if len(dims) > MAX_RANK:
+            continue  # refused when it is decoded; not worth multiplying here
         datatype = item.datatype if item.datatype in V2_TO_NUMPY else "BYTES"
-        total += decoded_size(datatype, max(math.prod(item.shape), 0))
+        total += decoded_size(datatype, max(math.prod(dims[:]), 0))
     return total
 
 
@@ -368,7 +374,7 @@ def _decode_proto_inputs(
             " inputs; give one entry per input, in the order of 'inputs'"
         )
     declared: dict[str, _Declared] = {}
-    for i, item in enumerate(inputs):
+    for i, item in enumerate(inputs[:]):  # a slice: see request_from_proto
         # each field read once: a upb field read builds a new Python object every time
         name = item.name
         datatype = item.datatype
