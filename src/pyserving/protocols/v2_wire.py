@@ -3,7 +3,7 @@
 Building a `ModelInferResponse` message, then serializing it, costs the event loop several
 microseconds per request; `infer_response_bytes` writes the same wire bytes directly (proto3
 rules: fields in number order, empty strings left out, `shape` packed), with each output's
-descriptor encoded once per (name, datatype, shape) and cached. `packed_values` reads FP32 and
+descriptor and each (model, version)'s name fields encoded once and cached. `packed_values` reads FP32 and
 FP64 typed contents as the packed little-endian array they are on the wire, instead of
 converting one Python float per element.
 """
@@ -17,10 +17,13 @@ from pyserving.proto import grpc_service_pb2 as pb
 __all__ = ["infer_response_bytes", "packed_values"]
 
 _LENGTH_DELIMITED = 2
-#: the most output descriptors cached before the cache starts again (bounds model churn)
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))  # the varints of 0..127
+#: the most entries each cache below holds before it starts again (bounds model churn)
 _MAX_CACHED_OUTPUTS = 4096
 #: (name, datatype, shape) → the encoded `outputs` entry of a ModelInferResponse
 _output_entries: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+#: (model, version) → the encoded model_name and model_version fields
+_model_fields: dict[tuple[str, str], bytes] = {}
 
 _RESPONSE = pb.ModelInferResponse.DESCRIPTOR.fields_by_name
 _OUTPUT = pb.ModelInferResponse.InferOutputTensor.DESCRIPTOR.fields_by_name
@@ -29,6 +32,8 @@ _CONTENTS = pb.InferTensorContents.DESCRIPTOR.fields_by_name
 
 def _varint(value: int) -> bytes:
     """`value` (non-negative, below 2^64) as a protobuf varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -78,7 +83,13 @@ def infer_response_bytes(
 ) -> bytes:
     """The wire bytes of a ModelInferResponse without parameters: `outputs` are (name, datatype,
     shape, raw bytes), in order, the raw bytes going in `raw_output_contents`."""
-    parts = [_field(_MODEL_NAME, model.encode()), _field(_MODEL_VERSION, version.encode())]
+    fields = _model_fields.get((model, version))
+    if fields is None:
+        fields = _field(_MODEL_NAME, model.encode()) + _field(_MODEL_VERSION, version.encode())
+        if len(_model_fields) >= _MAX_CACHED_OUTPUTS:
+            _model_fields.clear()
+        _model_fields[model, version] = fields
+    parts = [fields]
     if request_id:
         parts.append(_field(_ID, request_id.encode()))
     for name, datatype, shape, _ in outputs:
