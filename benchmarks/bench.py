@@ -38,7 +38,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import orjson
-from processes import free_port, pyserving_command, session_pids, start, stop_session
+from processes import (
+    free_port,
+    machine_busy_s,
+    pyserving_command,
+    session_pids,
+    start,
+    stop_session,
+)
 
 from pyserving.demo import make_mlp
 
@@ -85,13 +92,6 @@ def session_rss_mib(sid: int) -> float:
         except OSError:
             continue
     return total / 1024
-
-
-def machine_busy_s() -> float:
-    """Machine-wide busy CPU-seconds (user+nice+system+irq+softirq+steal) since boot."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_s() -> float:

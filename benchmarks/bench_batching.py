@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -39,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import processes  # waiting for a quiet machine, /proc counters
 
 from pyserving.demo import make_mlp
 
@@ -212,6 +216,29 @@ def anchors(model: Path, x: np.ndarray, seconds: float, batch: int, threads: int
     return Anchor(b1, batch, one, threads, many)
 
 
+def process_cpu_s(pid: int) -> float:
+    fields = processes.proc_stats()[pid]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_wrk(proc: subprocess.Popen, *wrk_args) -> tuple[Measured, float, float]:
+    """run_wrk(*wrk_args), with the server's CPU µs per request and the noise cores: the
+    machine's busy CPU that was neither the server nor wrk (other tenants)."""
+    cpu0, busy0, client0 = (
+        process_cpu_s(proc.pid),
+        processes.machine_busy_s(),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    start = time.monotonic()
+    measured = run_wrk(*wrk_args)
+    elapsed = time.monotonic() - start
+    server = process_cpu_s(proc.pid) - cpu0
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
+    noise = (processes.machine_busy_s() - busy0 - server - client) / elapsed
+    return measured, server / max(1.0, measured.rps * elapsed) * 1e6, noise
+
+
 def v2_body(x: np.ndarray) -> str:
     tensor = {
         "name": "input",
@@ -260,10 +287,12 @@ def main() -> None:
                 x = np.random.default_rng(0).standard_normal((1, dims[0])).astype(np.float32)
                 body = work / f"{name}.json"
                 body.write_text(v2_body(x))
+                processes.wait_quiet()  # other tenants of the machine: a bounded wait
                 anchor = anchors(model, x, min(args.duration, 3.0), batch, threads)
                 expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-                results: dict[tuple[bool, int], Measured] = {}
+                results: dict[tuple[bool, int], tuple[Measured, float, float]] = {}
                 for batched in (False, True) if round_ % 2 else (True, False):
+                    processes.wait_quiet()
                     proc, url = start_server(work, base, params if batched else None)
                     try:
                         infer = f"{url}/v2/models/model/infer"
@@ -271,20 +300,24 @@ def main() -> None:
                         np.testing.assert_allclose(answer, expected.ravel(), rtol=1e-4, atol=1e-5)
                         run_wrk(wrk, infer, body, lua, max(connections), args.warmup)
                         for conns in connections:
-                            results[batched, conns] = run_wrk(
-                                wrk, infer, body, lua, conns, args.duration
+                            results[batched, conns] = measured_wrk(
+                                proc, wrk, infer, body, lua, conns, args.duration
                             )
                     finally:
                         stop_server(proc)
                 load = " ".join(f"{v:.2f}" for v in os.getloadavg())
                 for conns in connections:
-                    off, on = results[False, conns], results[True, conns]
+                    off, on = results[False, conns][0], results[True, conns][0]
                     goal.setdefault(f"{name} c={conns}", []).append(on.rps / anchor.rows_threads)
-                    for label, m in (("off", off), ("on", on)):
+                    for label, (m, cpu_us, noise) in (
+                        ("off", results[False, conns]),
+                        ("on", results[True, conns]),
+                    ):
                         ratio = f"{on.rps / off.rps:.2f}x" if label == "on" else ""
                         rows.append(
                             f"| {round_} | {name} {dims[0]}→…→{dims[-1]} | {conns} | {label}"
                             f" | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors}"
+                            f" | {cpu_us:.0f} | {noise:.2f}"
                             f" | {ratio} | {anchor.b1:,.0f} | {anchor.rows_one_thread:,.0f}"
                             f" | {anchor.rows_threads:,.0f} | {m.rps / anchor.b1:.2f}"
                             f" | {m.rps / anchor.rows_one_thread:.2f}"
@@ -299,11 +332,12 @@ def main() -> None:
         f" load average before {load_before}\n"
     )
     print(
-        f"| round | model | conns | batching | req/s | p50 ms | p99 ms | errors | on/off"
+        "| round | model | conns | batching | req/s | p50 ms | p99 ms | errors"
+        f" | server CPU µs/req | noise cores | on/off"
         f" | ORT b1 calls/s | ORT b{batch} rows/s, 1 thread | ORT b{batch} rows/s, {threads}"
         f" threads | ÷ ORT b1 | ÷ b{batch} 1 thread | ÷ b{batch} {threads} threads | load avg |"
     )
-    print("|---:|---|---:|---|" + "---:|" * 11 + "---|")
+    print("|---:|---|---:|---|" + "---:|" * 13 + "---|")
     print("\n".join(rows))
     print(
         f"\nBatched rows/s ÷ in-process b{batch} rows/s on {threads} threads (same batch size and"

@@ -174,7 +174,7 @@ def measure(run: Callable[[float], dict], server: Started, args: argparse.Namesp
     load = bench.loadavg()
     cpu0, busy0, client0 = (
         server_cpu_s(server.proc.pid),
-        bench.machine_busy_s(),
+        processes.machine_busy_s(),
         bench.children_cpu_s(),
     )
     t0 = time.monotonic()
@@ -190,7 +190,7 @@ def measure(run: Callable[[float], dict], server: Started, args: argparse.Namesp
         "client_us": client_s / requests * 1e6,
         "server_cores": server_s / elapsed,
         "client_cores": client_s / elapsed,
-        "noise_cores": (bench.machine_busy_s() - busy0 - server_s - client_s) / elapsed,
+        "noise_cores": (processes.machine_busy_s() - busy0 - server_s - client_s) / elapsed,
         "load": load,
     }
 
@@ -296,7 +296,7 @@ def main() -> None:
         runs: dict[tuple[str, str], list[dict]] = {(c, n): [] for c in args.clients for n in names}
         for i in range(args.rounds):
             for name in names if i % 2 == 0 else reversed(names):
-                rb.wait_quiet(max_wait=60)  # other tenants of the 2 cores: bounded wait
+                processes.wait_quiet()  # other tenants of the 2 cores: a bounded wait
                 server = starters[name]()
                 try:
                     check_answer(server, expected)

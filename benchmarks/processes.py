@@ -39,6 +39,25 @@ def proc_stats() -> dict[int, list[str]]:
     return found
 
 
+def machine_busy_s() -> float:
+    """Machine-wide busy CPU-seconds (user+nice+system+irq+softirq+steal) since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait_s: float = 60, busy_cores: float = 0.3) -> tuple[float, float]:
+    """Wait until the machine's busy cores over 2 s fall under `busy_cores` (other tenants of a
+    shared machine), at most `max_wait_s`; (seconds waited, busy cores of the last 2 s)."""
+    start = time.monotonic()
+    while True:
+        busy0 = machine_busy_s()
+        time.sleep(2)
+        busy = (machine_busy_s() - busy0) / 2
+        if busy < busy_cores or time.monotonic() - start > max_wait_s:
+            return time.monotonic() - start, busy
+
+
 def session_pids(sid: int) -> list[tuple[int, int]]:
     """(pid, utime+stime jiffies) of every live process in session `sid`."""
     return [
