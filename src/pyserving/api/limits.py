@@ -31,7 +31,7 @@ class RequestBytesBudget:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
-        self._lock = threading.Lock()  # guards _used
+        self._lock = threading.Lock()  # guards _used, and each Reservation's fields
         self._used = 0
 
     @property
@@ -46,14 +46,17 @@ class RequestBytesBudget:
         if size_bytes <= 0 or not self.capacity_bytes:
             return
         with self._lock:
-            used = self._used
-            if used > held_bytes and used + size_bytes > self.capacity_bytes:
-                raise Unavailable(
-                    f"the server holds {used} bytes of requests in flight; {size_bytes} more"
-                    f" would pass its budget of {self.capacity_bytes}"
-                    " (--max-inflight-request-bytes): retry later"
-                )
-            self._used = used + size_bytes
+            self._reserve_locked(size_bytes, held_bytes)
+
+    def _reserve_locked(self, size_bytes: int, held_bytes: int) -> None:
+        used = self._used
+        if used > held_bytes and used + size_bytes > self.capacity_bytes:
+            raise Unavailable(
+                f"the server holds {used} bytes of requests in flight; {size_bytes} more"
+                f" would pass its budget of {self.capacity_bytes}"
+                " (--max-inflight-request-bytes): retry later"
+            )
+        self._used = used + size_bytes
 
     def release(self, size_bytes: int) -> None:
         """Count `size_bytes` reserved earlier as answered."""
@@ -72,24 +75,29 @@ class Reservation:
     that raises Unavailable, so decoding that outlives its request cannot hold bytes for ever.
     """
 
-    __slots__ = ("_budget", "_closed", "_held", "_lock")
+    __slots__ = ("_budget", "_closed", "_held")
 
     def __init__(self, budget: RequestBytesBudget) -> None:
         self._budget = budget
-        self._lock = threading.Lock()  # guards _held and _closed
+        # Both guarded by the budget's lock, which a reserve takes anyway: one lock per
+        # request, not a lock of its own taken around the budget's (every request makes one).
         self._held = 0
         self._closed = False
 
     def reserve(self, size_bytes: int) -> None:
         """Hold `size_bytes` more for this request (`RequestBytesBudget.reserve_nowait`)."""
-        with self._lock:
+        budget = self._budget
+        with budget._lock:
             if self._closed:
                 raise Unavailable("the request was answered before it was decoded")
-            self._budget.reserve_nowait(size_bytes, self._held)
+            if size_bytes > 0 and budget.capacity_bytes:
+                budget._reserve_locked(size_bytes, self._held)
             self._held += max(size_bytes, 0)
 
     def release(self) -> None:
         """Release everything this request holds; later reserves are refused."""
-        with self._lock:
+        budget = self._budget
+        with budget._lock:
             held, self._held, self._closed = self._held, 0, True
-        self._budget.release(held)
+            if budget.capacity_bytes:
+                budget._used -= held
