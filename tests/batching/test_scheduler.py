@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from pyserving.batching import (
     BatchScheduler,
     BatchTask,
 )
-from pyserving.batching.queue import BatchQueue
 from pyserving.errors import DeadlineExceeded, InvalidInput, ModelError, Unavailable
 from pyserving.metrics import REGISTRY
 from tests.batching.recording import RecordingServable, rows
@@ -414,32 +412,6 @@ def test_adaptive_wait_fills_a_batch_while_the_model_is_busy_and_runs_it_when_id
         assert servable.batch_sizes == [1, 6]
     finally:
         scheduler.close(wait=True, timeout_s=30)
-
-
-@pytest.mark.parametrize(("gap_s", "runs_at_once"), [(0.010, True), (0.0001, False)])
-def test_adaptive_wait_stops_waiting_when_arrivals_are_sparser_than_the_timeout(
-    gap_s, runs_at_once
-):
-    # The model stays busy throughout (model_idle=False); only the arrival rate decides.
-    options = BatchingOptions(max_batch_size=100, batch_timeout_micros=1000)
-    queue = BatchQueue("m", options, now=0.0)
-    servable = RecordingServable()
-    now = 0.0
-    taken = None
-    for _ in range(8):  # the average learns the gap over a few arrivals
-        now += gap_s
-        queue.schedule_locked(BatchTask(servable, "serving_default", {"x": rows(0, 1)}), now)
-        taken = queue.take_ready_locked(now, False, model_idle=False)
-        if taken is None:
-            assert queue.take_ready_locked(now, True, model_idle=False) is not None
-    assert (taken is not None) == runs_at_once
-    # with the fixed wait the same arrivals always wait for the timeout
-    fixed = BatchQueue("m", dataclasses.replace(options, batch_wait="timeout"), now=0.0)
-    for _ in range(8):
-        now += gap_s
-        fixed.schedule_locked(BatchTask(servable, "serving_default", {"x": rows(0, 1)}), now)
-        assert fixed.take_ready_locked(now, False, model_idle=True) is None
-        assert fixed.take_ready_locked(now, True, model_idle=True) is not None
 
 
 def test_batch_wait_must_be_adaptive_or_timeout():

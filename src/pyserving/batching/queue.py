@@ -6,12 +6,9 @@ already holds `max_enqueued_batches` batches the task is refused at once (Unavai
 `enable_large_batch_splitting` a task is cut to fill the open batch and then new batches of
 `max_execution_batch_size` rows; its parts are reassembled in order when all have run.
 
-With `batch_wait: adaptive` an open batch does not wait out its timeout when waiting cannot pay:
-when no batch of its model is running (nothing holds the model, so each waiting microsecond is
-pure latency: a lone client's request runs at once, as if unbatched), or when the queue's recent
-arrivals say the next request will come after the timeout anyway. While the model is busy and
-requests come faster than the timeout, batches fill as with TF Serving's fixed wait. TF's adaptive
-shared batch scheduler drops the timeout altogether; we keep it as the bound on the wait.
+With `batch_wait: adaptive` an open batch runs before its timeout when waiting cannot pay
+(`adaptive_wait.AdaptiveWait` measures and decides); with `timeout` it waits out its timeout
+unless full, as TF Serving's shared batch scheduler does.
 """
 
 from __future__ import annotations
@@ -25,15 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from pyserving.batching.adaptive_wait import AdaptiveWait
 from pyserving.batching.merge import Tensors, concatenate_parts, shape_key, task_size
 from pyserving.batching.options import BatchingOptions
 from pyserving.errors import DeadlineExceeded, InvalidInput, Unavailable
 from pyserving.metrics import BATCH_SIZE, QUEUE_DURATION
 
 __all__ = ["QUEUE_FULL_MESSAGE", "BatchQueue", "BatchRecord", "BatchTask"]
-
-#: how much each new gap between tasks moves the queue's average (about the last 5 gaps count)
-_GAP_WEIGHT = 0.2
 
 #: TF Serving's text for a full queue (newer TF appends the sizes, as we do)
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
@@ -179,9 +174,8 @@ class BatchQueue:
     """
 
     __slots__ = (
-        "_arrival_gap",
         "_batches",
-        "_last_arrival",
+        "_wait",
         "batch_sizes",
         "idle_since",
         "model",
@@ -198,10 +192,9 @@ class BatchQueue:
         self._batches: deque[Batch] = deque()
         #: when the queue last became empty (the scheduler forgets long-idle queues)
         self.idle_since = now
-        # a moving average of the time between tasks, for `batch_wait: adaptive`; each gap counts
-        # up to twice the timeout, so one long idle spell moves it no further than sparse traffic
-        self._last_arrival: float | None = None
-        self._arrival_gap = 0.0
+        self._wait = (
+            AdaptiveWait(options.batch_timeout_s) if options.batch_wait == "adaptive" else None
+        )
 
     @property
     def num_batches(self) -> int:
@@ -238,7 +231,8 @@ class BatchQueue:
                 f" {room + max(free_batches, 0) * capacity}"
             )
         task.enqueued_at = now
-        self._record_arrival(now)
+        if self._wait is not None:
+            self._wait.arrived(now, size)
         if not options.enable_large_batch_splitting or size <= room:
             if size > room or open_batch is None or open_batch.key != key:
                 self._close_open_locked()
@@ -265,12 +259,16 @@ class BatchQueue:
         if not self._batches:
             return None
         front = self._batches[0]
+        timeout_at = front.opened_at + self.options.batch_timeout_s
         if (
             front.closed
             or flush
             or front.size >= self.options.execution_batch_size
-            or now >= front.opened_at + self.options.batch_timeout_s
-            or (self.options.batch_wait == "adaptive" and (model_idle or self._nobody_due(front)))
+            or now >= timeout_at
+            or (
+                self._wait is not None
+                and self._wait.runs_now(front.size, timeout_at, now, model_idle)
+            )
         ):
             self._batches.popleft()
             if not self._batches:
@@ -279,23 +277,18 @@ class BatchQueue:
         return None
 
     def wakeup_at_locked(self) -> float | None:
-        """When the front batch times out, if it is open and not yet ready."""
+        """When the open front batch must be looked at again: its timeout, or sooner when the
+        adaptive wait may stop waiting."""
         if not self._batches or self._batches[0].closed:
             return None
-        return self._batches[0].opened_at + self.options.batch_timeout_s
+        timeout_at = self._batches[0].opened_at + self.options.batch_timeout_s
+        return timeout_at if self._wait is None else self._wait.wakeup_at(timeout_at)
 
-    def _record_arrival(self, now: float) -> None:
-        if self._last_arrival is not None:
-            gap = min(now - self._last_arrival, 2 * self.options.batch_timeout_s)
-            self._arrival_gap += (gap - self._arrival_gap) * _GAP_WEIGHT
-        self._last_arrival = now
-
-    def _nobody_due(self, front: Batch) -> bool:
-        """The next task is expected after `front`'s timeout: waiting for it cannot fill it."""
-        if self._last_arrival is None or self._arrival_gap <= 0.0:
-            return False
-        timeout_at = front.opened_at + self.options.batch_timeout_s
-        return self._last_arrival + self._arrival_gap >= timeout_at
+    def ran_locked(self, rows: int, seconds: float, ended_at: float) -> None:
+        """A batch of `rows` rows of this queue ran for `seconds` (the adaptive wait learns)."""
+        if self._wait is not None:
+            waiting = sum(batch.size for batch in self._batches)
+            self._wait.ran(seconds, ended_at, rows, waiting)
 
     def _close_open_locked(self) -> None:
         if self._batches:

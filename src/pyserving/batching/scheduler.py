@@ -153,15 +153,20 @@ class BatchScheduler:
                         self._evict_idle_locked(now)
                     self._cond.wait(None if wakeup is None else max(0.0, wakeup - now))
             queue, batch = found
+            started = time.monotonic()
+            ran = False
             try:
-                self._run(queue, batch)
+                ran = self._run(queue, batch)
             except BaseException:  # a bug here must not kill the pool or strand callers
                 logger.exception("batch scheduler: unexpected error running a batch")
                 error = ModelError("internal error in the batch scheduler")
                 for task, _, _ in batch.slices:
                     task.fail(error)
             finally:
+                ended = time.monotonic()
                 with self._cond:
+                    if ran:
+                        queue.ran_locked(batch.size, ended - started, ended)
                     running = self._running[queue.model] - 1
                     if running:
                         self._running[queue.model] = running
@@ -212,7 +217,8 @@ class BatchScheduler:
             self._order = [key for key in self._order if key in self._queues]
             self._cursor = 0
 
-    def _run(self, queue: BatchQueue, batch: Batch) -> None:
+    def _run(self, queue: BatchQueue, batch: Batch) -> bool:
+        """Run `batch`'s live tasks in one model call; False when none was left to run."""
         now = time.monotonic()
         live: list[tuple[BatchTask, int, int]] = []
         for task, start, stop in batch.slices:
@@ -224,7 +230,7 @@ class BatchScheduler:
             with self._cond:
                 self._tasks_dropped += len(batch.slices) - len(live)
         if not live:
-            return
+            return False
         rows = sum(stop - start for _, start, stop in live)
         padded = queue.options.padded_size(rows) if rows else 0
         first = live[0][0]
@@ -247,12 +253,13 @@ class BatchScheduler:
                 record.ended_ns = time.time_ns()
             for task, _, _ in live:
                 task.fail(exc)
-            return
+            return True
         if record is not None:  # before the futures complete: their requests read it
             record.ended_ns = time.time_ns()
         queue.batch_sizes.observe(padded)
         for (task, start, stop), piece in zip(live, pieces, strict=True):
             task.part_done(start, stop, piece)
+        return True
 
 
 def _call_servable(servable: Any, signature_name: str, inputs: Tensors) -> Any:
