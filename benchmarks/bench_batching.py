@@ -1,10 +1,11 @@
 """Batching on vs off, side by side in one run, with the in-process onnxruntime anchor beside it.
 
 For each model (the demo MLP [b,64]→256→256→10 and a heavy [b,512]→2048→2048→10) this starts
-`pyserving serve` twice — unbatched, then with `--enable_batching` — checks one answer against
-in-process onnxruntime, and drives KServe V2 JSON `infer` (one row per request) with wrk at each
-concurrency after a warm-up. Each of --rounds rounds measures the anchor first, then both
-servers (odd rounds in the other order). The anchor is onnxruntime in this process, one intra-op
+`pyserving serve` unbatched, then with `--enable_batching` once per `--batch-wait` (adaptive: a
+batch runs early when waiting stops paying; timeout: TF Serving's fixed wait), checks one answer
+against in-process onnxruntime, and drives KServe V2 JSON `infer` (one row per request) with wrk
+at each concurrency after a warm-up. Each of --rounds rounds measures the anchor first, then the
+servers (even rounds in the other order). The anchor is onnxruntime in this process, one intra-op
 thread as the server's sessions have: batch-1 calls/s, and rows/s of batches of
 --max-batch-size rows run by one thread and by --num-batch-threads threads at once on one
 session, which is what the server's batch threads do. It prints one markdown table: req/s, p50,
@@ -14,7 +15,7 @@ of pytest.
 
     python benchmarks/bench_batching.py [--duration 10] [--warmup 2] [--connections 64]
         [--models small,heavy] [--rounds 1] [--max-batch-size 32] [--batch-timeout-micros 1000]
-        [--num-batch-threads N]
+        [--num-batch-threads N] [--batch-wait adaptive,timeout]
 """
 
 from __future__ import annotations
@@ -268,6 +269,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=1000)
     parser.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-wait", default="adaptive,timeout", help="batched settings to run")
     parser.add_argument(
         "--noise-max",
         type=float,
@@ -282,13 +284,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     lua = work / "post.lua"
     lua.write_text(LUA)
-    params = work / "batching.pbtxt"
-    params.write_text(
-        f"max_batch_size {{ value: {args.max_batch_size} }}\n"
-        f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
-        f"num_batch_threads {{ value: {args.num_batch_threads} }}\n"
-        "max_enqueued_batches { value: 1000 }\n"
-    )
+    settings: dict[str, Path | None] = {"off": None}
+    for wait in args.batch_wait.split(","):
+        settings[wait] = work / f"batching-{wait}.yaml"  # batch_wait is YAML only
+        settings[wait].write_text(
+            f"max_batch_size: {args.max_batch_size}\n"
+            f"batch_timeout_micros: {args.batch_timeout_micros}\n"
+            f"num_batch_threads: {args.num_batch_threads}\n"
+            "max_enqueued_batches: 1000\n"
+            f"batch_wait: {wait}\n"
+        )
     batch, threads = args.max_batch_size, args.num_batch_threads
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rows: list[str] = []
@@ -305,33 +310,34 @@ def main() -> None:
                 processes.wait_quiet()  # other tenants of the machine: a bounded wait
                 anchor = anchors(model, x, min(args.duration, 3.0), batch, threads)
                 expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-                results: dict[tuple[bool, int], tuple[Measured, float, float]] = {}
-                for batched in (False, True) if round_ % 2 else (True, False):
+                results: dict[tuple[str, int], tuple[Measured, float, float]] = {}
+                order = list(settings) if round_ % 2 else list(reversed(settings))
+                for setting in order:
                     processes.wait_quiet()
-                    proc, url = start_server(work, base, params if batched else None)
+                    proc, url = start_server(work, base, settings[setting])
                     try:
                         infer = f"{url}/v2/models/model/infer"
                         answer = post(infer, body.read_bytes())["outputs"][0]["data"]
                         np.testing.assert_allclose(answer, expected.ravel(), rtol=1e-4, atol=1e-5)
                         run_wrk(wrk, infer, body, lua, max(connections), args.warmup)
                         for conns in connections:
-                            results[batched, conns] = measured_wrk(
+                            results[setting, conns] = measured_wrk(
                                 proc, wrk, infer, body, lua, conns, args.duration
                             )
                     finally:
                         stop_server(proc)
                 load = " ".join(f"{v:.2f}" for v in os.getloadavg())
                 for conns in connections:
-                    off, (on, _, on_noise) = results[False, conns][0], results[True, conns]
-                    clean = max(on_noise, anchor.noise_cores) < args.noise_max
-                    goal.setdefault(f"{name} c={conns}", []).append(
-                        (on.rps / anchor.rows_threads, on.rps / anchor.rows_one_thread, clean)
-                    )
-                    for label, (m, cpu_us, noise) in (
-                        ("off", results[False, conns]),
-                        ("on", results[True, conns]),
-                    ):
-                        ratio = f"{on.rps / off.rps:.2f}x" if label == "on" else ""
+                    off = results["off", conns][0]
+                    for label in settings:
+                        m, cpu_us, noise = results[label, conns]
+                        ratio = ""
+                        if label != "off":
+                            clean = max(noise, anchor.noise_cores) < args.noise_max
+                            goal.setdefault(f"{name} c={conns} {label}", []).append(
+                                (m.rps / anchor.rows_threads, m.rps / anchor.rows_one_thread, clean)
+                            )
+                            ratio = f"{m.rps / off.rps:.2f}x / {m.p50_ms / off.p50_ms:.2f}x"
                         rows.append(
                             f"| {round_} | {name} {dims[0]}→…→{dims[-1]} | {conns} | {label}"
                             f" | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors}"
@@ -352,7 +358,7 @@ def main() -> None:
     )
     print(
         "| round | model | conns | batching | req/s | p50 ms | p99 ms | errors"
-        f" | server CPU µs/req | noise cores | on/off"
+        f" | server CPU µs/req | noise cores | req/s ÷ off / p50 ÷ off"
         f" | ORT b1 calls/s | ORT b{batch} rows/s, 1 thread | ORT b{batch} rows/s, {threads}"
         f" threads | ÷ ORT b1 | ÷ b{batch} 1 thread | ÷ b{batch} {threads} threads"
         " | anchor noise cores | load avg |"
