@@ -1,5 +1,6 @@
-"""The supervisor ↔ worker channel: whole messages both ways, and a frame length over the limit
-closes the channel with an error naming it instead of allocating it."""
+"""The supervisor ↔ worker channel: whole messages both ways; a frame length received over the
+limit closes the channel with an error naming it instead of allocating it; a message to send over
+the limit raises to its sender and leaves the channel open."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pyserving.workers import channel as channel_module
-from pyserving.workers.channel import MAX_FRAME_BYTES, Channel, ChannelClosed
+from pyserving.workers.channel import MAX_FRAME_BYTES, Channel, ChannelClosed, FrameTooLarge
 
 
 @pytest.fixture
@@ -54,18 +55,22 @@ def test_a_frame_announced_over_the_limit_closes_the_channel_naming_it(
     assert other_end.recv(1) == b""  # closed: the other end reads the end of the stream
 
 
-def test_a_message_over_the_limit_is_not_sent_and_closes_the_channel(
+def test_a_message_over_the_limit_raises_to_its_sender_and_the_channel_stays_open(
     pair: tuple[Channel, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Red team 4 F1: one oversized model-control call closed the worker's channel, and the
+    worker stopped itself; now only the call fails."""
     channel, other_end = pair
     monkeypatch.setattr(channel_module, "MAX_FRAME_BYTES", 1000)
-    channel.send("small", b"x" * 100)
-    with pytest.raises(ChannelClosed, match=r"'big' message of \d+ bytes: over .*1000-byte limit"):
+    with pytest.raises(
+        FrameTooLarge, match=r"'big' message of \d+ bytes is over .*1000-byte limit"
+    ):
         channel.send("big", b"x" * 2000)
-    received = b""
-    while chunk := other_end.recv(65536):
-        received += chunk
-    assert len(received) < 200  # the small message only, then the end of the stream
+    with pytest.raises(FrameTooLarge, match="500-byte limit") as refused:
+        channel.send("control", b"x" * 600, limit_bytes=500)  # a sender's own, smaller limit
+    assert refused.value.size_bytes > 600 and refused.value.limit_bytes == 500
+    channel.send("small", b"x" * 100)
+    assert Channel(other_end).receive() == ("small", b"x" * 100)  # nothing else was written
 
 
 def test_the_end_of_the_stream_mid_message_is_a_closed_channel(

@@ -127,7 +127,7 @@ class HeldApplyChannel(RecordingChannel):
         self.answer.wait(30)  # bounded: the thread ends even when the test fails
         with self.owner._lock:
             assert self.worker is not None
-            self.worker.answers[apply_id] = (None, None)
+            self.worker.answers[apply_id] = (None, (None, frozenset()))
             self.owner._changed.notify_all()
 
 

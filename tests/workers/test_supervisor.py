@@ -215,6 +215,27 @@ def test_config_reload_applies_in_every_worker_before_it_answers(
     }
 
 
+def test_a_reload_too_large_for_the_workers_is_refused_and_touches_no_worker(
+    server: Workers, repository: Path
+) -> None:
+    """Red team 4 F1: a ReloadConfig gRPC accepts (under 64 MiB) but too large for the workers
+    channel killed the worker that took it, 29 s later; now the caller is refused at once."""
+    pids = server.worker_pids()
+    config = config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name="mlp", base_path=str(repository) + "/" * (40 << 20))
+    options = [("grpc.max_send_message_length", 100 << 20)]
+    with grpc.insecure_channel(server.grpc_address, options=options) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.HandleReloadConfigRequest(apis.ReloadConfigRequest(config=config), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.search(r"\d+ bytes .* over the \d+-byte limit", refused.value.details())
+    assert "the supervisor is gone" not in server.log()
+    assert server.worker_pids() == pids
+    with httpx.Client(timeout=60) as client:  # model control still goes through every worker
+        client.post(server.url + "/v2/repository/models/mlp/load").raise_for_status()
+
+
 def test_version_swap_under_load_fails_nothing_and_status_leads_answers(
     server: Workers, repository: Path
 ) -> None:

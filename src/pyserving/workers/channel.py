@@ -17,16 +17,33 @@ import threading
 from typing import Any, NoReturn
 
 _HEADER = struct.Struct("!I")
-#: the largest message either end sends or accepts (a whole config fits many times over): a
-#: longer length means a broken stream, which closes the channel instead of allocating it
+#: the largest message either end sends or accepts: a longer length received means a broken
+#: stream, which closes the channel instead of allocating it; a longer message is not sent
 MAX_FRAME_BYTES = 64 << 20
+#: the most a message carrying what a client sent (a model-control call, the config it leaves)
+#: may take: half the frame, so that the messages that carry it on (the supervisor's "apply",
+#: a replacement worker's "start" with its argv and gate) fit in a frame whatever the client sent
+MAX_CONTROL_BYTES = MAX_FRAME_BYTES // 2
 
 _log = logging.getLogger(__name__)
 
 
 class ChannelClosed(Exception):
-    """The other end went away (exited, was killed, or closed its socket), or a message broke
-    the frame limit and this end closed the channel."""
+    """The other end went away (exited, was killed, or closed its socket), or it announced a
+    message over the frame limit and this end closed the channel."""
+
+
+class FrameTooLarge(Exception):
+    """A message was not sent: it is over the size limit its sender gave. Nothing was written,
+    so the channel stays open."""
+
+    def __init__(self, kind: str, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"a {kind!r} message of {size_bytes} bytes is over the workers channel's"
+            f" {limit_bytes}-byte limit"
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
 
 
 class Channel:
@@ -44,16 +61,18 @@ class Channel:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def send(self, *message: Any) -> None:
-        """Send one message; raises ChannelClosed when the other end is gone, or (closing the
-        channel) when the message is over MAX_FRAME_BYTES."""
+    def send(self, *message: Any, limit_bytes: int = MAX_FRAME_BYTES) -> None:
+        """Send one message; raises ChannelClosed when the other end is gone, and FrameTooLarge
+        (sending nothing, the channel still open) when its pickle is over `limit_bytes`
+        (at most MAX_FRAME_BYTES)."""
         buffer = io.BytesIO()
         buffer.write(bytes(_HEADER.size))  # the length goes here once the pickle is written
         pickle.dump(message, buffer, protocol=pickle.HIGHEST_PROTOCOL)
         with buffer.getbuffer() as frame:  # the pickle sent where it was written: no copy
             size = len(frame) - _HEADER.size
-            if size > MAX_FRAME_BYTES:
-                self._close_over_limit(f"a {message[0]!r} message of {size} bytes")
+            limit_bytes = min(limit_bytes, MAX_FRAME_BYTES)
+            if size > limit_bytes:
+                raise FrameTooLarge(message[0], size, limit_bytes)
             _HEADER.pack_into(frame, 0, size)
             try:
                 with self._send_lock:

@@ -33,7 +33,7 @@ from pyserving.core.ids import ServableData
 from pyserving.listen_ports import PortTaken, bind_listeners, reserve_port
 from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
 from pyserving.workers.aspired_feed import AspiredFeed, Gate, compute_gate
-from pyserving.workers.channel import ChannelClosed
+from pyserving.workers.channel import ChannelClosed, FrameTooLarge
 from pyserving.workers.worker_process import WorkerProcess
 
 logger = logging.getLogger("pyserving.workers")
@@ -120,7 +120,7 @@ class Supervisor:
         self._source_started = False
         self._gate_seq = 0
         self._request_ids = 0
-        #: the config and unloaded models model control left (None: as started), for replacements
+        #: the config (None: as started) and unloaded models model control left, for replacements
         self._state: tuple[Any, frozenset[str]] | None = None
         self._stopping = threading.Event()
         self._exit_code = 0
@@ -415,22 +415,32 @@ class Supervisor:
     ) -> None:
         """Apply one model-control call in every worker, then answer the one that received it
         with the first error any worker met (None: applied everywhere)."""
+        errors: list[tuple[str, str]] = []
         try:
             with self._control_lock:
                 with self._lock:
                     self._request_ids += 1
                     apply_id = self._request_ids
                     workers = list(self._workers.values())
-                for worker in workers:
-                    worker.send("apply", apply_id, method, args)
+                try:
+                    for worker in workers:
+                        worker.send("apply", apply_id, method, args)
+                except FrameTooLarge as exc:
+                    # the same message for every worker: the first refused it, none has it
+                    # (the worker that took the call checked it against a smaller limit)
+                    errors.append(("ResourceExhausted", f"model control {method}: {exc}"))
+                    workers = []
                 with self._lock:
                     self._changed.wait_for(
                         lambda: all(w.gone or apply_id in w.answers for w in workers)
                     )
                     answers = [w.answers.pop(apply_id) for w in workers if apply_id in w.answers]
-                    errors = [error for error, _state in answers if error is not None]
+                    errors += [error for error, _state in answers if error is not None]
                     if answers and not errors:
-                        self._state = answers[0][1]
+                        config, unloaded = answers[0][1]
+                        if config is None and self._state is not None:  # not replaced
+                            config = self._state[0]
+                        self._state = (config, unloaded)
                 synced = threading.Event()
 
                 def sync() -> None:

@@ -31,7 +31,7 @@ from pyserving.sources.base import AspiredVersionsCallback
 from pyserving.sources.cache import default_cache_dir
 from pyserving.sources.storage_path import StoragePathSourceOptions
 from pyserving.workers.aspired_feed import WorkerReport
-from pyserving.workers.channel import Channel, ChannelClosed
+from pyserving.workers.channel import MAX_CONTROL_BYTES, Channel, ChannelClosed, FrameTooLarge
 from pyserving.workers.gate import GatedManager
 
 logger = logging.getLogger("pyserving.workers")
@@ -65,6 +65,7 @@ class WorkerLink:
         self._ids = itertools.count(1)
         self._pending_lock = threading.Lock()  # guards _pending
         self._pending: dict[int, Future[Any]] = {}  # request id → its answer
+        self._closed: ChannelClosed | None = None  # set once the link is down (_pending_lock)
         self._listening = False
         self._changed = threading.Event()  # a state change to report
         self._stop = threading.Event()
@@ -73,7 +74,7 @@ class WorkerLink:
 
     def build_core(self, options: ServerOptions) -> ServerCore:
         state = self._state
-        if state is not None:  # model control changed the config since the server started
+        if state is not None and state[0] is not None:  # reloaded since the server started
             options = replace(options, model_config=state[0])
         # A cached copy of a remote version is counted and removed by the process that uses
         # it: each worker slot keeps its own copies (a replacement reuses its slot's).
@@ -128,14 +129,24 @@ class WorkerLink:
         with contextlib.suppress(ChannelClosed):  # gone: the reader thread stops this worker
             self._channel.send(*message)
 
-    def ask(self, kind: str, *args: Any, timeout_s: float | None = None) -> Any:
-        """Send a request and wait for its answer (raises TimeoutError, or what it carries)."""
+    def ask(
+        self,
+        kind: str,
+        *args: Any,
+        timeout_s: float | None = None,
+        limit_bytes: int = MAX_CONTROL_BYTES,
+    ) -> Any:
+        """Send a request and wait for its answer. Raises TimeoutError; FrameTooLarge (nothing
+        sent) when the request is over `limit_bytes` once encoded; ChannelClosed when the
+        supervisor is gone, or goes before it answers (no request waits for a dead link)."""
         request_id = next(self._ids)
         answer: Future[Any] = Future()
         with self._pending_lock:
+            if self._closed is not None:
+                raise ChannelClosed(str(self._closed))
             self._pending[request_id] = answer
         try:
-            self.send(kind, request_id, *args)
+            self._channel.send(kind, request_id, *args, limit_bytes=limit_bytes)
             return answer.result(timeout_s)
         finally:
             with self._pending_lock:
@@ -163,7 +174,12 @@ class WorkerLink:
                         answer = self._pending.get(args[0])
                     if answer is not None:
                         answer.set_result(args[1])
-        except ChannelClosed:
+        except ChannelClosed as exc:
+            with self._pending_lock:  # the requests under way fail: none waits for an answer
+                self._closed = exc
+                pending, self._pending = list(self._pending.values()), {}
+            for answer in pending:
+                answer.set_exception(exc)
             if not self._stop.is_set():
                 logger.error("the supervisor is gone: stopping")  # lines say which worker
                 os.kill(os.getpid(), signal.SIGTERM)  # drains as a SIGTERM from it would
@@ -173,6 +189,7 @@ class WorkerLink:
         core = self._core
         assert core is not None
         error: tuple[str, str] | None = None
+        config_before = core.config
         try:
             getattr(core, method)(*args)
         except errors.ServingError as exc:
@@ -180,7 +197,22 @@ class WorkerLink:
         except Exception as exc:  # edge: one worker's bug is the caller's 500, not a hang
             logger.exception("model control %s failed", method)
             error = ("ServingError", f"{method} failed: {exc}")
-        self.send("applied", request_id, error, (core.config, _unloaded(core)))
+        # What the supervisor keeps for a replacement worker: the config only where this call
+        # replaced it (None: as before), and the models left unloaded.
+        config = core.config if core.config is not config_before and error is None else None
+        try:
+            self._channel.send(
+                "applied",
+                request_id,
+                error,
+                (config, _unloaded(core)),
+                limit_bytes=MAX_CONTROL_BYTES,
+            )
+        except FrameTooLarge as exc:  # a config grown past the limit as its paths resolved
+            error = ("ResourceExhausted", f"{method} was applied, but the config it leaves: {exc}")
+            self.send("applied", request_id, error, None)
+        except ChannelClosed:
+            pass  # the reader thread stops this worker
 
     def _report(self) -> None:
         last: tuple[WorkerReport, bool] | None = None
@@ -215,8 +247,10 @@ class FedSource:
         self._callback(name, items)
 
     def poll_once(self) -> None:
-        """Ask the supervisor to poll now; returns once this worker has the lists it sent."""
-        self._link.ask("poll")
+        """Ask the supervisor to poll now; returns once this worker has the lists it sent, or
+        at once when the supervisor is gone (this worker is stopping)."""
+        with contextlib.suppress(ChannelClosed):
+            self._link.ask("poll")
 
     def start(self) -> None:
         pass  # the supervisor polls
@@ -230,6 +264,8 @@ class FedSource:
         StoragePathSource.update_config does, or after a while without (it logs why)."""
         try:
             self._link.ask("source_options", options, timeout_s=_AGREE_TIMEOUT_S)
+        except ChannelClosed:
+            pass  # the supervisor is gone: this worker is stopping
         except TimeoutError:
             logger.warning(
                 "the other workers did not apply the same model config within %gs",
@@ -261,7 +297,18 @@ class ControlProxy:
         return self._core.repository_index()
 
     def _control(self, method: str, *args: Any) -> None:
-        error = self._link.ask("control", method, args)
+        try:
+            error = self._link.ask("control", method, args)
+        except FrameTooLarge as exc:  # refused before any worker sees it
+            raise errors.ResourceExhausted(
+                f"model control {method}: the call is {exc.size_bytes} bytes once encoded for"
+                f" the workers, over the {exc.limit_bytes}-byte limit of a model-control call"
+                " under --workers"
+            ) from None
+        except ChannelClosed:
+            raise errors.Unavailable(
+                f"model control {method}: the supervisor is gone (the server is stopping)"
+            ) from None
         if error is not None:
             kind, message = error
             cls = getattr(errors, kind, errors.ServingError)
