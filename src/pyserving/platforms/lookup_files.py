@@ -1,5 +1,5 @@
 """Reading a lookup table's file (`table.tsv` / `.csv` / `.npz` / `.parquet`), optionally only
-the rows of one shard.
+the rows of one shard (an npz: lookup_npz.py).
 
 A shard's rows are picked while the file is read, so a shard never holds the whole table: an npz
 is read key array first, then its value array in slices of rows; a parquet file key column first,
@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
-import struct
-import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,18 +18,9 @@ import numpy as np
 
 from pyserving.errors import FailedPrecondition
 from pyserving.platforms.lookup_index import as_bytes_list, shard_of
+from pyserving.platforms.lookup_npz import Shard, read_npz
 
 __all__ = ["Shard", "read_keys", "read_table"]
-
-#: (index, count): this shard's index among `count` shards
-Shard = tuple[int, int]
-# bytes of an npz value array read at a time while keeping a shard's rows
-_SLICE_BYTES = 64 << 20
-# a zip local file header: signature ... file name length, extra field length
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
-# the most a compressed byte can inflate to, per zip method (deflate's limit is 1032:1); a method
-# not named here is bounded by its declared size only
-_INFLATE_RATIO = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +32,7 @@ def read_table(
     given. Raises FailedPrecondition naming the problem."""
     name = os.path.basename(file)
     if name == "table.npz":
-        return _read_npz(file, key_type, shard)
+        return read_npz(file, shard, lambda raw: _normalise_keys(raw, key_type))
     if name == "table.parquet":
         return _read_parquet(file, key_type, shard)
     raw_keys, values = _read_text(file, "\t" if name == "table.tsv" else ",", header)
@@ -193,148 +181,6 @@ def _read_text(
     if not keys:
         return keys, np.zeros((0,) if width == 2 else (0, width - 1), np.float32)
     return keys, _values_array(columns)
-
-
-def _read_npz(
-    file: str, key_type: str | None, shard: Shard | None
-) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        archive = zipfile.ZipFile(file)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise FailedPrecondition(f"table.npz: cannot read it: {exc}") from exc
-    with archive:
-        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
-        if "keys" not in members or "values" not in members:
-            raise FailedPrecondition(
-                f"table.npz must hold arrays 'keys' and 'values' (has {', '.join(sorted(members))})"
-            )
-        keys_member = archive.getinfo(members["keys"])
-        with archive.open(keys_member) as stream:
-            raw_keys = _read_rows(stream, _data_limit(file, keys_member), "keys", None)
-        keys = _normalise_keys(raw_keys, key_type)
-        mine = None if shard is None else shard_of(keys, shard[1]) == shard[0]
-        values_member = archive.getinfo(members["values"])
-        mapped = map_stored_array(file, values_member)
-        if mapped is not None and mine is None:
-            values = mapped
-        elif mapped is not None and mine is not None and len(mine) == len(mapped):
-            # a shard copies its rows in one pass over the mapping, which it then drops
-            values = mapped[mine]
-        else:
-            with archive.open(values_member) as stream:
-                values = _read_rows(stream, _data_limit(file, values_member), "values", mine)
-    if len(values) != (len(keys) if mine is None else int(mine.sum())):
-        raise FailedPrecondition(f"table.npz: {len(keys)} keys but a different number of values")
-    if values.dtype.kind in "SU":
-        texts = [v.encode() if isinstance(v, str) else v for v in values.tolist()]
-        values = np.array(texts, dtype=object)
-    return (keys if mine is None else keys[mine]), values
-
-
-def map_stored_array(file: str, member: zipfile.ZipInfo) -> np.ndarray | None:
-    """The .npy `member` of the zip `file` mapped read-only from the file, when it is stored
-    uncompressed (`np.savez`) with a numeric dtype in C order; None otherwise (compressed, text,
-    object or empty arrays are read instead).
-
-    Mapped, its pages come from the page cache: processes serving the same version (`--workers`)
-    share one copy, and only the rows requests touch are ever read from disk.
-    """
-    if member.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(file, "rb") as raw:
-        raw.seek(member.header_offset)
-        local = raw.read(_LOCAL_HEADER.size)
-        if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
-            return None
-        name_bytes, extra_bytes = _LOCAL_HEADER.unpack(local)[-2:]
-        start = member.header_offset + _LOCAL_HEADER.size + name_bytes + extra_bytes
-        raw.seek(start)
-        try:
-            shape, fortran_order, dtype = _read_npy_header(raw)
-        except ValueError:
-            return None  # not an .npy header: the reader says what is wrong
-        offset = raw.tell()
-    nbytes = math.prod(shape) * dtype.itemsize  # exact: a numpy product may wrap around
-    if fortran_order or dtype.kind not in "biufc" or not shape or nbytes == 0:
-        return None
-    if offset + nbytes > start + member.file_size:
-        raise FailedPrecondition("table.npz: the values array is truncated")
-    mapped = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return mapped.view(np.ndarray)  # a plain array; it keeps the mapping open
-
-
-def _read_npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """(shape, fortran_order, dtype) from the .npy header at `stream`'s position; ValueError
-    when there is none."""
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(stream)
-    return np.lib.format.read_array_header_2_0(stream)
-
-
-def _data_limit(file: str, member: zipfile.ZipInfo) -> int:
-    """The most bytes reading `member` of the zip `file` can yield: its declared size, which the
-    zip reader never reads past, capped by what its stored bytes can inflate to (a corrupt or
-    hostile directory may declare any size)."""
-    stored = min(member.compress_size, os.path.getsize(file))
-    ratio = _INFLATE_RATIO.get(member.compress_type)
-    return member.file_size if ratio is None else min(member.file_size, stored * ratio)
-
-
-def _read_rows(stream: Any, limit: int, array: str, mine: np.ndarray | None) -> np.ndarray:
-    """The .npy `array` ("keys" or "values") from `stream`, which yields at most `limit` bytes,
-    only the rows where `mine` is true, read a slice of rows at a time so that the whole array
-    is never in memory when only some rows are kept.
-
-    The size its header declares is checked against `limit` before anything is allocated, so a
-    header claiming a huge shape fails the load instead of reserving memory for it.
-    """
-    try:
-        shape, fortran_order, dtype = _read_npy_header(stream)
-    except ValueError as exc:
-        raise FailedPrecondition(f"table.npz: {array} is not an .npy array: {exc}") from None
-    if dtype.hasobject:
-        raise FailedPrecondition(
-            f"table.npz: object arrays are not allowed (save {array} as bytes)"
-        )
-    if not shape or (array == "keys" and len(shape) != 1):
-        raise FailedPrecondition(
-            f"table.npz: {array} must have one row per key (its shape is {list(shape)})"
-        )
-    declared = math.prod(shape) * dtype.itemsize
-    available = limit - stream.tell()
-    if declared > available:
-        raise FailedPrecondition(
-            f"table.npz: the {array} array declares {list(shape)} {dtype} ({declared} bytes) but"
-            f" its file holds at most {max(0, available)}: the file is corrupt or truncated"
-        )
-    if fortran_order:  # column-major: rows are not contiguous, read it whole
-        count = math.prod(shape)
-        data = stream.read(declared)
-        if len(data) != declared:
-            raise FailedPrecondition(f"table.npz: the {array} array is truncated")
-        whole = np.frombuffer(data, dtype, count).reshape(shape, order="F")
-        return np.ascontiguousarray(whole if mine is None else whole[mine[: len(whole)]])
-    rows, row_shape = shape[0], shape[1:]
-    row_bytes = math.prod(row_shape) * dtype.itemsize
-    if mine is not None and len(mine) != rows:
-        raise FailedPrecondition(f"table.npz: {len(mine)} keys but {rows} values")
-    out = np.empty((rows if mine is None else int(mine.sum()), *row_shape), dtype)
-    if row_bytes == 0:  # nothing stored: the rows are empty
-        return out
-    step = max(1, _SLICE_BYTES // row_bytes)
-    filled = 0
-    for first in range(0, rows, step):
-        count = min(step, rows - first)
-        data = stream.read(count * row_bytes)
-        if len(data) != count * row_bytes:
-            raise FailedPrecondition(f"table.npz: the {array} array is truncated")
-        chunk = np.frombuffer(data, dtype).reshape(count, *row_shape)
-        if mine is not None:
-            chunk = chunk[mine[first : first + count]]
-        out[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return out
 
 
 def _read_parquet(
