@@ -28,7 +28,13 @@ def bind_listeners(
 ) -> tuple[socket.socket | None, socket.socket | None]:
     """The (REST, gRPC) sockets `bind` made for the ports that are not 0, REST first (None for
     a port of 0). Raises PortTaken naming the listener, the reason and the flag that moves it,
-    after closing what it bound."""
+    after closing what it bound, or when both listeners are given the same port (two bound but
+    not yet listening sockets with SO_REUSEADDR share a port: gRPC's listen would fail later)."""
+    if rest_api_port and rest_api_port == grpc_port:
+        raise PortTaken(
+            f"pyserving: --port and --rest_api_port are both {grpc_port}: give gRPC and REST"
+            " a port each"
+        )
     bound: list[socket.socket | None] = []
     for what, flag, port in (
         ("REST", "--rest_api_port", rest_api_port),

@@ -119,3 +119,24 @@ def test_a_taken_grpc_port_lets_the_rest_port_go_and_names_the_flag() -> None:
         rest.close()
     finally:
         taken.close()
+
+
+def test_the_same_port_for_grpc_and_rest_is_one_line_naming_both_flags(tmp_path: object) -> None:
+    """Red team 4 F7: before, the REST socket and the gRPC probe both bound it (SO_REUSEADDR,
+    neither listening) and gRPC's listen failed later: "pyserving: [Errno 98] ..."."""
+    with pytest.raises(PortTaken, match="--port and --rest_api_port are both 8500"):
+        bind_listeners("127.0.0.1", 8500, 8500, bind_port)
+    free = bind_port("127.0.0.1", 0)
+    port = free.getsockname()[1]
+    free.close()
+    flags = [f"--port={port}", f"--rest_api_port={port}", f"--model_base_path={tmp_path}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", "--model_name=m", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pyserving: --port and --rest_api_port are both {port}: give gRPC and REST a port each"
+    )
