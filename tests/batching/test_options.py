@@ -139,6 +139,33 @@ def test_policy_error_names_the_model():
         BatchingPolicy.build(True, None, {"mlp": {"size": 3}})
 
 
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"batch_wait": "sometimes"}, "batch_wait must be one of adaptive, timeout"),
+        ({"max_batch_size": 0}, "max_batch_size must be a positive integer, got 0"),
+        ({"max_batch_size": 4, "max_execution_batch_size": 8}, "must be <= max_batch_size (4)"),
+    ],
+)
+def test_a_value_the_options_refuse_names_the_model_or_the_file(
+    tmp_path: Path, setting: dict[str, object], fragment: str
+):
+    """Red team 4 F7: the options' own checks said "batching: ..." without the model."""
+    with pytest.raises(BatchingConfigError) as caught:
+        BatchingPolicy.build(True, None, {"mlp": setting})
+    assert caught.value.message.startswith('model "mlp": batching: ')
+    assert fragment in caught.value.message
+    yaml_file = tmp_path / "batching.yaml"
+    yaml_file.write_text("".join(f"{key}: {value}\n" for key, value in setting.items()))
+    text_file = tmp_path / "batching.txt"  # the text proto has no batch_wait
+    text_file.write_text("".join(f"{key} {{ value: {value} }}\n" for key, value in setting.items()))
+    for path in (yaml_file, text_file) if "batch_wait" not in setting else (yaml_file,):
+        with pytest.raises(BatchingConfigError) as caught:
+            load_batching_parameters(path)
+        assert caught.value.message.startswith(f"batching parameters file {path}: ")
+        assert fragment in caught.value.message
+
+
 def test_server_batching_policy_reads_flags_and_model_config(tmp_path: Path):
     params = tmp_path / "batching.pbtxt"
     params.write_text("max_batch_size { value: 32 }")

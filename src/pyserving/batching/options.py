@@ -6,10 +6,11 @@ Field names and defaults follow `session_bundle_config.proto` as TF Serving appl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,13 +135,29 @@ class BatchingOptions:
     def with_overrides(
         self, overrides: Mapping[str, Any], where: str = "batching"
     ) -> BatchingOptions:
-        """These options with the fields in `overrides` replaced (a YAML `batching:` mapping)."""
-        return dataclasses.replace(self, **_fields_from_mapping(overrides, where))
+        """These options with the fields in `overrides` replaced (a YAML `batching:` mapping);
+        raises BatchingConfigError naming `where`."""
+        fields = _fields_from_mapping(overrides, where)
+        with _errors_naming(where):
+            return dataclasses.replace(self, **fields)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], where: str = "batching") -> BatchingOptions:
-        """Options from a YAML mapping; unset fields take the defaults."""
-        return cls(**_fields_from_mapping(mapping, where))
+        """Options from a YAML mapping; unset fields take the defaults. Raises
+        BatchingConfigError naming `where`."""
+        fields = _fields_from_mapping(mapping, where)
+        with _errors_naming(where):
+            return cls(**fields)
+
+
+@contextlib.contextmanager
+def _errors_naming(where: str) -> Iterator[None]:
+    """Re-raise a BatchingConfigError from BatchingOptions' own checks (which say "batching:")
+    naming `where`: the model or the file whose setting it is."""
+    try:
+        yield
+    except BatchingConfigError as exc:
+        raise BatchingConfigError(f"{where}: {str(exc).removeprefix('batching: ')}") from None
 
 
 def _is_int(value: object) -> bool:
@@ -206,7 +223,8 @@ def parse_batching_text_proto(text: str, where: str = "batching parameters") -> 
     if message.allowed_batch_sizes:
         values["allowed_batch_sizes"] = tuple(message.allowed_batch_sizes)
     values["pad_variable_length_inputs"] = message.pad_variable_length_inputs
-    return BatchingOptions(**values)
+    with _errors_naming(where):
+        return BatchingOptions(**values)
 
 
 def load_batching_parameters(path: str | os.PathLike[str]) -> BatchingOptions:
