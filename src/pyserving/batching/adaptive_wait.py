@@ -1,18 +1,20 @@
 """AdaptiveWait: when an open batch stops waiting for more rows (`batch_wait: adaptive`).
 
-An open batch runs before its timeout as soon as waiting stops paying:
+While a batch of its model runs, an open batch waits as with the fixed wait (until full or its
+timeout), so that a second instance of the model gets a full batch. When no batch of the model
+runs, the batch runs as soon as waiting stops paying:
 - it holds the rows due back: those that waited while the last batch ran plus those the last
   batch answered (closed-loop clients send again once answered), or
 - its rows took at least two calls' time to arrive (`rows * gap between rows >= 2 * run time`):
   the model outpaces its arrivals, so holding them only idles it, or
-- the next row is not expected before the batch's timeout, or
 - rows stopped coming: none for two average gaps (at least half a call) since the last row or
   the last batch's end.
-`batch_timeout_micros` stays the bound on every wait. Closed-loop clients of a slow model so
-settle into one full batch per call instead of splitting into groups that alternate (a batch run
-at the first idle moment sends its clients back while the other group runs). Until a batch has
-run and two rows have arrived nothing is measured, and a batch runs early only when no batch of
-its model is running.
+Until a batch has run and two rows have arrived nothing is measured, and the batch runs at once.
+A lone client's request therefore runs at once, as if unbatched; closed-loop clients of a slow
+model settle into one full batch per call instead of splitting into groups that alternate (a batch
+run at the first idle moment sends its clients back while the other group runs); and a batch
+never runs early beside a running one, where small batches would crowd a CPU-bound model's
+instances (each small call costs nearly a full one).
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ class AdaptiveWait:
         )
         self._last_event = max(self._last_event, ended_at)
 
-    def runs_now(self, rows: int, timeout_at: float, now: float, model_idle: bool) -> bool:
-        """Whether an open batch of `rows` rows, timing out at `timeout_at`, should run now."""
+    def runs_now(self, rows: int, now: float, model_idle: bool) -> bool:
+        """Whether an open batch of `rows` rows should run now, before its timeout."""
+        if not model_idle:
+            return False
         gap, run_time = self._row_gap, self._run_time
         if gap is None or run_time is None or self._last_arrival is None:
-            return model_idle
-        if rows >= self._due_back or rows * gap >= _OUTPACED * run_time:
             return True
-        if self._last_arrival + gap >= timeout_at:  # the next row would come too late
+        if rows >= self._due_back or rows * gap >= _OUTPACED * run_time:
             return True
         return now >= self._last_event + _patience(gap, run_time)  # rows stopped coming
 

@@ -265,10 +265,7 @@ class BatchQueue:
             or flush
             or front.size >= self.options.execution_batch_size
             or now >= timeout_at
-            or (
-                self._wait is not None
-                and self._wait.runs_now(front.size, timeout_at, now, model_idle)
-            )
+            or (self._wait is not None and self._wait.runs_now(front.size, now, model_idle))
         ):
             self._batches.popleft()
             if not self._batches:
