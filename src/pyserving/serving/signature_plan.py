@@ -86,7 +86,7 @@ class SignaturePlan:
     def validate(self, inputs: Mapping[str, np.ndarray], max_elements: int) -> int:
         """Raise InvalidInput naming the first bad input; return the batch size (1 if none)."""
         specs = self.inputs
-        if len(inputs) != len(specs) or not all(name in specs for name in inputs):
+        if inputs.keys() != specs.keys():  # the same names: compared as sets, in C
             raise InvalidInput(mismatch_message(inputs, specs))
         batch_name: str | None = None
         batch = 0
@@ -126,7 +126,8 @@ class SignaturePlan:
     def collect(self, results: object, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The `wanted` outputs of a servable's `results`, as arrays; raises ModelError when
         the servable returned something else or left one out."""
-        if not isinstance(results, Mapping):
+        # a dict first: isinstance against the Mapping ABC goes through Python-level hooks
+        if type(results) is not dict and not isinstance(results, Mapping):
             raise ModelError(f"servable returned {type(results).__name__}, not a dict of outputs")
         out: dict[str, np.ndarray] = {}
         for name in wanted:
