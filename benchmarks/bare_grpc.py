@@ -8,6 +8,7 @@ report gives req/s and server CPU µs per request (utime+stime of the server's s
 /proc) and our/bare ratios of each round's median.
 
     python benchmarks/bare_grpc.py [--connections 8] [--seconds 5] [--rounds 3] [--warmup 2]
+    python benchmarks/bare_grpc.py --base-src /tmp/base/src   # beside a server from another tree
     python benchmarks/bare_grpc.py --serve PORT      # the bare servicer alone
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from bench import MODELS, grpc_command, measure, start_server
-from processes import free_port, spawn, stop_session
+from processes import free_port, pyserving_command, spawn, stop_session, wait_ready
 
 from pyserving.demo import make_mlp
 
@@ -81,6 +83,17 @@ def start_bare(work: Path) -> tuple[object, str]:
     return proc, f"127.0.0.1:{port}"
 
 
+def start_tree(work: Path, name: str, src: str) -> tuple[object, str]:
+    """`pyserving serve` importing the package from `src` (an A/B against another commit's
+    `git archive`); (process, target) once it is ready."""
+    rest, port = free_port(), free_port()
+    log = work / "base.log"
+    flags = (f"--model_name={name}", f"--model_base_path={work / name}", "--log-level=warning")
+    proc = spawn(pyserving_command(rest, port, *flags), log, {**os.environ, "PYTHONPATH": src})
+    wait_ready(proc, log, f"http://127.0.0.1:{rest}/v2/models/{name}/ready")
+    return proc, f"127.0.0.1:{port}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=int, metavar="PORT", help="run the bare servicer only")
@@ -88,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--base-src", help="also measure a server importing pyserving from here")
     args = parser.parse_args()
     if args.serve:
         try:
@@ -104,8 +118,10 @@ def main() -> None:
         ours = start_server(work, name, work / name, False, 1.0)
         bare, bare_target = start_bare(work)
         servers = {"pyserving": (ours.proc, ours.grpc), "bare grpc.aio": (bare, bare_target)}
-        runs: dict[str, list] = {label: [] for label in servers}
         try:
+            if args.base_src:  # in the try: a base that does not start stops the other two
+                servers["pyserving (base)"] = start_tree(work, name, args.base_src)
+            runs: dict[str, list] = {label: [] for label in servers}
             for proc, target in servers.values():
                 command = grpc_command(target, "v2", name, dims[0], args.connections, args.warmup)
                 measure(proc.pid, command)
@@ -116,8 +132,8 @@ def main() -> None:
                     )
                     runs[label].append(measure(proc.pid, command))
         finally:
-            stop_session(ours.proc)
-            stop_session(bare)  # type: ignore[arg-type]
+            for proc, _ in servers.values():
+                stop_session(proc)  # type: ignore[arg-type]
     print(
         f"V2 gRPC ModelInfer, small MLP, c={args.connections}, {args.rounds} x {args.seconds:g} s"
     )
@@ -137,6 +153,9 @@ def main() -> None:
         f" req/s {our_rps / bare_rps:.2f}x (noise: machine cores busy outside the two processes,"
         f" median {statistics.median(m.noise_cores for ms in runs.values() for m in ms):.2f})"
     )
+    if args.base_src:
+        base_cpu = medians["pyserving (base)"][1]
+        print(f"ours / base: server CPU per request {our_cpu / base_cpu:.3f}x (same rounds)")
 
 
 if __name__ == "__main__":
