@@ -3,9 +3,9 @@
 Building a `ModelInferResponse` message, then serializing it, costs the event loop several
 microseconds per request; `infer_response_bytes` writes the same wire bytes directly (proto3
 rules: fields in number order, empty strings left out, `shape` packed), with each output's
-descriptor and each (model, version)'s name fields encoded once and cached. `packed_values` reads FP32 and
-FP64 typed contents as the packed little-endian array they are on the wire, instead of
-converting one Python float per element.
+descriptor and each (model, version)'s name fields encoded once and cached. `packed_values`
+reads FP32 and FP64 typed contents as the packed little-endian array they are on the wire,
+instead of converting one Python float per element.
 """
 
 from __future__ import annotations
