@@ -161,3 +161,34 @@ def test_a_restart_during_model_control_waits_for_the_call_without_timers(
     finally:
         channel.answer.set()
         control.join(10)
+
+
+def test_a_first_worker_still_starting_holds_the_gate_a_replacement_does_not(
+    tmp_path: Path,
+) -> None:
+    # First workers listen while they load: one that has not reported yet would answer "not
+    # found", so nothing is published (and no worker is ready) until it serves the version too.
+    supervisor = sup.Supervisor([], 2, None, str(tmp_path), True, 1.0)
+    workers = []
+    for slot in range(2):
+        channel = RecordingChannel(supervisor)
+        worker = WorkerProcess(slot, FakeProcess(1000 + slot), channel)
+        channel.worker = worker
+        worker.fed = True
+        worker.listens_while_loading = True
+        supervisor._workers[slot] = worker
+        workers.append(worker)
+    supervisor._on_list("m", [item(1)])
+    supervisor._on_message(workers[0], serving(1))
+    assert dict(supervisor._feed.gate.published) == {"m": frozenset()}
+    supervisor._on_message(workers[1], serving(1))
+    assert dict(supervisor._feed.gate.published) == {"m": frozenset({1})}
+    # a replacement loads before it listens: until it listens it is not counted
+    channel = RecordingChannel(supervisor)
+    replacement = WorkerProcess(1, FakeProcess(2000), channel)
+    channel.worker = replacement
+    replacement.fed = True
+    supervisor._workers[1] = replacement
+    supervisor._on_list("m", [item(1)])
+    supervisor._sync_gate()
+    assert dict(supervisor._feed.gate.published) == {"m": frozenset({1})}

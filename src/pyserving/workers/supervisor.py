@@ -205,6 +205,7 @@ class Supervisor:
                 "gate": self._feed.gate,
             },
         )
+        worker.listens_while_loading = not load_before_listening
         with self._lock:
             self._workers[slot] = worker
         threading.Thread(
@@ -377,10 +378,13 @@ class Supervisor:
             worker.send("aspire", name, items)
 
     def _sync_gate(self) -> None:
-        """Move the gate to what the listening workers serve: `latest` in every worker first,
-        then `published`; then let replaced versions go where their successors settled."""
+        """Move the gate to what the listening workers serve (first workers count from their
+        start: they listen while they load): `latest` in every worker first, then `published`;
+        then let replaced versions go where their successors settled."""
         with self._lock:
-            reports = [w.report for w in self._workers.values() if w.listening]
+            reports = [
+                w.report for w in self._workers.values() if w.listening or w.listens_while_loading
+            ]
         gate = compute_gate(self._feed.names(), reports)
         if gate is not None and gate != self._feed.gate:
             routed = Gate(gate.latest, self._feed.gate.published)

@@ -33,6 +33,10 @@ class WorkerProcess:
         self.channel = channel
         self.report = WorkerReport()
         self.listening = False
+        #: it listens before its first load (a first worker): it counts for the gate from its
+        #: start, serving nothing until it reports, so that no version is published (and no
+        #: worker ready) while it would answer "not found"
+        self.listens_while_loading = False
         self.fed = False  # has been sent the full feed (after its first poll)
         self.options: StoragePathSourceOptions | None = None
         self.options_waiting: list[int] = []  # its requests to answer once options are polled
