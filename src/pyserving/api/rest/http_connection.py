@@ -1,6 +1,7 @@
 """One REST client connection: HTTP/1.1 framing with httptools, requests run in order (each an
-`http_exchange.Exchange`: the ASGI `receive`/`send`), and the per-connection limits (header timeout and size, Host and
-transfer-coding checks, malformed bodies answered at once, write slices and the write timeout).
+`http_exchange.Exchange`: the ASGI `receive`/`send`), and the per-connection limits (header
+timeout and size, Host and transfer-coding checks, malformed bodies answered at once, write slices
+and the write timeout).
 `http_server.HttpServer` accepts connections and owns the set of them.
 """
 
