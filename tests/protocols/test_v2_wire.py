@@ -38,10 +38,12 @@ RESPONSES = [
     ),
     InferResponse("pipe", 3, "s", {"o": np.ones(3, np.int8)}, "id", {"step": "a:1"}),
     InferResponse("large", 7, "s", {"o": np.arange(1 << 18, dtype=np.float32)}),
+    # empty strings are left out, as proto3 leaves them out (F6)
+    InferResponse("", 0, "s", {"": np.ones(2, np.float32), "named": np.zeros(0, np.int32)}),
 ]
 
 
-@pytest.mark.parametrize("response", RESPONSES, ids=lambda r: r.model)
+@pytest.mark.parametrize("response", RESPONSES, ids=lambda r: r.model or "empty-names")
 def test_the_written_answer_is_the_message_protobuf_writes_issue_17(response):
     written = v2.response_to_wire(response)
     message = v2.response_to_proto(response)

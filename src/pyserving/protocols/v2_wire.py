@@ -51,6 +51,11 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def _string_field(tag: bytes, text: str) -> bytes:
+    """A proto3 string field: nothing at all when it is empty (the default is never written)."""
+    return _field(tag, text.encode()) if text else b""
+
+
 _MODEL_NAME = _tag(_RESPONSE["model_name"].number)
 _MODEL_VERSION = _tag(_RESPONSE["model_version"].number)
 _ID = _tag(_RESPONSE["id"].number)
@@ -65,7 +70,7 @@ def _output_entry(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
     key = (name, datatype, shape)
     entry = _output_entries.get(key)
     if entry is None:
-        tensor = _field(_OUTPUT_NAME, name.encode()) + _field(_OUTPUT_DATATYPE, datatype.encode())
+        tensor = _string_field(_OUTPUT_NAME, name) + _string_field(_OUTPUT_DATATYPE, datatype)
         if shape:
             tensor += _field(_OUTPUT_SHAPE, b"".join(_varint(d) for d in shape))
         entry = _field(_OUTPUTS, tensor)
@@ -85,13 +90,11 @@ def infer_response_bytes(
     shape, raw bytes), in order, the raw bytes going in `raw_output_contents`."""
     fields = _model_fields.get((model, version))
     if fields is None:
-        fields = _field(_MODEL_NAME, model.encode()) + _field(_MODEL_VERSION, version.encode())
+        fields = _string_field(_MODEL_NAME, model) + _string_field(_MODEL_VERSION, version)
         if len(_model_fields) >= _MAX_CACHED_OUTPUTS:
             _model_fields.clear()
         _model_fields[model, version] = fields
-    parts = [fields]
-    if request_id:
-        parts.append(_field(_ID, request_id.encode()))
+    parts = [fields, _string_field(_ID, request_id)]
     for name, datatype, shape, _ in outputs:
         parts.append(_output_entry(name, datatype, shape))
     for *_, raw in outputs:
