@@ -9,7 +9,7 @@ array is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,12 +27,18 @@ __all__ = [
     "Limits",
     "Reserve",
     "decode_reserve",
+    "outputs_size",
     "parse_version",
+    "strings_size",
 ]
 
 #: the most digits a version number may have: versions are int64 (TF Serving's ModelSpec)
 MAX_VERSION_DIGITS = 19
 _MAX_VERSION = 2**63 - 1
+#: string (BYTES) values of at most this many elements are measured one by one; more count as
+#: `_UNMEASURED_SIZE` (measuring them would itself be work that grows on the event loop)
+_MEASURED_STRINGS = 64
+_UNMEASURED_SIZE = 1 << 30
 
 
 class Limits(Protocol):
@@ -96,8 +102,26 @@ class InferResponse:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the outputs hold (8 per BYTES element): what encoding them grows with."""
-        return sum(array.nbytes for array in self.outputs.values())
+        """About the bytes encoding the outputs works through (BYTES outputs: `strings_size`):
+        what decides whether they are encoded off the event loop."""
+        return outputs_size(self.outputs)
+
+
+def outputs_size(outputs: Mapping[str, np.ndarray]) -> int:
+    """About the bytes encoding `outputs` works through (BYTES outputs: `strings_size`)."""
+    return sum(
+        strings_size(array.size, array.flat) if array.dtype.kind == "O" else array.nbytes
+        for array in outputs.values()
+    )
+
+
+def strings_size(count: int, values: Iterable[object]) -> int:
+    """About the bytes of `count` string values (an object array's elements, a protobuf's repeated
+    bytes): an object array holds pointers, so a few values are measured and many are taken as
+    large (1 GiB) without being walked. Sizes work, to decide whether it leaves the event loop."""
+    if count > _MEASURED_STRINGS:
+        return _UNMEASURED_SIZE
+    return sum(len(value) if isinstance(value, bytes | str) else 8 for value in values)
 
 
 def parse_version(text: str) -> int:

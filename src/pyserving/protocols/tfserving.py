@@ -21,7 +21,14 @@ from pyserving.platforms.signature import V2_TO_TF, Signature, TensorSpec
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.proto import tf_types_pb2
 from pyserving.protocols.json_tensor import bytes_to_json, dumps, json_shape, to_array
-from pyserving.protocols.request import InferRequest, InferResponse, Limits, Reserve, decode_reserve
+from pyserving.protocols.request import (
+    InferRequest,
+    InferResponse,
+    Limits,
+    Reserve,
+    decode_reserve,
+    strings_size,
+)
 from pyserving.protocols.tensors import (
     check_declared,
     check_names,
@@ -129,11 +136,16 @@ def predict_from_proto(request: apis.PredictRequest, deadline: float | None) -> 
 
 
 def _declared_size(tensors: Mapping[str, tf_types_pb2.TensorProto]) -> int:
-    """Bytes the tensors declare (unchecked: only to size the decoding work)."""
+    """Bytes the tensors declare (unchecked: only to size the decoding work); string values
+    count what arrived for them (`strings_size`), which the shape says nothing of."""
     total = 0
     for tensor in tensors.values():
         count = math.prod(dim.size for dim in tensor.tensor_shape.dim)
-        total += decoded_size(_V2_NAME.get(tensor.dtype, "BYTES"), max(count, 0))
+        payload = 0
+        if tensor.dtype == _STRING:
+            values = tensor.string_val
+            payload = strings_size(len(values), values)
+        total += decoded_size(_V2_NAME.get(tensor.dtype, "BYTES"), max(count, 0), payload)
     return total
 
 

@@ -30,6 +30,7 @@ from pyserving.protocols.request import (
     Reserve,
     decode_reserve,
     parse_version,
+    strings_size,
 )
 from pyserving.protocols.tensors import (
     MAX_RANK,
@@ -146,21 +147,31 @@ def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) ->
         names or None,
         deadline,
         request.id or None,
-        _declared_size(request.inputs),
+        _declared_size(request.inputs, request.raw_input_contents),
     )
 
 
-def _declared_size(inputs: Sequence[pb.ModelInferRequest.InferInputTensor]) -> int:
+def _declared_size(
+    inputs: Sequence[pb.ModelInferRequest.InferInputTensor], raw: Sequence[bytes]
+) -> int:
     """Bytes the inputs declare (unchecked): whether decoding them leaves the event loop. Data
     that does not match its declaration is refused before it is read; not ByteSize(), which
-    walks every value on the loop."""
+    walks every value on the loop. BYTES values count what arrived for them (`strings_size`
+    of typed contents), which the declared element count says nothing of."""
     total = 0
-    for item in inputs[:]:
+    for i, item in enumerate(inputs[:]):
         dims = item.shape
         if len(dims) > MAX_RANK:
             continue  # refused when it is decoded; not worth multiplying here
         datatype = item.datatype if item.datatype in V2_TO_NUMPY else "BYTES"
-        total += decoded_size(datatype, max(math.prod(dims[:]), 0))
+        payload = 0
+        if datatype == "BYTES":
+            if i < len(raw):
+                payload = len(raw[i])
+            else:
+                values = item.contents.bytes_contents
+                payload = strings_size(len(values), values)
+        total += decoded_size(datatype, max(math.prod(dims[:]), 0), payload)
     return total
 
 

@@ -26,7 +26,7 @@ from pyserving.api.rest.disconnect import ClientGone, ClientWatch
 from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.json_tensor import bytes_to_json, parse_json, to_array
-from pyserving.protocols.request import InferRequest, Limits
+from pyserving.protocols.request import InferRequest, Limits, outputs_size
 from pyserving.protocols.v2 import _parameters as v2_parameters
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -72,10 +72,8 @@ async def answer(
         if stream is None:  # a servable that answers once: one part
             response = await watch.until_gone(service.infer(request))
             answered_version.set(response.version)  # (set in the task until_gone ran it in)
-            # sized as a part is (_size): response.nbytes counts a BYTES element as a pointer,
-            # so large strings would be encoded on the event loop
             document = await run_sized(
-                sum(_size(array) for array in response.outputs.values()),
+                response.nbytes,
                 _document,
                 response.model,
                 response.version,
@@ -217,18 +215,9 @@ def _decode(
 
 async def _encode(stream: PartStream, outputs: Outputs) -> bytes:
     """A part's response JSON; off the event loop when the part is large."""
-    nbytes = sum(_size(array) for array in outputs.values())
-    return await run_sized(nbytes, _document, stream.model, stream.version, stream.id, outputs)
-
-
-def _size(array: np.ndarray) -> int:
-    """About the bytes `array` takes in JSON: a BYTES array holds pointers, so a few strings
-    are measured and many are taken as large (measuring them would be loop work too)."""
-    if array.dtype != object:
-        return array.nbytes
-    if array.size > 64:
-        return 1 << 30
-    return sum(len(item) if isinstance(item, bytes | str) else 8 for item in array.flat)
+    return await run_sized(
+        outputs_size(outputs), _document, stream.model, stream.version, stream.id, outputs
+    )
 
 
 def _document(model: str, version: int, request_id: str | None, outputs: Outputs) -> bytes:
