@@ -33,6 +33,7 @@ __all__ = [
     "encode_raw",
     "mismatch_message",
     "raw_tensor",
+    "read_only",
     "reserve_decoded",
 ]
 
@@ -155,7 +156,7 @@ def check_declared(
 def raw_tensor(datatype: str, shape: tuple[int, ...], data: memoryview, what: str) -> np.ndarray:
     """The tensor in `data` (exactly its bytes), without copying where alignment allows.
 
-    Arrays over request bytes are read-only. Raises InvalidInput when the byte count does not
+    The array is read-only (see `read_only`). Raises InvalidInput when the byte count does not
     match `shape` and `datatype`, or for a malformed BYTES tensor.
     """
     count = math.prod(shape)
@@ -179,7 +180,17 @@ def raw_tensor(datatype: str, shape: tuple[int, ...], data: memoryview, what: st
         # A JSON header has any length, so an offset can be misaligned; some runtimes need
         # aligned buffers, and a copy of a misaligned tensor is the cheaper fix.
         array = array.copy()
+        array.flags.writeable = False
     return array
+
+
+def read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`arrays`, each made read-only (a flag, no copy): every decoded input is, whatever its size,
+    encoding and transport, since many are views of the request's bytes and copying those to
+    make them writable would cost every request. Returns `arrays`."""
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
 
 
 def encode_raw(array: np.ndarray) -> bytes:

@@ -35,6 +35,7 @@ from pyserving.protocols.tensors import (
     check_shape,
     decoded_size,
     raw_tensor,
+    read_only,
     reserve_decoded,
 )
 
@@ -198,7 +199,7 @@ def _decode_protos(
         datatype, shape, tensor = declared[name]
         what = f'input "{name[:80]}"'
         arrays[name] = _tensor_values(tensor, datatype, shape, counts[name], what)
-    return arrays
+    return read_only(arrays)
 
 
 def _tensor_values(
@@ -322,7 +323,7 @@ def _convert(
     shape = check_shape(json_shape(value, what, depth), what, limits)
     count = check_declared(signature, spec.name, spec.datatype, shape, limits)
     reserve_decoded(reserve, decoded_size(spec.datatype, count))
-    return to_array(
+    array = to_array(
         value,
         spec.datatype,
         what,
@@ -330,6 +331,8 @@ def _convert(
         max_elements=limits.max_tensor_elements,
         allow_b64=True,
     )
+    array.flags.writeable = False  # as every decoded input (tensors.read_only)
+    return array
 
 
 def _rows_to_inputs(

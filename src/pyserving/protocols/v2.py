@@ -40,6 +40,7 @@ from pyserving.protocols.tensors import (
     decoded_size,
     encode_raw,
     raw_tensor,
+    read_only,
     reserve_decoded,
 )
 from pyserving.protocols.v2_wire import infer_response_bytes, packed_values
@@ -318,7 +319,7 @@ def _decode_json_inputs(
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
             arrays[name] = _json_data(data, datatype, shape, counts[name], what, max_depth, limits)
-    return arrays
+    return read_only(arrays)
 
 
 def _check_declared(
@@ -411,7 +412,7 @@ def _decode_proto_inputs(
             arrays[name] = raw_tensor(datatype, shape, data, what)
         else:
             arrays[name] = _typed_contents(data, datatype, shape, counts[name], what)
-    return arrays
+    return read_only(arrays)
 
 
 def _typed_contents(

@@ -27,6 +27,7 @@ from pyserving.errors import InvalidInput, ServingError
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.json_tensor import bytes_to_json, parse_json, to_array
 from pyserving.protocols.request import InferRequest, Limits, outputs_size
+from pyserving.protocols.tensors import read_only
 from pyserving.protocols.v2 import _parameters as v2_parameters
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -210,7 +211,7 @@ def _decode(
         if missing > 0:  # "max_tokens": 12 fills an INT32 [1] input
             array = array.reshape((1,) * missing + array.shape)
         arrays[spec.name] = array
-    return arrays
+    return read_only(arrays)  # as every decoded input
 
 
 async def _encode(stream: PartStream, outputs: Outputs) -> bytes:
