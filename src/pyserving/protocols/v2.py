@@ -46,6 +46,7 @@ from pyserving.protocols.tensors import (
 from pyserving.protocols.v2_wire import infer_response_bytes, packed_values
 
 __all__ = [
+    "json_parameters",
     "parse_version",
     "request_from_json",
     "request_from_proto",
@@ -96,7 +97,7 @@ def request_from_json(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    parameters = _parameters(document.get("parameters"), "request")
+    parameters = json_parameters(document.get("parameters"), "request")
     binary_default = _bool_parameter(parameters, "binary_data_output", "request")
     deadline = _timeout_deadline(parameters, deadline)
     inputs = document.get("inputs")
@@ -176,7 +177,8 @@ def _declared_size(
     return total
 
 
-def _parameters(value: object, what: str) -> dict[str, object]:
+def json_parameters(value: object, what: str) -> dict[str, object]:
+    """A JSON body's `parameters` object (`what` names its owner in the message); {} if absent."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -235,7 +237,7 @@ def _requested_output(
     what = f'output "{name[:80]}"'
     if name in seen:
         raise InvalidInput(f"{what} is requested more than once")
-    parameters = _parameters(parameters, what)
+    parameters = json_parameters(parameters, what)
     if parameters.get("classification"):
         raise InvalidInput(f"{what}: the classification extension is not supported")
     if parameters.get("shared_memory_region") is not None:
@@ -276,7 +278,7 @@ def _decode_json_inputs(
         name = item["name"]
         what = f'input "{name[:80]}"'
         parameters = item.get("parameters")
-        parameters = _NO_PARAMETERS if parameters is None else _parameters(parameters, what)
+        parameters = _NO_PARAMETERS if parameters is None else json_parameters(parameters, what)
         datatype = _declare_input(what, name, declared, item.get("datatype"), parameters)
         dims = item.get("shape")
         if type(dims) is not list or any(type(d) is not int for d in dims):

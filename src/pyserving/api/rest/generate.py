@@ -28,7 +28,7 @@ from pyserving.platforms.signature import Signature
 from pyserving.protocols.json_tensor import bytes_to_json, parse_json, to_array
 from pyserving.protocols.request import InferRequest, Limits, outputs_size
 from pyserving.protocols.tensors import read_only
-from pyserving.protocols.v2 import _parameters as v2_parameters
+from pyserving.protocols.v2 import json_parameters
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
 from pyserving.serving.streaming import PartStream, open_stream
@@ -171,7 +171,7 @@ def request_from_json(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, not {_json_type(request_id)}")
     # the V2 request's own check (an object, or absent), as every V2 route makes it
-    parameters = v2_parameters(document.get("parameters"), "the generate request")
+    parameters = json_parameters(document.get("parameters"), "the generate request")
     values = {key: value for key, value in document.items() if key not in _RESERVED}
 
     def decode(signature: Signature, limits: Limits) -> Outputs:
