@@ -20,7 +20,7 @@ from pyserving.platforms.signature import DEFAULT_SIGNATURE
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2_metadata
 from pyserving.protocols.request import InferResponse
-from pyserving.protocols.v2 import request_from_proto, response_to_proto
+from pyserving.protocols.v2_grpc import request_from_proto, response_to_proto
 
 LIMITS = types.SimpleNamespace(max_tensor_elements=1 << 20, max_tensor_bytes=1 << 26)
 WORDS = [f"word-{i}" for i in range(60)]

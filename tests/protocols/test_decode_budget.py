@@ -14,7 +14,7 @@ from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.proto import tf_types_pb2
-from pyserving.protocols import tfserving, v2
+from pyserving.protocols import tfserving, v2_grpc
 from pyserving.protocols.request import InferRequest, decode_reserve
 from pyserving.protocols.tensors import BYTES_ELEMENT_SIZE
 
@@ -96,7 +96,7 @@ def raw_bytes_request(count: int) -> pb.ModelInferRequest:
 def test_bytes_elements_count_at_their_real_cost_issue_14():
     assert 8 + sys.getsizeof(b"") == BYTES_ELEMENT_SIZE
     reserved: list[int] = []
-    request = build(lambda: v2.request_from_proto(raw_bytes_request(1000), None), reserved)
+    request = build(lambda: v2_grpc.request_from_proto(raw_bytes_request(1000), None), reserved)
     arrays = request.inputs(STRINGS, _Limits())  # type: ignore[operator]
     assert arrays["s"].shape == (1000,)
     # each element: its reference, its bytes object; plus the bytes that arrived for them
@@ -106,6 +106,6 @@ def test_bytes_elements_count_at_their_real_cost_issue_14():
 def test_many_empty_bytes_elements_are_refused_at_their_decoded_size_issue_14():
     # 100 KiB on the wire, over 1 MiB once decoded: refused before any element is built.
     count = 25_600
-    request = v2.request_from_proto(raw_bytes_request(count), None)
+    request = v2_grpc.request_from_proto(raw_bytes_request(count), None)
     with pytest.raises(InvalidInput, match=r'input "s": BYTES \[25600\] takes \d+ bytes, over'):
         request.inputs(STRINGS, _Limits())  # type: ignore[operator]

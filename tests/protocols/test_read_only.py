@@ -12,7 +12,7 @@ import pytest
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from pyserving.protocols import tfserving, v2
+from pyserving.protocols import tfserving, v2, v2_grpc
 
 
 class _Limits:
@@ -55,7 +55,7 @@ def test_v2_grpc_typed_and_raw_inputs_are_read_only(rows):
     raw.raw_input_contents.extend([values.tobytes(), b"\x01\x00\x00\x00a"])
     for request in (typed, raw):
         wire = pb.ModelInferRequest.FromString(request.SerializeToString())
-        arrays = _decoded(v2.request_from_proto(wire, None))
+        arrays = _decoded(v2_grpc.request_from_proto(wire, None))
         np.testing.assert_array_equal(arrays["x"], values)
         _assert_read_only(arrays)
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from pyserving.protocols import tfserving, v2
+from pyserving.protocols import tfserving, v2_grpc
 from pyserving.protocols.request import InferResponse, strings_size
 from pyserving.serving.execution import OFF_LOOP_BYTES
 
@@ -46,7 +46,7 @@ def test_a_v2_grpc_request_counts_its_bytes_values():
         [b"a" * BIG, b""]
     )
     for request in (raw, typed):
-        assert v2.request_from_proto(request, None).size > BIG
+        assert v2_grpc.request_from_proto(request, None).size > BIG
 
 
 def test_a_tf_grpc_request_counts_its_string_values():

@@ -7,7 +7,7 @@ import pytest
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2
+from pyserving.protocols import v2, v2_grpc
 from pyserving.protocols.json_tensor import to_array
 
 
@@ -25,7 +25,7 @@ def test_data_in_another_types_contents_field_is_named_issue_14():
     request = pb.ModelInferRequest(model_name="m")
     tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     tensor.contents.int_contents.extend([1, 2, 3, 4])
-    infer = v2.request_from_proto(request, None)
+    infer = v2_grpc.request_from_proto(request, None)
     with pytest.raises(InvalidInput) as info:
         infer.inputs(SIGNATURE, _Limits())  # type: ignore[operator]
     message = info.value.message

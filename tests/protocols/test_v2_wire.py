@@ -10,7 +10,7 @@ import pytest
 from pyserving.errors import InvalidInput
 from pyserving.platforms.signature import Signature, TensorSpec
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2
+from pyserving.protocols import v2_grpc
 from pyserving.protocols.request import InferResponse
 from pyserving.protocols.v2_wire import packed_values
 
@@ -45,8 +45,8 @@ RESPONSES = [
 
 @pytest.mark.parametrize("response", RESPONSES, ids=lambda r: r.model or "empty-names")
 def test_the_written_answer_is_the_message_protobuf_writes_issue_17(response):
-    written = v2.response_to_wire(response)
-    message = v2.response_to_proto(response)
+    written = v2_grpc.response_to_wire(response)
+    message = v2_grpc.response_to_proto(response)
     assert pb.ModelInferResponse.FromString(written) == message
     assert written == message.SerializeToString()  # byte for byte, not only equal once read
 
@@ -71,7 +71,7 @@ def test_float_contents_decode_to_the_values_sent_issue_17(datatype, count):
     contents = request.inputs[0].contents
     field = "fp32_contents" if datatype == "FP32" else "fp64_contents"
     assert packed_values(contents, field, values.nbytes) is not None  # the packed path ran
-    decoded = v2.request_from_proto(request, None).inputs(signature, _Limits())["x"]  # type: ignore[operator]
+    decoded = v2_grpc.request_from_proto(request, None).inputs(signature, _Limits())["x"]  # type: ignore[operator]
     assert decoded.dtype == values.dtype and decoded.shape == (1, count)
     np.testing.assert_array_equal(decoded.ravel(), values)
 
@@ -79,7 +79,9 @@ def test_float_contents_decode_to_the_values_sent_issue_17(datatype, count):
 def test_float_contents_keep_nan_and_infinities_issue_17():
     values = [float("nan"), float("inf"), -float("inf"), -0.0]
     signature = Signature("s", (TensorSpec("x", "FP32", (1, 4)),), ())
-    decoded = v2.request_from_proto(_request("FP32", values), None).inputs(signature, _Limits())  # type: ignore[operator]
+    decoded = v2_grpc.request_from_proto(_request("FP32", values), None).inputs(
+        signature, _Limits()
+    )  # type: ignore[operator]
     np.testing.assert_array_equal(decoded["x"].ravel(), np.array(values, np.float32))
     assert np.signbit(decoded["x"].ravel()[3])
 
@@ -90,7 +92,7 @@ def test_contents_with_another_field_set_are_read_value_by_value_issue_17():
     contents = request.inputs[0].contents
     assert packed_values(contents, "fp32_contents", 16) is None
     signature = Signature("s", (TensorSpec("x", "FP32", (1, 4)),), ())
-    decoded = v2.request_from_proto(request, None).inputs(signature, _Limits())  # type: ignore[operator]
+    decoded = v2_grpc.request_from_proto(request, None).inputs(signature, _Limits())  # type: ignore[operator]
     np.testing.assert_array_equal(decoded["x"].ravel(), [1.0, 2.0, 3.0, 4.0])
 
 
@@ -101,7 +103,7 @@ def test_a_value_count_that_does_not_match_the_shape_is_refused_as_before_issue_
     with pytest.raises(
         InvalidInput, match=r'input "x": shape \[1, 4\] needs 4 elements, data has 3'
     ):
-        v2.request_from_proto(request, None).inputs(signature, _Limits())  # type: ignore[operator]
+        v2_grpc.request_from_proto(request, None).inputs(signature, _Limits())  # type: ignore[operator]
 
 
 def test_integer_contents_are_not_read_as_packed_bytes_issue_17():

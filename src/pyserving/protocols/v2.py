@@ -1,11 +1,11 @@
-"""KServe V2 (Open Inference Protocol) inference: every rule of it, for REST (a JSON document plus
-binary tensors) and gRPC (`inference.ModelInferRequest`) alike.
+"""KServe V2 (Open Inference Protocol) inference: its rules, shared by both transports, and its
+REST codec (a JSON document plus binary tensors).
 
 Pure translation (docs/rest-api.md, grpc-api.md): a request becomes an `InferRequest`, an
-`InferResponse` becomes a JSON body or a protobuf (metadata, config and repository answers are in
-`protocols.v2_metadata`). Both transports run the same checks in the same order, so the same bad
-input gets the same message. Inputs are declared first (name, datatype, shape, where the data
-is) and decoded only once the signature has accepted the declaration."""
+`InferResponse` a JSON body (gRPC messages: `protocols.v2_grpc`; metadata, config and repository
+answers: `protocols.v2_metadata`). Both transports run the checks here in the same order, so the
+same bad input gets the same message. Inputs are declared first (name, datatype, shape, where the
+data is) and decoded only once the signature has accepted the declaration."""
 
 from __future__ import annotations
 
@@ -30,10 +30,8 @@ from pyserving.protocols.request import (
     Reserve,
     decode_reserve,
     parse_version,
-    strings_size,
 )
 from pyserving.protocols.tensors import (
-    MAX_RANK,
     check_declared,
     check_names,
     check_shape,
@@ -43,40 +41,28 @@ from pyserving.protocols.tensors import (
     read_only,
     reserve_decoded,
 )
-from pyserving.protocols.v2_wire import infer_response_bytes, packed_values
 
 __all__ = [
+    "Declared",
+    "bool_parameter",
+    "check_declared_inputs",
+    "check_requested_output",
+    "declare_input",
     "json_parameters",
+    "output_datatype",
     "parse_version",
     "request_from_json",
-    "request_from_proto",
     "response_to_json",
-    "response_to_proto",
-    "response_to_wire",
+    "signature_parameter",
+    "timeout_deadline",
 ]
 
-# datatype → the InferTensorContents field that carries it (FP16 has none: raw only)
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-_CONTENTS_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
 #: the largest V2 integer parameter (InferParameter.int64_param)
 _MAX_INT64 = 2**63 - 1
 _NO_PARAMETERS: Mapping[str, object] = MappingProxyType({})
 #: (message subject, datatype, shape, data): the data is a memoryview (raw bytes), a JSON value,
 #: or an `InferTensorContents` message
-_Declared = tuple[str, str, tuple[int, ...], Any]
+Declared = tuple[str, str, tuple[int, ...], Any]
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -98,8 +84,8 @@ def request_from_json(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     parameters = json_parameters(document.get("parameters"), "request")
-    binary_default = _bool_parameter(parameters, "binary_data_output", "request")
-    deadline = _timeout_deadline(parameters, deadline)
+    binary_default = bool_parameter(parameters, "binary_data_output", "request")
+    deadline = timeout_deadline(parameters, deadline)
     inputs = document.get("inputs")
     if not isinstance(inputs, list):
         raise InvalidInput("'inputs' must be a list of input tensors")
@@ -114,67 +100,18 @@ def request_from_json(
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidInput(f"requested output {i}: must be an object with a string 'name'")
             name = item["name"]
-            flags.append(_requested_output(name, names, item.get("parameters"), binary_default))
+            flags.append(
+                check_requested_output(name, names, item.get("parameters"), binary_default)
+            )
             names.append(name)
     decode = functools.partial(
         _decode_json_inputs, inputs, binary, max_json_depth, decode_reserve.get()
     )
-    signature_name = _signature_name(parameters)
+    signature_name = signature_parameter(parameters)
     request = InferRequest(
         model, decode, version, None, signature_name, names, deadline, request_id
     )
     return request, flags, binary_default
-
-
-def request_from_proto(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    """A gRPC ModelInferRequest → the request (`deadline`: the client's, or None)."""
-    # The order of REST's checks: the path's version first, then the body's.
-    version = parse_version(request.model_version) if request.model_version else None
-    parameters = _proto_parameters(request.parameters)
-    _bool_parameter(parameters, "binary_data_output", "request")
-    deadline = _timeout_deadline(parameters, deadline)
-    names: list[str] = []
-    # slices, not the containers: iterating a upb container ends in a raised (and formatted)
-    # IndexError, a cost per loop that a slice's list does not have
-    for item in request.outputs[:]:
-        _requested_output(item.name, names, _proto_parameters(item.parameters), False)
-        names.append(item.name)
-    decode = functools.partial(_decode_proto_inputs, request, decode_reserve.get())
-    return InferRequest(
-        request.model_name,
-        decode,
-        version,
-        None,
-        _signature_name(parameters),
-        names or None,
-        deadline,
-        request.id or None,
-        _declared_size(request.inputs, request.raw_input_contents),
-    )
-
-
-def _declared_size(
-    inputs: Sequence[pb.ModelInferRequest.InferInputTensor], raw: Sequence[bytes]
-) -> int:
-    """Bytes the inputs declare (unchecked): whether decoding them leaves the event loop. Data
-    that does not match its declaration is refused before it is read; not ByteSize(), which
-    walks every value on the loop. BYTES values count what arrived for them (`strings_size`
-    of typed contents), which the declared element count says nothing of."""
-    total = 0
-    for i, item in enumerate(inputs[:]):
-        dims = item.shape
-        if len(dims) > MAX_RANK:
-            continue  # refused when it is decoded; not worth multiplying here
-        datatype = item.datatype if item.datatype in V2_TO_NUMPY else "BYTES"
-        payload = 0
-        if datatype == "BYTES":
-            if i < len(raw):
-                payload = len(raw[i])
-            else:
-                values = item.contents.bytes_contents
-                payload = strings_size(len(values), values)
-        total += decoded_size(datatype, max(math.prod(dims[:]), 0), payload)
-    return total
 
 
 def json_parameters(value: object, what: str) -> dict[str, object]:
@@ -186,25 +123,14 @@ def json_parameters(value: object, what: str) -> dict[str, object]:
     return value
 
 
-def _proto_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
-    """InferParameter values as the JSON form has them (an unset one is None)."""
-    if not parameters:
-        return {}
-    values: dict[str, object] = {}
-    for key, parameter in parameters.items():
-        kind = parameter.WhichOneof("parameter_choice")
-        values[key] = None if kind is None else getattr(parameter, kind)
-    return values
-
-
-def _bool_parameter(parameters: Mapping[str, object], key: str, what: str) -> bool:
+def bool_parameter(parameters: Mapping[str, object], key: str, what: str) -> bool:
     value = parameters.get(key, False)
     if not isinstance(value, bool):
         raise InvalidInput(f"{what}: parameter '{key}' must be true or false, got {_show(value)}")
     return value
 
 
-def _signature_name(parameters: Mapping[str, object]) -> str | None:
+def signature_parameter(parameters: Mapping[str, object]) -> str | None:
     """The `signature_name` parameter (our extension, as TF Serving's field): None = default."""
     name = parameters.get("signature_name")
     if name is not None and not isinstance(name, str):
@@ -212,7 +138,7 @@ def _signature_name(parameters: Mapping[str, object]) -> str | None:
     return name
 
 
-def _timeout_deadline(parameters: Mapping[str, object], deadline: float | None) -> float | None:
+def timeout_deadline(parameters: Mapping[str, object], deadline: float | None) -> float | None:
     """The earlier of the transport's deadline and the V2 `timeout` parameter (microseconds)."""
     timeout_us = parameters.get("timeout")
     if timeout_us is None:
@@ -230,7 +156,7 @@ def _timeout_deadline(parameters: Mapping[str, object], deadline: float | None) 
     return own if deadline is None else min(own, deadline)
 
 
-def _requested_output(
+def check_requested_output(
     name: str, seen: Sequence[str], parameters: object, binary_default: bool
 ) -> bool:
     """Check one requested output; returns whether it goes out binary (REST)."""
@@ -248,7 +174,7 @@ def _requested_output(
     return binary
 
 
-def _declare_input(
+def declare_input(
     what: str, name: str, seen: Container[str], datatype: object, parameters: Mapping[str, object]
 ) -> str:
     """The rules every input meets before its shape is read (`what` names it in messages);
@@ -270,7 +196,7 @@ def _decode_json_inputs(
     signature: Signature,
     limits: Limits,
 ) -> dict[str, np.ndarray]:
-    declared: dict[str, _Declared] = {}
+    declared: dict[str, Declared] = {}
     offset = 0
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -279,7 +205,7 @@ def _decode_json_inputs(
         what = f'input "{name[:80]}"'
         parameters = item.get("parameters")
         parameters = _NO_PARAMETERS if parameters is None else json_parameters(parameters, what)
-        datatype = _declare_input(what, name, declared, item.get("datatype"), parameters)
+        datatype = declare_input(what, name, declared, item.get("datatype"), parameters)
         dims = item.get("shape")
         if type(dims) is not list or any(type(d) is not int for d in dims):
             raise InvalidInput(
@@ -314,7 +240,7 @@ def _decode_json_inputs(
             f"binary data: {len(binary) - offset} bytes after the last binary input are not"
             " described by any input's binary_data_size"
         )
-    counts = _check_declared(declared, signature, limits, reserve)
+    counts = check_declared_inputs(declared, signature, limits, reserve)
     arrays: dict[str, np.ndarray] = {}
     for name, (what, datatype, shape, data) in declared.items():
         if isinstance(data, memoryview):
@@ -324,8 +250,8 @@ def _decode_json_inputs(
     return read_only(arrays)
 
 
-def _check_declared(
-    declared: Mapping[str, _Declared], signature: Signature, limits: Limits, reserve: Reserve | None
+def check_declared_inputs(
+    declared: Mapping[str, Declared], signature: Signature, limits: Limits, reserve: Reserve | None
 ) -> dict[str, int]:
     """Hold every declared input against the signature and the limits, then count what decoding
     them builds in the in-flight budget (before any is built); returns their element counts."""
@@ -377,80 +303,6 @@ def _json_data(
     return array
 
 
-def _decode_proto_inputs(
-    request: pb.ModelInferRequest, reserve: Reserve | None, signature: Signature, limits: Limits
-) -> dict[str, np.ndarray]:
-    raw = request.raw_input_contents
-    inputs = request.inputs
-    if raw and len(raw) != len(inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(inputs)}"
-            " inputs; give one entry per input, in the order of 'inputs'"
-        )
-    declared: dict[str, _Declared] = {}
-    for i, item in enumerate(inputs[:]):  # a slice: see request_from_proto
-        # each field read once: a upb field read builds a new Python object every time
-        name = item.name
-        datatype = item.datatype
-        what = f'input "{name[:80]}"'
-        _declare_input(what, name, declared, datatype, _proto_parameters(item.parameters))
-        shape = check_shape(item.shape, what, limits)
-        if raw:
-            if item.HasField("contents"):
-                raise InvalidInput(
-                    f"{what}: contents field must not be specified when using raw_input_contents"
-                )
-            declared[name] = (what, datatype, shape, memoryview(raw[i]))
-        else:
-            if _CONTENTS_FIELD.get(datatype) is None:
-                raise InvalidInput(
-                    f"{what}: {datatype} data has no typed contents field; use raw_input_contents"
-                )
-            declared[name] = (what, datatype, shape, item.contents)
-    counts = _check_declared(declared, signature, limits, reserve)
-    arrays: dict[str, np.ndarray] = {}
-    for name, (what, datatype, shape, data) in declared.items():
-        if isinstance(data, memoryview):
-            arrays[name] = raw_tensor(datatype, shape, data, what)
-        else:
-            arrays[name] = _typed_contents(data, datatype, shape, counts[name], what)
-    return read_only(arrays)
-
-
-def _typed_contents(
-    contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], count: int, what: str
-) -> np.ndarray:
-    field = _CONTENTS_FIELD[datatype]
-    values = getattr(contents, field)
-    if len(values) != count:
-        for other in _CONTENTS_FIELDS:
-            if other != field and len(getattr(contents, other)):
-                # data of another type: say so, as REST does for JSON data of the wrong type
-                raise InvalidInput(
-                    f"{what}: {datatype} data goes in contents.{field}, but the request has"
-                    f" {len(getattr(contents, other))} values in contents.{other}"
-                )
-        raise InvalidInput(
-            f"{what}: shape {list(shape)} needs {count} elements, data has {len(values)}"
-        )
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    dtype = V2_TO_NUMPY[datatype]
-    if dtype.kind == "f":  # FP32 and FP64 contents hold values of exactly that type
-        packed = packed_values(contents, field, count * dtype.itemsize)
-        if packed is not None:  # their wire bytes, not one Python float per value
-            return raw_tensor(datatype, shape, packed, what)
-        return np.array(values, dtype=dtype).reshape(shape)
-    wide = np.array(values)
-    if dtype.kind in "iu" and wide.size:
-        info = np.iinfo(dtype)
-        if wide.min() < info.min or wide.max() > info.max:
-            raise InvalidInput(f"{what}: contents.{field} has values out of range for {datatype}")
-    return wide.astype(dtype, copy=False).reshape(shape)
-
-
 # --- responses -----------------------------------------------------------------------------------
 
 
@@ -463,7 +315,7 @@ def response_to_json(
     results = response.outputs
     flags = binary_flags if binary_flags is not None else [binary_default] * len(results)
     for (output, array), binary in zip(results.items(), flags, strict=True):
-        datatype = _datatype(output, array)
+        datatype = output_datatype(output, array)
         entry: dict[str, object] = {
             "name": output,
             "datatype": datatype,
@@ -497,32 +349,7 @@ def response_to_json(
     return b"".join([header, *blobs]), len(header)
 
 
-def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
-    """The gRPC answer: every output's bytes in `raw_output_contents`, in order."""
-    out = pb.ModelInferResponse(
-        model_name=response.model, model_version=str(response.version), id=response.id or ""
-    )
-    for key, value in (response.parameters or {}).items():
-        out.parameters[key].string_param = value
-    raw = out.raw_output_contents
-    for name, array in response.outputs.items():
-        out.outputs.add(name=name, datatype=_datatype(name, array), shape=array.shape)
-        raw.append(encode_raw(array))
-    return out
-
-
-def response_to_wire(response: InferResponse) -> bytes:
-    """`response_to_proto`'s wire bytes, written without building the message."""
-    if response.parameters:
-        return response_to_proto(response).SerializeToString()
-    outputs = [
-        (name, _datatype(name, array), array.shape, encode_raw(array))
-        for name, array in response.outputs.items()
-    ]
-    return infer_response_bytes(response.model, str(response.version), response.id or "", outputs)
-
-
-def _datatype(name: str, array: np.ndarray) -> str:
+def output_datatype(name: str, array: np.ndarray) -> str:
     if array.dtype.kind in "OSU":
         return "BYTES"
     datatype = NUMPY_TO_V2.get(array.dtype)

@@ -30,7 +30,7 @@ from pyserving.api.grpc.rpc import (
 from pyserving.api.grpc.v2_stream import FINAL_RESPONSE, DecoupledStreams, final_response
 from pyserving.api.rest.v2 import index_from_service
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
+from pyserving.protocols import v2_errors, v2_grpc, v2_metadata, v2_statistics
 from pyserving.protocols.request import parse_version
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
@@ -178,12 +178,12 @@ class V2Servicer:
     # --- inference -----------------------------------------------------------------------------
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> bytes:
-        """The answer's wire bytes (`v2.response_to_wire`: no response message is built)."""
+        """The answer's wire bytes (`v2_grpc.response_to_wire`: no response message is built)."""
         with v2_errors.in_triton_words():
             response = await self._service.infer(
-                v2.request_from_proto(request, deadline_of(context))
+                v2_grpc.request_from_proto(request, deadline_of(context))
             )
-        return await run_sized(response.nbytes, v2.response_to_wire, response)
+        return await run_sized(response.nbytes, v2_grpc.response_to_wire, response)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
@@ -229,8 +229,8 @@ class V2Servicer:
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> Any:
         with v2_errors.in_triton_words():
-            response = await self._service.infer(v2.request_from_proto(request, deadline))
-        return await run_sized(response.nbytes, v2.response_to_proto, response)
+            response = await self._service.infer(v2_grpc.request_from_proto(request, deadline))
+        return await run_sized(response.nbytes, v2_grpc.response_to_proto, response)
 
 
 # --- helpers -------------------------------------------------------------------------------------

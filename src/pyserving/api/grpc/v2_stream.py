@@ -22,7 +22,7 @@ import grpc
 
 from pyserving.api.grpc.rpc import Context, error_status, observe, release_frames
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.protocols import v2
+from pyserving.protocols import v2_grpc
 from pyserving.protocols.request import InferResponse
 from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
@@ -51,7 +51,7 @@ class DecoupledStreams:
 
     async def open(self, request: pb.ModelInferRequest, deadline: float | None) -> bool:
         """Open `request`'s stream; False (nothing opened) for a servable that does not stream."""
-        stream = await open_stream(self._service, v2.request_from_proto(request, deadline))
+        stream = await open_stream(self._service, v2_grpc.request_from_proto(request, deadline))
         self._current = stream
         return stream is not None
 
@@ -70,7 +70,7 @@ class DecoupledStreams:
                     answer = InferResponse(
                         stream.model, stream.version, stream.signature_name, outputs, stream.id
                     )
-                    response = await run_sized(answer.nbytes, v2.response_to_proto, answer)
+                    response = await run_sized(answer.nbytes, v2_grpc.response_to_proto, answer)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
