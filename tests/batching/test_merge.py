@@ -66,3 +66,10 @@ def test_split_outputs_refuses_an_output_without_the_batch_rows():
 def test_concatenate_parts_in_order():
     parts = [{"y": np.array([[0], [1]])}, {"y": np.array([[2]])}]
     np.testing.assert_array_equal(concatenate_parts(parts)["y"], [[0], [1], [2]])
+
+
+def test_merged_inputs_are_read_only_as_each_requests_inputs_are():
+    a = np.zeros((1, 3), np.float32)
+    b = np.ones((2, 3), np.float32)
+    merged = merge_inputs([({"x": a}, 0, 1), ({"x": b}, 0, 2)], 3, False)
+    assert not merged["x"].flags.writeable

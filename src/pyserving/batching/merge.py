@@ -62,7 +62,8 @@ def shape_key(inputs: Tensors) -> tuple[tuple[str, tuple[int, ...]], ...]:
 def merge_inputs(
     slices: Sequence[InputSlice], padded_size: int, pad_variable_length_inputs: bool
 ) -> dict[str, np.ndarray]:
-    """One batch's inputs: the slices' rows in order, then padding rows up to `padded_size`.
+    """One batch's inputs: the slices' rows in order, then padding rows up to `padded_size`;
+    read-only, as the requests' own inputs are.
 
     Raises InvalidInput when same-named inputs differ in shape beyond dimension 0 and padding
     is off (TF Serving's message), or differ in rank or dtype.
@@ -81,7 +82,8 @@ def merge_inputs(
             # TF Serving pads by repeating the batch's first row.
             row = next(part[:1] for part in parts if part.shape[0])
             parts.append(np.repeat(row, padded_size - rows, axis=0))
-        merged[name] = np.concatenate(parts, axis=0)
+        merged[name] = array = np.concatenate(parts, axis=0)
+        array.flags.writeable = False  # as every decoded input is, batched or not
     return merged
 
 
