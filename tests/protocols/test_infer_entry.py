@@ -12,8 +12,8 @@ import pytest
 from pyserving.errors import InvalidInput, NotFound
 from pyserving.platforms import Servable, Signature, TensorSpec
 from pyserving.protocols.request import InferRequest, Limits
-from pyserving.serving.execution import OFF_LOOP_BYTES
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.off_loop import OFF_LOOP_BYTES
 from tests.serving.test_inference import FakeManager
 
 SIGNATURE = Signature(

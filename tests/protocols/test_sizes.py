@@ -9,7 +9,7 @@ from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.protocols import tfserving, v2_grpc
 from pyserving.protocols.request import InferResponse, strings_size
-from pyserving.serving.execution import OFF_LOOP_BYTES
+from pyserving.serving.off_loop import OFF_LOOP_BYTES
 
 BIG = 1 << 20  # one value: more than OFF_LOOP_BYTES on its own
 

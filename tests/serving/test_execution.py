@@ -1,5 +1,5 @@
-"""Executor: per-model execution threads, deadlines, abandoned and stuck calls, the codec threads,
-and the loop-lag sampler."""
+"""Executor: per-model execution threads, deadlines, abandoned and stuck calls, and the loop-lag
+sampler (the codec threads: test_off_loop.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import time
 import pytest
 
 from pyserving.errors import DeadlineExceeded, Unavailable
-from pyserving.serving import execution
-from pyserving.serving.execution import OFF_LOOP_BYTES, Executor, run_off_loop, run_sized
+from pyserving.serving.execution import Executor
 from pyserving.serving.monitoring import watch_event_loop_lag
 
 
@@ -205,20 +204,6 @@ async def test_close_fails_queued_calls_and_refuses_new_ones(left):
     gate.release.set()
     assert await running.result() == 1
     assert executor.close(timeout_s=5) is True
-
-
-@pytest.mark.asyncio
-async def test_work_over_the_size_rule_runs_off_the_loop_and_small_work_inline():
-    loop_thread = threading.get_ident()
-    assert await run_sized(OFF_LOOP_BYTES, threading.get_ident) == loop_thread
-    assert await run_sized(OFF_LOOP_BYTES + 1, threading.get_ident) != loop_thread
-    assert await run_off_loop(threading.get_ident) != loop_thread
-    results = await asyncio.gather(*(run_off_loop(lambda i=i: i * 2) for i in range(50)))
-    assert results == [i * 2 for i in range(50)]
-    with pytest.raises(ZeroDivisionError):
-        await run_off_loop(lambda: 1 / 0)
-    codec = [t for t in threading.enumerate() if t.name.startswith("pyserving-exec-codec-")]
-    assert 1 <= len(codec) <= execution.CODEC_THREADS
 
 
 @pytest.mark.asyncio

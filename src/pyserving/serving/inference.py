@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import numpy as np
 
@@ -40,8 +40,10 @@ from pyserving.platforms.signature import Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving import tracing
 from pyserving.serving.batched_runs import BatchedRuns
-from pyserving.serving.execution import DEFAULT_INSTANCES, Call, Executor, run_sized
+from pyserving.serving.execution import DEFAULT_INSTANCES, Executor
+from pyserving.serving.lane import Call
 from pyserving.serving.observed_infer import Seen, infer_observed
+from pyserving.serving.off_loop import run_sized
 from pyserving.serving.pipeline import PipelineServable
 from pyserving.serving.request_log import RequestLogs
 from pyserving.serving.servable_lookup import (
@@ -51,6 +53,7 @@ from pyserving.serving.servable_lookup import (
     VersionRouter,
 )
 from pyserving.serving.signature_plan import SignaturePlan, SignaturePlans
+from pyserving.serving.version_stats import StatsTable, VersionStats
 
 __all__ = ["InferenceOptions", "InferenceService", "answered_version"]
 
@@ -118,6 +121,8 @@ class InferenceService(ServableLookup):
         self._batching = batching or BatchingPolicy()
         self._batched = BatchedRuns(manager, executor, on_leave=self._leave_pending)
         self._plans = SignaturePlans()
+        #: each loaded version's Triton statistics (the V2 statistics extension)
+        self.statistics = StatsTable(manager.available_versions)
         #: each model's sampled request log (ServerCore configures it from the models' `logging`)
         self.request_logs = RequestLogs()
 
@@ -141,6 +146,25 @@ class InferenceService(ServableLookup):
         through unchanged).
         """
         answered_version.set(handle.id.version)  # for the API edge's request metrics
+        stats = self.statistics.get(handle)
+        started = time.perf_counter_ns()
+        ok = False
+        try:
+            outputs = await self._run(handle, signature, inputs, output_names, deadline, stats)
+            ok = True
+            return outputs
+        finally:
+            stats.answered(ok, time.perf_counter_ns() - started)
+
+    async def _run(
+        self,
+        handle: ServableHandle,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str] | None,
+        deadline: float | None,
+        stats: VersionStats,
+    ) -> dict[str, np.ndarray]:
         plan = self._plans.get(signature)
         if handle.servable.run_kind != "function":  # a python servable's async def or generator
             # imported here: the streaming module builds on this one
@@ -161,15 +185,24 @@ class InferenceService(ServableLookup):
         self._enter_pending()
         if batching is not None:
             outputs = await self._batched.run(
-                handle, signature.name, inputs, deadline, batching, policy.server
+                handle, signature.name, inputs, deadline, batching, policy.server, stats
             )
             return plan.collect(outputs, wanted)
         span = tracing.current.get() if tracing.enabled else None
         timing: tracing.CallTiming | None = None
         try:
+            submitted = time.perf_counter_ns()
             if span is None:
                 call = self.executor.submit(
-                    handle.id.name, _execute, handle.servable, plan, inputs, wanted, deadline
+                    handle.id.name,
+                    _execute,
+                    handle.servable,
+                    plan,
+                    inputs,
+                    wanted,
+                    deadline,
+                    stats,
+                    submitted,
                 )
             else:
                 timing = tracing.CallTiming()
@@ -182,6 +215,8 @@ class InferenceService(ServableLookup):
                     inputs,
                     wanted,
                     deadline,
+                    stats,
+                    submitted,
                 )
         except BaseException:  # refused: the model's queue is full, or closing
             self._leave_pending()
@@ -201,7 +236,7 @@ class InferenceService(ServableLookup):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, decode (checked against the signature before allocating), run: the one
-        entry point of every codec; a request larger than `execution.OFF_LOOP_BYTES` decodes on
+        entry point of every codec; a request larger than `off_loop.OFF_LOOP_BYTES` decodes on
         a codec thread. Raises what `acquire`, `signature`, the request's decoder and `run`
         raise. Traced and request-logged only while tracing or the model's log is on."""
         if tracing.enabled or request.model in self.request_logs.models:
@@ -221,12 +256,37 @@ class InferenceService(ServableLookup):
             if seen is not None:
                 seen.inputs = inputs
             if isinstance(handle.servable, PipelineServable):
-                response = await handle.servable.answer(self, handle, signature, inputs, request)
-                answered_version.set(handle.id.version)  # the steps' runs set their own
-                return response
+                return await self._answer_pipeline(handle, signature, inputs, request)
             outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
             version = handle.id.version
         return InferResponse(request.model, version, signature.name, outputs, request.id)
+
+    async def _answer_pipeline(
+        self,
+        handle: ServableHandle,
+        signature: Signature,
+        inputs: dict[str, np.ndarray],
+        request: InferRequest,
+    ) -> InferResponse:
+        """A pipeline's answer, counted as one request of the pipeline's version (its steps
+        count their own runs and model calls)."""
+        assert isinstance(handle.servable, PipelineServable)
+        stats = self.statistics.get(handle)
+        started = time.perf_counter_ns()
+        ok = False
+        try:
+            response = await handle.servable.answer(self, handle, signature, inputs, request)
+            ok = True
+        finally:
+            answered_version.set(handle.id.version)  # the steps' runs set their own
+            stats.answered(ok, time.perf_counter_ns() - started)
+        return response
+
+    def version_statistics(self, name: str, version: int) -> dict[str, Any] | None:
+        """`name` at `version`'s Triton statistics (less name and version), None when it has
+        had no request since it loaded."""
+        stats = self.statistics.find(name, version)
+        return None if stats is None else stats.snapshot()
 
     # --- settings and shutdown --------------------------------------------------------------
 
@@ -319,9 +379,13 @@ def _execute(
     inputs: dict[str, np.ndarray],
     wanted: tuple[str, ...],
     deadline: float | None,
+    stats: VersionStats,
+    submitted_ns: int,
 ) -> dict[str, np.ndarray]:
     """On an execution thread: drop expired work, call the servable, wrap its exception once,
-    collect the wanted outputs (converting them, which grows with the output, happens here)."""
+    collect the wanted outputs (converting them, which grows with the output, happens here);
+    a call that returned is counted in `stats` (queued since `submitted_ns`, perf_counter)."""
+    started = time.perf_counter_ns()
     if deadline is not None and time.monotonic() >= deadline:
         raise DeadlineExceeded("Deadline exceeded while the request was queued")
     name = plan.signature.name
@@ -335,7 +399,19 @@ def _execute(
         raise ModelError(str(exc) or type(exc).__name__) from exc
     finally:
         current_deadline.reset(token)
-    return plan.collect(results, wanted)
+    called = time.perf_counter_ns()
+    outputs = plan.collect(results, wanted)
+    rows = _rows(inputs) if plan.batchable else 1
+    ended = time.perf_counter_ns()
+    stats.called(1, rows, started - submitted_ns, 0, called - started, ended - called)
+    return outputs
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    """The batch items of a request batched on dimension 0 (1 for none or a scalar)."""
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 1
 
 
 def _execute_timed(
@@ -345,10 +421,12 @@ def _execute_timed(
     inputs: dict[str, np.ndarray],
     wanted: tuple[str, ...],
     deadline: float | None,
+    stats: VersionStats,
+    submitted_ns: int,
 ) -> dict[str, np.ndarray]:
     """`_execute`, recording when it started and returned (a traced request)."""
     timing.started_ns = time.time_ns()
     try:
-        return _execute(servable, plan, inputs, wanted, deadline)
+        return _execute(servable, plan, inputs, wanted, deadline, stats, submitted_ns)
     finally:
         timing.ended_ns = time.time_ns()

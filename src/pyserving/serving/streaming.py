@@ -44,8 +44,9 @@ from pyserving.errors import (
 from pyserving.platforms.servable import STREAMING_KINDS
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.request import InferRequest
-from pyserving.serving.execution import Call, run_sized
 from pyserving.serving.inference import answered_version
+from pyserving.serving.lane import Call
+from pyserving.serving.off_loop import run_sized
 
 if TYPE_CHECKING:
     from pyserving.serving.inference import InferenceService

@@ -13,7 +13,7 @@ import pytest
 
 from pyserving.api.grpc.rpc import unary_handler
 from pyserving.proto import grpc_service_pb2 as pb
-from pyserving.serving.execution import OFF_LOOP_BYTES
+from pyserving.serving.off_loop import OFF_LOOP_BYTES
 
 pytestmark = pytest.mark.asyncio
 

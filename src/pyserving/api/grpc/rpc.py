@@ -25,8 +25,8 @@ from pyserving import metrics
 from pyserving.errors import Code, InvalidInput, ServingError
 from pyserving.logs import escape_controls
 from pyserving.serving import tracing
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import answered_version
+from pyserving.serving.off_loop import run_sized
 
 __all__ = [
     "deadline_of",

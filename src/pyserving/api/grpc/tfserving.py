@@ -21,8 +21,8 @@ from pyserving.proto import tf_serving_apis_pb2 as apis
 from pyserving.protocols import tf_examples, tf_metadata, tfserving
 from pyserving.serving import classify
 from pyserving.serving.classify import CLASSIFY_METHOD, REGRESS_METHOD
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.off_loop import run_sized
 
 __all__ = ["MODEL_SERVICE", "PREDICTION_SERVICE", "ModelServicer", "PredictionServicer"]
 

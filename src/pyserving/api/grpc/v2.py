@@ -32,8 +32,8 @@ from pyserving.api.rest.v2 import index_from_service
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2_errors, v2_grpc, v2_metadata, v2_statistics
 from pyserving.protocols.request import parse_version
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
+from pyserving.serving.off_loop import run_sized
 
 __all__ = ["SERVICE_NAME", "V2Servicer"]
 

@@ -24,8 +24,8 @@ from pyserving.api.grpc.rpc import Context, error_status, observe, release_frame
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols import v2_grpc
 from pyserving.protocols.request import InferResponse
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.off_loop import run_sized
 from pyserving.serving.streaming import PartStream, open_stream
 
 __all__ = ["FINAL_RESPONSE", "DecoupledStreams", "final_response"]

@@ -29,8 +29,8 @@ from pyserving.protocols.json_tensor import bytes_to_json, parse_json, to_array
 from pyserving.protocols.request import InferRequest, Limits, outputs_size
 from pyserving.protocols.tensors import read_only
 from pyserving.protocols.v2 import json_parameters
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService, answered_version
+from pyserving.serving.off_loop import run_sized
 from pyserving.serving.streaming import PartStream, open_stream
 
 __all__ = ["EVENT_STREAM", "EventStream", "answer"]

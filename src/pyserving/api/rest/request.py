@@ -16,7 +16,7 @@ from pyserving.api.rest.http_exchange import ANSWERED_STATUS
 from pyserving.api.rest.responses import Disconnected, HttpError, error_json, too_large
 from pyserving.errors import InvalidInput
 from pyserving.protocols.request import parse_version
-from pyserving.serving.execution import run_off_loop, run_sized
+from pyserving.serving.off_loop import run_off_loop, run_sized
 
 #: what the current request holds in the in-flight budget (its body, then what decoding it
 #: builds); released when it is answered
@@ -103,7 +103,7 @@ class RequestLimits:
                 [(b"connection", b"close")],
             ) from None
         # Joining copies the whole body: a large one is joined on a codec thread (bytes.join
-        # also releases the GIL for large joins), a small one here (execution.run_sized's rule).
+        # also releases the GIL for large joins), a small one here (off_loop.run_sized's rule).
         body = chunks[0] if len(chunks) == 1 else await run_sized(size, b"".join, chunks)
         if encoding and encoding != b"identity":
             # Its cost grows with the (decompressed) body: never on the event loop.

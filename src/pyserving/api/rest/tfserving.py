@@ -25,8 +25,8 @@ from pyserving.platforms.signature import Signature
 from pyserving.protocols import tf_examples, tf_metadata, tfserving
 from pyserving.protocols.json_tensor import parse_json
 from pyserving.serving import classify
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.off_loop import run_sized
 from pyserving.serving.pipeline import client_watch
 
 __all__ = [

@@ -9,7 +9,7 @@ With the binary tensor data extension a body is a JSON header of `Inference-Head
 bytes followed by the raw tensors of the binary inputs (outputs) in the order they are listed
 (`protocols.tensors` reads and writes them). Codec functions return the body of a 200 answer or
 raise a ServingError. Parsing, decoding and encoding that grow with the request leave the event
-loop (`execution.run_sized`).
+loop (`off_loop.run_sized`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from pyserving.core.monitor import why_unavailable
 from pyserving.errors import InvalidInput, NotFound, Unauthenticated
 from pyserving.protocols import v2, v2_errors, v2_metadata, v2_statistics
 from pyserving.protocols.json_tensor import parse_json
-from pyserving.serving.execution import run_sized
 from pyserving.serving.inference import InferenceService
+from pyserving.serving.off_loop import run_sized
 from pyserving.serving.pipeline import client_watch
 
 __all__ = [
