@@ -18,9 +18,9 @@ h2load (nghttp2-client, C) sending the same pre-framed ModelInfer message as HTT
 gRPC's headers, --channels connections with c/channels streams each: a fraction of the Python
 client's CPU. h2load does not read gRPC trailers, so a call counts as failed unless its answer
 had the full length of the server's answer to the check call. "noise cores" is the machine's busy
-CPU that was neither server nor load generator; when it is high, PyTriton's server CPU per request
-over ours says what the req/s ratio would be with both saturating the same cores. Never part of
-pytest.
+CPU that was neither server nor load generator. PyTriton's server CPU per request over ours is
+what the req/s ratio would be if both were bound by the same cores (noise moves it less than
+req/s); PyTriton at c=64 is not (it left cores idle on this machine). Never part of pytest.
 
     BENCH_PEERS_HOME=... python benchmarks/bench_grpc_peers.py [--duration 5] [--warmup 2]
         [--rounds 3] [--connections 64] [--channels 8] [--clients python,h2load]
@@ -258,8 +258,8 @@ def report(args, names: list[str], runs: dict[tuple[str, str], list[dict]], meta
         goals.append(f"- {client} load generator: {ratios[best]:.2f}x ({best}), {verdict}")
     print(
         f"\nGoal: V2 gRPC c={args.connections} with 2 workers ≥ 1.2x PyTriton-with-batching"
-        " (median of the per-round ratios; where noise is high, the CPU/req ratio is what"
-        " the req/s ratio would be with both servers saturating the same cores):"
+        " (median of the per-round ratios; the CPU/req ratio is what the req/s ratio would be"
+        " if both were bound by the same cores):"
     )
     print("\n".join(goals))
 
