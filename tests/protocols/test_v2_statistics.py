@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from pyserving import metrics
 from pyserving.core.ids import ServableId, ServableState
 from pyserving.core.monitor import VersionStatus
 from pyserving.errors import NotFound, ServableNotFound
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.protocols.v2_errors import in_triton_words, unknown_model
 from pyserving.protocols.v2_statistics import model_statistics
+from pyserving.serving.version_stats import VersionStats
 
 
 class Models:
@@ -36,27 +36,49 @@ class Models:
         states = self._states.get(name, {})
         return [v for v, s in states.items() if s is ServableState.AVAILABLE]
 
+    def __init__(self) -> None:
+        self.stats = {("stat_m", 2): VersionStats(), ("stat_m", 1): VersionStats()}
+
     def model_names(self) -> list[str]:
         return list(self._states)
+
+    def version_statistics(self, name: str, version: int) -> dict | None:
+        stats = self.stats.get((name, version))
+        return None if stats is None else stats.snapshot()
 
 
 def by_version(document: dict[str, list[dict]]) -> dict[tuple[str, str], dict]:
     return {(s["name"], s["version"]): s for s in document["model_stats"]}
 
 
-def test_counts_come_from_the_request_metrics_by_version():
-    before = by_version(model_statistics(Models(), "stat_m"))[("stat_m", "2")]
-    metrics.observe_request("stat_m", 2, "rest", 200, 0.001)
-    metrics.observe_request("stat_m", 2, "grpc", 200, 0.001)
-    metrics.observe_request("stat_m", 2, "grpc", 400, 0.001)
-    metrics.observe_request("stat_m", None, "rest", 404, 0.001)  # no version: in no entry
-    entry = by_version(model_statistics(Models(), "stat_m"))[("stat_m", "2")]
+def test_numbers_come_from_the_versions_statistics():
+    models = Models()
+    stats = models.stats[("stat_m", 2)]
+    stats.answered(True, 500)
+    stats.answered(False, 70)
+    stats.called(2, 5, 30, 4, 100, 6)  # one batch of two requests, five rows
+    stats.batch_called(8, 4, 100, 6)
+    entry = by_version(model_statistics(models, "stat_m"))[("stat_m", "2")]
     phases = entry["inference_stats"]
-    was = before["inference_stats"]
-    assert phases["success"]["count"] == was["success"]["count"] + 2
-    assert phases["fail"]["count"] == was["fail"]["count"] + 1
-    assert entry["inference_count"] == entry["execution_count"] == phases["success"]["count"]
-    assert all(phase["ns"] == 0 for phase in phases.values())
+    assert phases["success"] == {"count": 1, "ns": 500}
+    assert phases["fail"] == {"count": 1, "ns": 70}
+    assert phases["queue"] == {"count": 2, "ns": 30}
+    assert phases["compute_input"] == {"count": 2, "ns": 8}
+    assert phases["compute_infer"] == {"count": 2, "ns": 200}
+    assert phases["compute_output"] == {"count": 2, "ns": 12}
+    assert (entry["inference_count"], entry["execution_count"]) == (5, 1)
+    assert entry["last_inference"] > 0
+    (batch,) = entry["batch_stats"]
+    assert batch["batch_size"] == 8 and batch["compute_infer"] == {"count": 1, "ns": 100}
+    assert pb.ModelStatisticsResponse(**model_statistics(models, "stat_m")).model_stats
+
+
+def test_a_version_not_loaded_reads_zero_whatever_it_recorded():
+    models = Models()
+    models.stats[("stat_m", 1)].answered(True, 500)
+    (entry,) = model_statistics(models, "stat_m", 1)["model_stats"]
+    assert entry["inference_stats"]["success"] == {"count": 0, "ns": 0}
+    assert entry["last_inference"] == 0
 
 
 def test_which_versions_are_listed():

@@ -56,6 +56,7 @@ class BatchTask:
         "signature_name",
         "size",
         "started",
+        "stats",
         "trace",
     )
 
@@ -81,6 +82,9 @@ class BatchTask:
         self.trace: object | None = None
         #: the batch this task (its last part) ran in, recorded while traced
         self.batch: BatchRecord | None = None
+        #: its version's statistics (serving.version_stats.VersionStats), counted by the batch
+        #: thread; None: not counted
+        self.stats: Any = None
 
     def claim(self, now: float) -> bool:
         """Called by a batch thread before running rows of this task; False: drop them.

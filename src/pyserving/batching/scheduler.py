@@ -221,11 +221,13 @@ class BatchScheduler:
         """Run `batch`'s live tasks in one model call; False when none was left to run."""
         now = time.monotonic()
         live: list[tuple[BatchTask, int, int]] = []
+        waited = 0.0  # the live tasks' time in the batch queue (for their version's statistics)
         for task, start, stop in batch.slices:
             if task.claim(now):
                 live.append((task, start, stop))
                 if start == 0:
                     queue.queue_durations.observe(now - task.enqueued_at)
+                    waited += now - task.enqueued_at
         if len(live) < len(batch.slices):
             with self._cond:
                 self._tasks_dropped += len(batch.slices) - len(live)
@@ -241,13 +243,17 @@ class BatchScheduler:
                 if task.trace is not None:
                     task.batch = record
         try:
+            merging = time.perf_counter_ns()
             inputs = merge_inputs(
                 [(task.inputs, start, stop) for task, start, stop in live],
                 padded,
                 queue.options.pad_variable_length_inputs,
             )
+            calling = time.perf_counter_ns()
             outputs = _call_servable(first.servable, first.signature_name, inputs)
+            splitting = time.perf_counter_ns()
             pieces = split_outputs(outputs, [stop - start for _, start, stop in live], padded)
+            ended = time.perf_counter_ns()
         except ServingError as exc:
             if record is not None:
                 record.ended_ns = time.time_ns()
@@ -257,6 +263,11 @@ class BatchScheduler:
         if record is not None:  # before the futures complete: their requests read it
             record.ended_ns = time.time_ns()
         queue.batch_sizes.observe(padded)
+        stats = first.stats  # one version's: the queue's key names it
+        if stats is not None:
+            timings = (calling - merging, splitting - calling, ended - splitting)
+            stats.called(len(live), rows, int(waited * 1e9), *timings)
+            stats.batch_called(padded, *timings)
         for (task, start, stop), piece in zip(live, pieces, strict=True):
             task.part_done(start, stop, piece)
         return True

@@ -2,19 +2,17 @@
 
 `model_statistics` builds the JSON answer, `{"model_stats": [...]}` with one entry per version in
 Triton's shape; REST writes it as is and gRPC builds `ModelStatisticsResponse` from the same dict.
-Counts come from the request metrics (`pyserving_requests_total`, both APIs and transports): a
-request is one inference here, answered with 200 (success) or not (fail). Durations are not
-tracked per version, so every `ns` is 0.
+Each AVAILABLE version's numbers come from its statistics (`serving/version_stats.py`), kept
+while it is loaded: a version that is not loaded, or has had no request, reads 0.
 
-Blocking: walks the metrics registry (grows with the models and versions served, not with any
-request): call it off the event loop.
+Blocking: grows with the models and versions served, not with any request: call it off the
+event loop.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pyserving import metrics
 from pyserving.core.monitor import VersionStatus
 from pyserving.errors import NotFound
 from pyserving.protocols.v2_errors import unknown_model
@@ -51,6 +49,11 @@ class Models(Protocol):
         """Every model known, loaded or not."""
         ...
 
+    def version_statistics(self, name: str, version: int) -> dict[str, Any] | None:
+        """`name` at `version`'s statistics in Triton's shape, less name and version; None when
+        it has none (not loaded, or no request yet)."""
+        ...
+
 
 def model_statistics(models: Models, name: str = "", version: int | None = None) -> dict[str, Any]:
     """The statistics of every model (`name` empty), of `name`'s AVAILABLE versions, or of
@@ -66,41 +69,30 @@ def model_statistics(models: Models, name: str = "", version: int | None = None)
         names = [name]
     else:
         names = models.model_names()
-    counts = _request_counts()
     stats = []
     for model in names:
-        versions = [version] if version is not None else models.available_versions(model)
-        for v in versions:
-            success, fail = counts.get((model, str(v)), (0, 0))
-            stats.append(_version_statistics(model, str(v), success, fail))
+        available = models.available_versions(model)
+        for v in [version] if version is not None else available:
+            numbers = models.version_statistics(model, v) if v in available else None
+            stats.append(_version_statistics(model, str(v), numbers or _ZERO))
     return {"model_stats": stats}
 
 
-def _version_statistics(name: str, version: str, success: int, fail: int) -> dict[str, Any]:
-    phases: dict[str, dict[str, int]] = {phase: {"count": 0, "ns": 0} for phase in _PHASES}
-    phases["success"]["count"] = success
-    phases["fail"]["count"] = fail
+def _version_statistics(name: str, version: str, numbers: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,
-        "last_inference": 0,
-        "inference_count": success,
-        "execution_count": success,
-        "inference_stats": phases,
+        **numbers,
         "response_stats": {},
-        "batch_stats": [],
         "memory_usage": [],
     }
 
 
-def _request_counts() -> dict[tuple[str, str], tuple[int, int]]:
-    """(model, version) → (successful, failed) requests over both APIs, from the metrics."""
-    counts: dict[tuple[str, str], list[int]] = {}
-    for family in metrics.REQUESTS.collect():
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            labels = sample.labels
-            entry = counts.setdefault((labels["model"], labels["version"]), [0, 0])
-            entry[0 if labels["code"] == "200" else 1] += int(sample.value)
-    return {key: (ok, failed) for key, (ok, failed) in counts.items()}
+#: what a version without statistics reads
+_ZERO: dict[str, Any] = {
+    "last_inference": 0,
+    "inference_count": 0,
+    "execution_count": 0,
+    "inference_stats": {phase: {"count": 0, "ns": 0} for phase in _PHASES},
+    "batch_stats": [],
+}

@@ -22,6 +22,7 @@ from pyserving.core.ids import ServableRequest
 from pyserving.errors import DeadlineExceeded, ServingError, Unavailable
 from pyserving.serving import tracing
 from pyserving.serving.execution import Executor
+from pyserving.serving.version_stats import VersionStats
 
 __all__ = ["BatchedRuns"]
 
@@ -65,14 +66,17 @@ class BatchedRuns:
         deadline: float | None,
         batching: BatchingOptions,
         server: BatchingOptions,
+        stats: VersionStats | None = None,
     ) -> dict[str, np.ndarray]:
         """The servable's outputs for `inputs`, run in a batch with `batching`'s options (the
-        shared pool takes `server`'s thread settings when this request makes it). Raises
-        Unavailable (queue full, closing), DeadlineExceeded, and what the batch raised."""
+        shared pool takes `server`'s thread settings when this request makes it); the batch
+        thread counts its model call in `stats`. Raises Unavailable (queue full, closing),
+        DeadlineExceeded, and what the batch raised."""
         span = tracing.current.get() if tracing.enabled else None
         queued_ns = time.time_ns() if span is not None else 0
         try:
             task = self._schedule(handle, signature_name, inputs, deadline, batching, server, span)
+            task.stats = stats
         except BaseException:  # refused by the batch queue: full, task too large, closing
             self._on_leave()
             raise

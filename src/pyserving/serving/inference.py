@@ -249,38 +249,33 @@ class InferenceService(ServableLookup):
         ) as handle:
             # counted against this version even when decoding refuses the inputs
             answered_version.set(handle.id.version)
-            signature = self.signature(handle, request.signature_name)
-            inputs = request.inputs
-            if not isinstance(inputs, dict):
-                inputs = await run_sized(request.size, inputs, signature, self.options)
-            if seen is not None:
-                seen.inputs = inputs
-            if isinstance(handle.servable, PipelineServable):
-                return await self._answer_pipeline(handle, signature, inputs, request)
-            outputs = await self.run(handle, signature, inputs, request.outputs, request.deadline)
-            version = handle.id.version
-        return InferResponse(request.model, version, signature.name, outputs, request.id)
-
-    async def _answer_pipeline(
-        self,
-        handle: ServableHandle,
-        signature: Signature,
-        inputs: dict[str, np.ndarray],
-        request: InferRequest,
-    ) -> InferResponse:
-        """A pipeline's answer, counted as one request of the pipeline's version (its steps
-        count their own runs and model calls)."""
-        assert isinstance(handle.servable, PipelineServable)
-        stats = self.statistics.get(handle)
-        started = time.perf_counter_ns()
-        ok = False
-        try:
-            response = await handle.servable.answer(self, handle, signature, inputs, request)
-            ok = True
-        finally:
-            answered_version.set(handle.id.version)  # the steps' runs set their own
-            stats.answered(ok, time.perf_counter_ns() - started)
+            stats = self.statistics.get(handle)
+            started = time.perf_counter_ns()
+            ok = False
+            try:
+                response = await self._answer(handle, request, seen, stats)
+                ok = True
+            finally:
+                stats.answered(ok, time.perf_counter_ns() - started)
+                answered_version.set(handle.id.version)  # a pipeline's steps set their own
         return response
+
+    async def _answer(
+        self, handle: ServableHandle, request: InferRequest, seen: Seen | None, stats: VersionStats
+    ) -> InferResponse:
+        """Decode, check and run `request` on `handle` (a pipeline answers it itself)."""
+        signature = self.signature(handle, request.signature_name)
+        inputs = request.inputs
+        if not isinstance(inputs, dict):
+            inputs = await run_sized(request.size, inputs, signature, self.options)
+        if seen is not None:
+            seen.inputs = inputs
+        if isinstance(handle.servable, PipelineServable):
+            return await handle.servable.answer(self, handle, signature, inputs, request)
+        outputs = await self._run(
+            handle, signature, inputs, request.outputs, request.deadline, stats
+        )
+        return InferResponse(request.model, handle.id.version, signature.name, outputs, request.id)
 
     def version_statistics(self, name: str, version: int) -> dict[str, Any] | None:
         """`name` at `version`'s Triton statistics (less name and version), None when it has
