@@ -118,9 +118,9 @@ class FakeProcess:
 
 
 def run_control(supervisor: sup.Supervisor, worker: WorkerProcess, method: str) -> None:
-    """`_control` on its thread, the coordinator's events run here until it ends."""
+    """`_control.apply` on its thread, the coordinator's events run here until it ends."""
     control = threading.Thread(
-        target=supervisor._control, args=(worker, 7, method, ("arg",)), daemon=True
+        target=supervisor._control.apply, args=(worker, 7, method, ("arg",)), daemon=True
     )
     control.start()
     while control.is_alive():
@@ -146,7 +146,7 @@ def test_an_apply_too_large_for_the_channel_answers_an_error_and_reaches_no_work
     kind, request_id, (error_kind, message) = channel.sent[-1]
     assert (kind, request_id, error_kind) == ("answer", 7, "ResourceExhausted")
     assert "73400320 bytes" in message and "67108864-byte limit" in message
-    assert not [m for m in channel.sent if m[0] == "apply"] and supervisor._state is None
+    assert not [m for m in channel.sent if m[0] == "apply"] and supervisor._control.state is None
 
 
 def test_a_load_or_unload_answer_keeps_the_config_the_last_reload_left(tmp_path: Path) -> None:
@@ -156,8 +156,8 @@ def test_a_load_or_unload_answer_keeps_the_config_the_last_reload_left(tmp_path:
     channel = AnsweringChannel(supervisor, reply=(None, ("reloaded", frozenset())))
     worker = make_worker(supervisor, channel)
     run_control(supervisor, worker, "reload_config")
-    assert supervisor._state == ("reloaded", frozenset())
+    assert supervisor._control.state == ("reloaded", frozenset())
     channel.reply = (None, (None, frozenset({"m"})))
     run_control(supervisor, worker, "unload_model")
-    assert supervisor._state == ("reloaded", frozenset({"m"}))
+    assert supervisor._control.state == ("reloaded", frozenset({"m"}))
     assert channel.sent[-1] == ("answer", 7, None)

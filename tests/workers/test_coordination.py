@@ -144,7 +144,7 @@ def test_a_restart_during_model_control_waits_for_the_call_without_timers(
     channel.worker = worker
     supervisor._workers[0] = worker
     control = threading.Thread(
-        target=supervisor._control, args=(worker, 7, "reload_config", ()), daemon=True
+        target=supervisor._control.apply, args=(worker, 7, "reload_config", ()), daemon=True
     )
     try:
         control.start()

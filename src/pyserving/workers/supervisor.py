@@ -3,10 +3,10 @@
 It serves no request itself. Each worker binds both ports with SO_REUSEPORT (the kernel spreads
 connections) and runs its own Manager; the supervisor polls the model base paths and sends every
 worker the same aspired lists through an AspiredFeed, moves the gate (which version requests go
-to, which status shows), applies model control in every worker before answering it, replaces a
-worker that dies, and on SIGTERM drains them all. Metrics are prometheus-client's multiprocess
-files in a private directory: `/metrics` from any worker sums every worker's, those that exited
-included, so counters never go back.
+to, which status shows), applies model control in every worker before answering it
+(workers/control_fanout.py), replaces a worker that dies, and on SIGTERM drains them all.
+Metrics are prometheus-client's multiprocess files in a private directory: `/metrics` from any
+worker sums every worker's, those that exited included, so counters never go back.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pyserving.core.ids import ServableData
 from pyserving.listen_ports import PortTaken, bind_listeners, reserve_port
 from pyserving.sources.storage_path import StoragePathSource, StoragePathSourceOptions
 from pyserving.workers.aspired_feed import AspiredFeed, Gate, compute_gate
-from pyserving.workers.channel import ChannelClosed, FrameTooLarge
+from pyserving.workers.channel import ChannelClosed
+from pyserving.workers.control_fanout import ControlFanout
 from pyserving.workers.worker_process import WorkerProcess
 
 logger = logging.getLogger("pyserving.workers")
@@ -90,9 +91,9 @@ class Supervisor:
 
     Thread-safety: one coordinator thread makes every feed and gate decision in the order
     events arrive (`_events`); each worker has a reader thread; model-control calls run on
-    threads of their own, one at a time (`_control_lock`); a pinger thread kills hung workers.
-    `_lock` guards the worker table and what the readers write into it; `_changed` wakes
-    whoever waits on them.
+    threads of their own, one at a time (`_control`: workers/control_fanout.py); a pinger
+    thread kills hung workers. `_lock` guards the worker table and what the readers write into
+    it; `_changed` wakes whoever waits on them.
     """
 
     def __init__(
@@ -113,20 +114,23 @@ class Supervisor:
         self._changed = threading.Condition(self._lock)
         self._workers: dict[int, WorkerProcess] = {}  # slot → its current worker
         self._events: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._control_lock = threading.Lock()  # one model-control call at a time
         self._feed = AspiredFeed(availability_preserving, self._broadcast_list)
         self._source: StoragePathSource | None = None
         self._source_options: StoragePathSourceOptions | None = None
         self._source_started = False
         self._gate_seq = 0
-        self._request_ids = 0
-        #: the config (None: as started) and unloaded models model control left, for replacements
-        self._state: tuple[Any, frozenset[str]] | None = None
+        # a gate sync moves the gate at most twice, each waiting up to _GATE_WAIT_S
+        self._control = ControlFanout(
+            self._changed,
+            self._workers,
+            self._events.put,
+            self._sync_gate,
+            self._respawn,
+            sync_timeout_s=_GATE_WAIT_S * 2,
+        )
         self._stopping = threading.Event()
         self._exit_code = 0
         self._restarts: dict[int, float] = {}  # slot → backoff of its next restart
-        # slots whose restart waits for the model-control call under way (guarded by _lock)
-        self._respawn_after_control: set[int] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -192,8 +196,7 @@ class Supervisor:
         return code
 
     def _spawn(self, slot: int, load_before_listening: bool) -> None:
-        with self._lock:
-            state = self._state
+        state = self._control.state
         worker = WorkerProcess.start(
             slot,
             self._metrics_dir,
@@ -230,7 +233,7 @@ class Supervisor:
                         self._changed.notify_all()
                 elif kind == "control":
                     threading.Thread(
-                        target=self._control, args=(worker, *args), daemon=True
+                        target=self._control.apply, args=(worker, *args), daemon=True
                     ).start()
                 else:
                     self._events.put(functools.partial(self._on_message, worker, (kind, *args)))
@@ -295,20 +298,9 @@ class Supervisor:
     def _respawn(self, slot: int) -> None:
         if self._stopping.is_set():
             return
-        with self._lock:  # checked and noted at once: _control takes the slots under it
-            if self._control_lock.locked():
-                # a model-control call is being applied: _control restarts the slot when it
-                # is done, with the config the call leaves
-                self._respawn_after_control.add(slot)
-                return
+        if self._control.defer_respawn(slot):
+            return  # a model-control call is being applied: the slot restarts after it
         self._spawn(slot, load_before_listening=True)
-
-    def _restart_after_control(self) -> None:
-        """Queue the restarts that waited for the model-control call that just ended."""
-        with self._lock:
-            waiting, self._respawn_after_control = self._respawn_after_control, set()
-        for slot in sorted(waiting):
-            self._events.put(functools.partial(self._respawn, slot))
 
     def _ever_listened(self) -> bool:
         with self._lock:
@@ -411,48 +403,3 @@ class Supervisor:
             )
         if not applied:
             logger.warning("a worker did not apply the gate within %gs", _GATE_WAIT_S)
-
-    # --- model control -------------------------------------------------------------------------
-
-    def _control(
-        self, origin: WorkerProcess, request_id: int, method: str, args: tuple[Any, ...]
-    ) -> None:
-        """Apply one model-control call in every worker, then answer the one that received it
-        with the first error any worker met (None: applied everywhere)."""
-        errors: list[tuple[str, str]] = []
-        try:
-            with self._control_lock:
-                with self._lock:
-                    self._request_ids += 1
-                    apply_id = self._request_ids
-                    workers = list(self._workers.values())
-                try:
-                    for worker in workers:
-                        worker.send("apply", apply_id, method, args)
-                except FrameTooLarge as exc:
-                    # the same message for every worker: the first refused it, none has it
-                    # (the worker that took the call checked it against a smaller limit)
-                    errors.append(("ResourceExhausted", f"model control {method}: {exc}"))
-                    workers = []
-                with self._lock:
-                    self._changed.wait_for(
-                        lambda: all(w.gone or apply_id in w.answers for w in workers)
-                    )
-                    answers = [w.answers.pop(apply_id) for w in workers if apply_id in w.answers]
-                    errors += [error for error, _state in answers if error is not None]
-                    if answers and not errors:
-                        config, unloaded = answers[0][1]
-                        if config is None and self._state is not None:  # not replaced
-                            config = self._state[0]
-                        self._state = (config, unloaded)
-                synced = threading.Event()
-
-                def sync() -> None:
-                    self._sync_gate()
-                    synced.set()
-
-                self._events.put(sync)
-                synced.wait(_GATE_WAIT_S * 2)
-        finally:
-            self._restart_after_control()
-        origin.send("answer", request_id, errors[0] if errors else None)
