@@ -16,7 +16,7 @@ from pyserving.batching.options import load_batching_parameters
 from pyserving.core.ids import ServableId
 from pyserving.demo import write_demo_repository
 from pyserving.platforms.python import PythonLoader
-from pyserving.serving.config import load_config_file
+from pyserving.serving.config_file import load_config_file
 from pyserving.serving.config_keys import MODEL_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pyserving.demo import make_mlp
-from pyserving.serving.config import parse_config_text
+from pyserving.serving.config_file import parse_config_text
 from tests.deploy.manifests import (
     DEPLOY,
     flag,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pyserving.serving.config import parse_config_text
+from pyserving.serving.config_file import parse_config_text
 from tests.deploy.manifests import (
     DEPLOY,
     flag,

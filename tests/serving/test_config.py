@@ -5,13 +5,9 @@ from pathlib import Path
 import pytest
 
 from pyserving.errors import FailedPrecondition
-from pyserving.serving.config import (
-    ConfigError,
-    check_platforms,
-    check_transition,
-    load_config_file,
-    parse_config,
-)
+from pyserving.serving.config import ConfigError, check_platforms, check_transition
+from pyserving.serving.config_file import load_config_file
+from pyserving.serving.config_yaml import parse_config
 from pyserving.sources.storage_path import VersionPolicy
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyserving.serving.config import ConfigError, load_config_file
+from pyserving.serving.config import ConfigError
+from pyserving.serving.config_file import load_config_file
 from pyserving.serving.config_keys import unknown_key_message
 
 

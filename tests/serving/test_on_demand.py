@@ -15,7 +15,8 @@ from pyserving.core.manager import Manager, ManagerOptions
 from pyserving.core.scheduler import RetryScheduler
 from pyserving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from pyserving.metrics import REGISTRY
-from pyserving.serving.config import ConfigError, ModelServerConfig, parse_config_text
+from pyserving.serving.config import ConfigError, ModelServerConfig
+from pyserving.serving.config_file import parse_config_text
 from pyserving.serving.on_demand import OnDemandModels, on_demand_settings
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from tests.fakes import FakeLoader, ManualClock, item, wait_until

@@ -30,7 +30,7 @@ from pyserving.errors import (
 )
 from pyserving.metrics import BATCH_SIZE
 from pyserving.protocols.request import InferRequest, InferResponse
-from pyserving.serving.config import load_config_file
+from pyserving.serving.config_file import load_config_file
 from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER
 from tests.fakes import wait_until
 

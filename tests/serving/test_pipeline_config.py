@@ -9,7 +9,8 @@ import pytest
 
 from pyserving.errors import FailedPrecondition
 from pyserving.platforms.signature import Signature, TensorSpec
-from pyserving.serving.config import ConfigError, check_transition, parse_config
+from pyserving.serving.config import ConfigError, check_transition
+from pyserving.serving.config_yaml import parse_config
 from pyserving.serving.pipeline_config import (
     PipelineError,
     derive_signature,

@@ -11,7 +11,9 @@ import pytest
 
 from pyserving import metrics
 from pyserving.serving import request_log
-from pyserving.serving.config import ConfigError, parse_config, parse_text_proto
+from pyserving.serving.config import ConfigError
+from pyserving.serving.config_proto import parse_text_proto
+from pyserving.serving.config_yaml import parse_config
 from pyserving.serving.request_log import LogEntry, RequestLogConfig, RequestLogs
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pyserving.serving.config import ConfigError, parse_config_text
+from pyserving.serving.config import ConfigError
+from pyserving.serving.config_file import parse_config_text
 from pyserving.serving.server_core import ServerCore, ServerOptions
 from tests.fakes import wait_until
 from tests.serving.counting import counting_registry, make_versions

@@ -14,13 +14,9 @@ from pathlib import Path
 
 from pyserving.errors import ServingError
 from pyserving.proto import model_server_config_pb2 as config_pb2
-from pyserving.serving.config import (
-    ConfigError,
-    ModelConfig,
-    ModelServerConfig,
-    config_from_proto,
-    parse_config_text,
-)
+from pyserving.serving.config import ConfigError, ModelConfig, ModelServerConfig
+from pyserving.serving.config_file import parse_config_text
+from pyserving.serving.config_proto import config_from_proto
 from pyserving.serving.control_roots import ControlRoots
 
 __all__ = ["ConfigFilePoller", "checked_models", "merge_reloaded_model", "read_config_file"]

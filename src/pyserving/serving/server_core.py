@@ -30,11 +30,10 @@ from pyserving.serving.config import (
     ModelServerConfig,
     check_platforms,
     check_transition,
-    load_config_file,
-    parse_config_text,
     pipeline_specs,
     single_model_config,
 )
+from pyserving.serving.config_file import load_config_file, parse_config_text
 from pyserving.serving.control_roots import ControlRoots
 from pyserving.serving.inference import InferenceOptions, InferenceService
 from pyserving.serving.labels import LabelMap, check_label_changes
