@@ -12,6 +12,7 @@ import pytest
 from pyserving.errors import DeadlineExceeded, Unavailable
 from pyserving.serving.execution import Executor
 from pyserving.serving.monitoring import watch_event_loop_lag
+from tests.fakes import wait_until
 
 
 class Gate:
@@ -126,6 +127,8 @@ async def test_a_running_call_past_its_deadline_answers_on_time_and_holds_its_th
     with pytest.raises(DeadlineExceeded):
         await second.result(time.monotonic() + 0.05)
     assert second.abandon() is True
+    second_returned = threading.Event()
+    assert second.when_returned(second_returned.set)
     reason = executor.stuck_reason("m")
     assert reason is not None and "all 2 execution thread(s)" in reason
     # No replacement thread: a third call waits for a stuck one to return.
@@ -134,9 +137,12 @@ async def test_a_running_call_past_its_deadline_answers_on_time_and_holds_its_th
     gate.release.set()
     assert await third.result() == "third"
     assert await asyncio.to_thread(returned.wait, 10)
+    # both stuck calls end with the gate; the second may return after the first's callback
+    assert await asyncio.to_thread(second_returned.wait, 10)
     assert executor.stuck_calls == 0 and executor.stuck_reason("m") is None
     assert not call.when_returned(returned.set)  # already returned
-    assert len(left) == 4  # call, "ok", second, third: each left once
+    # call, "ok", second, third: each left once (the third after its answer was posted)
+    wait_until(lambda: len(left) == 4, what="four calls left")
 
 
 @pytest.mark.asyncio
