@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from pyserving.batching.merge import Tensors, merge_inputs, split_outputs
+from pyserving.batching.merge import merge_inputs, split_outputs
 from pyserving.batching.options import BatchingOptions
 from pyserving.batching.queue import Batch, BatchQueue, BatchRecord, BatchTask
 from pyserving.errors import ModelError, ServingError, Unavailable
+from pyserving.platforms.servable import call_servable
 
 __all__ = ["BatchScheduler", "SchedulerStatistics"]
 
@@ -250,7 +250,7 @@ class BatchScheduler:
                 queue.options.pad_variable_length_inputs,
             )
             calling = time.perf_counter_ns()
-            outputs = _call_servable(first.servable, first.signature_name, inputs)
+            outputs = call_servable(first.servable, first.signature_name, inputs)
             splitting = time.perf_counter_ns()
             pieces = split_outputs(outputs, [stop - start for _, start, stop in live], padded)
             ended = time.perf_counter_ns()
@@ -271,14 +271,3 @@ class BatchScheduler:
         for (task, start, stop), piece in zip(live, pieces, strict=True):
             task.part_done(start, stop, piece)
         return True
-
-
-def _call_servable(servable: Any, signature_name: str, inputs: Tensors) -> Any:
-    """Call the servable once; its exception is wrapped once, as ModelError."""
-    try:
-        return servable.run(signature_name, inputs)
-    except ServingError:
-        raise
-    except Exception as exc:
-        logger.debug("servable raised on signature %s", signature_name, exc_info=True)
-        raise ModelError(str(exc) or type(exc).__name__) from exc

@@ -1,8 +1,10 @@
-"""The Servable base class: what every platform (and a user's `servable.py`) provides."""
+"""The Servable base class: what every platform (and a user's `servable.py`) provides, and
+`call_servable`, the one way the serving threads call it."""
 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -10,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from pyserving.errors import ModelError, ServingError
 from pyserving.platforms.signature import Signature
+
+logger = logging.getLogger("pyserving.servable")
 
 #: the `time.monotonic()` deadline of the request whose `run` is on this thread (None: none);
 #: set around unbatched calls, for servables that call out to other servers (the shards router)
@@ -58,3 +63,25 @@ class Servable(abc.ABC):
     def memory_bytes(self) -> int | None:
         """RAM the loaded servable holds, if it knows (refines the Loader's estimate)."""
         return None
+
+
+def call_servable(
+    servable: Servable, signature: str, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """`servable.run`, its exception wrapped once, as ModelError (`model_error`)."""
+    try:
+        return servable.run(signature, inputs)
+    except ServingError:
+        raise
+    except Exception as exc:
+        logger.debug("servable raised on signature %s", signature, exc_info=True)
+        raise model_error(exc) from exc
+
+
+def model_error(exc: Exception) -> ModelError:
+    """What a servable raised, as the ModelError its request gets: its message, said once (a
+    servable writing into an input, which is read-only, is told so)."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError) and "read-only" in message:
+        message += " (request inputs are read-only: copy one before changing it)"
+    return ModelError(message)

@@ -11,8 +11,9 @@ execution threads (`serving.execution.Executor`: bounded per model by its `insta
 or, for a model that batches, enqueues the request on the shared BatchScheduler. Model code never
 runs on the event loop.
 
-Its neighbours hold what the path calls and returns from: resolving a model spec and the status
-answers (`serving/servable_lookup.py`, the base class), signature plans
+Its neighbours hold what the path calls and returns from: the call on the execution thread
+(`serving/model_call.py`), resolving a model spec and the status answers
+(`serving/servable_lookup.py`, the base class), signature plans
 (`serving/signature_plan.py`), the batched branch (`serving/batched_runs.py`), tracing and request
 logs (`serving/observed_infer.py`), pipelines (`serving/pipeline.py`) and streaming servables
 (`serving/streaming.py`).
@@ -34,14 +35,14 @@ import numpy as np
 from pyserving.batching import BatchingPolicy, BatchScheduler
 from pyserving.core.handle import ServableHandle
 from pyserving.core.ids import ServableRequest
-from pyserving.errors import DeadlineExceeded, ModelError, ServingError, Unavailable
-from pyserving.platforms.servable import Servable, current_deadline
+from pyserving.errors import DeadlineExceeded, ServingError, Unavailable
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.request import InferRequest, InferResponse
 from pyserving.serving import tracing
 from pyserving.serving.batched_runs import BatchedRuns
 from pyserving.serving.execution import DEFAULT_INSTANCES, Executor
 from pyserving.serving.lane import Call
+from pyserving.serving.model_call import execute, execute_timed
 from pyserving.serving.observed_infer import Seen, infer_observed
 from pyserving.serving.off_loop import run_sized
 from pyserving.serving.pipeline import PipelineServable
@@ -195,7 +196,7 @@ class InferenceService(ServableLookup):
             if span is None:
                 call = self.executor.submit(
                     handle.id.name,
-                    _execute,
+                    execute,
                     handle.servable,
                     plan,
                     inputs,
@@ -208,7 +209,7 @@ class InferenceService(ServableLookup):
                 timing = tracing.CallTiming()
                 call = self.executor.submit(
                     handle.id.name,
-                    _execute_timed,
+                    execute_timed,
                     timing,
                     handle.servable,
                     plan,
@@ -366,62 +367,3 @@ class InferenceService(ServableLookup):
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _execute(
-    servable: Servable,
-    plan: SignaturePlan,
-    inputs: dict[str, np.ndarray],
-    wanted: tuple[str, ...],
-    deadline: float | None,
-    stats: VersionStats,
-    submitted_ns: int,
-) -> dict[str, np.ndarray]:
-    """On an execution thread: drop expired work, call the servable, wrap its exception once,
-    collect the wanted outputs (converting them, which grows with the output, happens here);
-    a call that returned is counted in `stats` (queued since `submitted_ns`, perf_counter)."""
-    started = time.perf_counter_ns()
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceeded("Deadline exceeded while the request was queued")
-    name = plan.signature.name
-    token = current_deadline.set(deadline)
-    try:
-        results = servable.run(name, inputs)
-    except ServingError:
-        raise
-    except Exception as exc:
-        logger.debug("servable raised on signature %s", name, exc_info=True)
-        raise ModelError(str(exc) or type(exc).__name__) from exc
-    finally:
-        current_deadline.reset(token)
-    called = time.perf_counter_ns()
-    outputs = plan.collect(results, wanted)
-    rows = _rows(inputs) if plan.batchable else 1
-    ended = time.perf_counter_ns()
-    stats.called(1, rows, started - submitted_ns, 0, called - started, ended - called)
-    return outputs
-
-
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    """The batch items of a request batched on dimension 0 (1 for none or a scalar)."""
-    for array in inputs.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 1
-
-
-def _execute_timed(
-    timing: tracing.CallTiming,
-    servable: Servable,
-    plan: SignaturePlan,
-    inputs: dict[str, np.ndarray],
-    wanted: tuple[str, ...],
-    deadline: float | None,
-    stats: VersionStats,
-    submitted_ns: int,
-) -> dict[str, np.ndarray]:
-    """`_execute`, recording when it started and returned (a traced request)."""
-    timing.started_ns = time.time_ns()
-    try:
-        return _execute(servable, plan, inputs, wanted, deadline, stats, submitted_ns)
-    finally:
-        timing.ended_ns = time.time_ns()

@@ -41,7 +41,7 @@ from pyserving.errors import (
     ServingError,
     Unavailable,
 )
-from pyserving.platforms.servable import STREAMING_KINDS
+from pyserving.platforms.servable import STREAMING_KINDS, model_error
 from pyserving.platforms.signature import Signature
 from pyserving.protocols.request import InferRequest
 from pyserving.serving.inference import answered_version
@@ -179,7 +179,7 @@ async def run_unary(
     except (ServingError, asyncio.CancelledError):
         raise
     except Exception as exc:
-        raise ModelError(str(exc) or type(exc).__name__) from exc
+        raise model_error(exc) from exc
     return plan.collect(results, wanted)
 
 
@@ -292,7 +292,7 @@ def _next_part(
         raise
     except Exception as exc:
         logger.debug("streaming servable raised on %s", plan.signature.name, exc_info=True)
-        raise ModelError(str(exc) or type(exc).__name__) from exc
+        raise model_error(exc) from exc
     if isinstance(part, _End):
         return part
     return plan.collect(part, wanted)
@@ -336,7 +336,7 @@ class _LoopParts(PartStream):
                 ) from None
             if isinstance(exc, ServingError) or not isinstance(exc, Exception):
                 raise
-            raise ModelError(str(exc) or type(exc).__name__) from exc
+            raise model_error(exc) from exc
         self._running = False
         if isinstance(part, _End):
             await self.aclose()
