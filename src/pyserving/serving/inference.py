@@ -42,7 +42,7 @@ from pyserving.serving import tracing
 from pyserving.serving.batched_runs import BatchedRuns
 from pyserving.serving.execution import DEFAULT_INSTANCES, Executor
 from pyserving.serving.lane import Call
-from pyserving.serving.model_call import execute, execute_timed
+from pyserving.serving.model_call import execute
 from pyserving.serving.observed_infer import Seen, infer_observed
 from pyserving.serving.off_loop import run_sized
 from pyserving.serving.pipeline import PipelineServable
@@ -190,35 +190,20 @@ class InferenceService(ServableLookup):
             )
             return plan.collect(outputs, wanted)
         span = tracing.current.get() if tracing.enabled else None
-        timing: tracing.CallTiming | None = None
+        timing = None if span is None else tracing.CallTiming()
         try:
-            submitted = time.perf_counter_ns()
-            if span is None:
-                call = self.executor.submit(
-                    handle.id.name,
-                    execute,
-                    handle.servable,
-                    plan,
-                    inputs,
-                    wanted,
-                    deadline,
-                    stats,
-                    submitted,
-                )
-            else:
-                timing = tracing.CallTiming()
-                call = self.executor.submit(
-                    handle.id.name,
-                    execute_timed,
-                    timing,
-                    handle.servable,
-                    plan,
-                    inputs,
-                    wanted,
-                    deadline,
-                    stats,
-                    submitted,
-                )
+            call = self.executor.submit(
+                handle.id.name,
+                execute,
+                handle.servable,
+                plan,
+                inputs,
+                wanted,
+                deadline,
+                stats,
+                time.perf_counter_ns(),
+                timing,
+            )
         except BaseException:  # refused: the model's queue is full, or closing
             self._leave_pending()
             raise

@@ -15,7 +15,7 @@ from pyserving.serving import tracing
 from pyserving.serving.signature_plan import SignaturePlan
 from pyserving.serving.version_stats import VersionStats
 
-__all__ = ["execute", "execute_timed"]
+__all__ = ["execute"]
 
 
 def execute(
@@ -26,20 +26,28 @@ def execute(
     deadline: float | None,
     stats: VersionStats,
     submitted_ns: int,
+    timing: tracing.CallTiming | None = None,
 ) -> dict[str, np.ndarray]:
     """On an execution thread: drop expired work, call the servable, wrap its exception once,
     collect the wanted outputs (converting them, which grows with the output, happens here);
-    a call that returned is counted in `stats` (queued since `submitted_ns`, perf_counter)."""
+    a call that returned is counted in `stats` (queued since `submitted_ns`, perf_counter), and
+    a traced request's `timing` records when it started and returned."""
     started = time.perf_counter_ns()
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceeded("Deadline exceeded while the request was queued")
-    token = current_deadline.set(deadline)
+    if timing is not None:
+        timing.started_ns = time.time_ns()
     try:
-        results = call_servable(servable, plan.signature.name, inputs)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("Deadline exceeded while the request was queued")
+        token = current_deadline.set(deadline)
+        try:
+            results = call_servable(servable, plan.signature.name, inputs)
+        finally:
+            current_deadline.reset(token)
+        called = time.perf_counter_ns()
+        outputs = plan.collect(results, wanted)
     finally:
-        current_deadline.reset(token)
-    called = time.perf_counter_ns()
-    outputs = plan.collect(results, wanted)
+        if timing is not None:
+            timing.ended_ns = time.time_ns()
     rows = _rows(inputs) if plan.batchable else 1
     ended = time.perf_counter_ns()
     stats.called(1, rows, started - submitted_ns, 0, called - started, ended - called)
@@ -51,21 +59,3 @@ def _rows(inputs: dict[str, np.ndarray]) -> int:
     for array in inputs.values():
         return int(array.shape[0]) if array.ndim else 1
     return 1
-
-
-def execute_timed(
-    timing: tracing.CallTiming,
-    servable: Servable,
-    plan: SignaturePlan,
-    inputs: dict[str, np.ndarray],
-    wanted: tuple[str, ...],
-    deadline: float | None,
-    stats: VersionStats,
-    submitted_ns: int,
-) -> dict[str, np.ndarray]:
-    """`execute`, recording when it started and returned (a traced request)."""
-    timing.started_ns = time.time_ns()
-    try:
-        return execute(servable, plan, inputs, wanted, deadline, stats, submitted_ns)
-    finally:
-        timing.ended_ns = time.time_ns()
