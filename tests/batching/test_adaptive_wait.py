@@ -24,7 +24,7 @@ def test_nothing_measured_yet_runs_only_on_an_idle_model():
     wait.arrived(0.0, 1)
     assert wait.runs_now(1, 0.0, model_idle=True)
     assert not wait.runs_now(1, 0.0, model_idle=False)
-    assert wait.wakeup_at(TIMEOUT) == TIMEOUT
+    assert wait.wakeup_at(TIMEOUT, model_idle=True) == TIMEOUT
 
 
 def test_beside_a_running_batch_nothing_runs_early():
@@ -63,10 +63,13 @@ def test_rows_that_stop_coming_are_waited_for_at_most_half_a_call_or_two_gaps():
     wait = AdaptiveWait(TIMEOUT)
     end = closed_loop(wait, clients=8, run_s=0.020, rtt_s=0.001, rounds=10)
     wait.arrived(end + 0.0001, 1)  # one client comes back, the seven others left
-    wake = wait.wakeup_at(end + TIMEOUT)
+    wake = wait.wakeup_at(end + TIMEOUT, model_idle=True)
     assert end + 0.0001 < wake <= end + 0.0001 + 0.020  # far before the timeout
     assert not wait.runs_now(1, wake - 1e-6, model_idle=True)
     assert wait.runs_now(1, wake, model_idle=True)
+    # beside a running batch only the timeout wakes it (the batch's end notifies): a time
+    # already past would wake the batch threads in a loop
+    assert wait.wakeup_at(end + TIMEOUT, model_idle=False) == end + TIMEOUT
 
 
 def test_rows_that_took_two_calls_time_to_arrive_run_without_the_rest_due_back():
@@ -89,7 +92,7 @@ def test_a_long_idle_spell_weighs_like_sparse_traffic_not_more():
     wait = AdaptiveWait(0.010)
     end = closed_loop(wait, clients=8, run_s=0.020, rtt_s=0.001, rounds=10)
     wait.arrived(end + 3600.0, 1)  # an hour later: one gap, counted as 20 ms
-    assert wait.wakeup_at(end + 3600.0 + 0.010) <= end + 3600.0 + 0.010
+    assert wait.wakeup_at(end + 3600.0 + 0.010, model_idle=True) <= end + 3600.0 + 0.010
 
 
 def test_two_alternating_groups_merge_into_one_batch():

@@ -417,3 +417,40 @@ def test_adaptive_wait_fills_a_batch_while_the_model_is_busy_and_runs_it_when_id
 def test_batch_wait_must_be_adaptive_or_timeout():
     with pytest.raises(InvalidInput, match="batch_wait must be one of adaptive, timeout"):
         BatchingOptions(batch_wait="sometimes")  # type: ignore[arg-type]
+
+
+class CountingCondition(threading.Condition):
+    """A Condition that counts its waits: a batch thread that spins waits without end."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_a_batch_waiting_beside_a_running_one_does_not_spin_its_thread():
+    # Red team: once rows had stopped coming (the adaptive wait's patience past) a batch beside a
+    # running one was woken at that past time again and again: a core spun until the batch ended.
+    scheduler = BatchScheduler(num_batch_threads=2, concurrency=lambda model: 2)
+    counting = CountingCondition()
+    scheduler._cond = counting
+    try:
+        options = BatchingOptions(max_batch_size=100, batch_timeout_micros=600_000_000)
+        warm = RecordingServable()
+        for i in range(4):  # measured: run times and gaps between rows
+            submit(scheduler, warm, rows(i, 1), options).result(30)
+        servable = RecordingServable(hold_first=True)
+        busy = hold_the_thread(scheduler, servable, options)
+        waiting = submit(scheduler, servable, rows(50, 1), options)
+        wait_for_tasks(scheduler, 1)
+        before = counting.waits
+        time.sleep(0.3)  # the patience (two gaps, half a call) passes while the batch is held
+        assert counting.waits - before < 20, counting.waits - before
+        servable.release()
+        busy.result(30)
+        np.testing.assert_array_equal(waiting.result(30)["y"], rows(50, 1) * 2)
+    finally:
+        scheduler.close(wait=True, timeout_s=30)

@@ -79,9 +79,11 @@ class AdaptiveWait:
             return True
         return now >= self._last_event + _patience(gap, run_time)  # rows stopped coming
 
-    def wakeup_at(self, timeout_at: float) -> float:
-        """When a waiting open batch must be looked at again (rows may have stopped coming)."""
-        if self._row_gap is None or self._run_time is None:
+    def wakeup_at(self, timeout_at: float, model_idle: bool) -> float:
+        """When a waiting open batch must be looked at again: when rows may have stopped coming
+        on an idle model; beside a running batch only its timeout (the batch's end notifies, and
+        an earlier time already past would wake the batch threads in a loop)."""
+        if not model_idle or self._row_gap is None or self._run_time is None:
             return timeout_at
         return min(timeout_at, self._last_event + _patience(self._row_gap, self._run_time))
 

@@ -277,13 +277,13 @@ class BatchQueue:
             return front
         return None
 
-    def wakeup_at_locked(self) -> float | None:
+    def wakeup_at_locked(self, model_idle: bool) -> float | None:
         """When the open front batch must be looked at again: its timeout, or sooner when the
-        adaptive wait may stop waiting."""
+        adaptive wait may stop waiting (`model_idle`: no batch of this queue's model runs)."""
         if not self._batches or self._batches[0].closed:
             return None
         timeout_at = self._batches[0].opened_at + self.options.batch_timeout_s
-        return timeout_at if self._wait is None else self._wait.wakeup_at(timeout_at)
+        return timeout_at if self._wait is None else self._wait.wakeup_at(timeout_at, model_idle)
 
     def ran_locked(self, rows: int, seconds: float, ended_at: float) -> None:
         """A batch of `rows` rows of this queue ran for `seconds` (the adaptive wait learns)."""

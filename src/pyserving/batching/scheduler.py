@@ -200,7 +200,8 @@ class BatchScheduler:
         times = [
             t
             for q in self._queues.values()
-            if not self._at_bound_locked(q.model) and (t := q.wakeup_at_locked()) is not None
+            if not self._at_bound_locked(q.model)
+            and (t := q.wakeup_at_locked(q.model not in self._running)) is not None
         ]
         return min(times) if times else None
 
