@@ -312,3 +312,40 @@ def test_a_grpc_request_refused_before_its_first_part_says_which_and_is_final_is
         assert events(response) == []
     last = httpx.post(url, json=zero, timeout=30)
     assert last.json() == {"model_name": "tokens", "model_version": "1", "id": "zero"}
+
+
+def test_streams_count_in_the_v2_statistics_on_every_transport(server):
+    import grpc
+
+    from pyserving.proto import grpc_service_pb2 as pb
+    from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
+
+    def counts() -> tuple[int, int, int]:
+        answer = httpx.get(f"{server.url}/v2/models/tokens/versions/1/stats", timeout=10)
+        (entry,) = answer.json()["model_stats"]
+        phases = entry["inference_stats"]
+        return phases["success"]["count"], phases["fail"]["count"], entry["last_inference"]
+
+    def grpc_request(count: int, shape: int = 1) -> Any:
+        request = pb.ModelInferRequest(model_name="tokens")
+        text = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        text.contents.bytes_contents.append(b"g-stats")
+        tokens = request.inputs.add(name="max_tokens", datatype="INT32", shape=[shape])
+        tokens.contents.int_contents.append(count)
+        return request
+
+    success, fail, _ = counts()
+    url = f"{server.url}/v2/models/tokens/generate"
+    with httpx.stream("POST", url + "_stream", json=body("stats-sse", 3), timeout=30) as response:
+        assert len(events(response)) == 3
+    assert httpx.post(url, json=body("stats-last", 3), timeout=30).status_code == 200
+    # refused after its version resolved: an input of the wrong shape
+    assert httpx.post(url, json=body("stats-bad", [[1, 2]]), timeout=30).status_code == 400
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        requests = [grpc_request(2), grpc_request(1, shape=10**12)]
+        answers = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+    assert [bool(a.error_message) for a in answers] == [False, False, False, True]
+    after = counts()
+    assert after[:2] == (success + 3, fail + 2)
+    assert after[2] > 0

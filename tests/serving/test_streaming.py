@@ -267,3 +267,59 @@ def test_a_signature_override_renames_each_part_and_closes_the_inner_generator(t
         assert servable.inner.instance.closed is True  # type: ignore[attr-defined]
     finally:
         loader.unload()
+
+
+def _success_fail(service: InferenceService) -> tuple[int, int, int]:
+    numbers = service.version_statistics("m", 1)
+    assert numbers is not None, "no statistics recorded"
+    phases = numbers["inference_stats"]
+    assert numbers["last_inference"] > 0
+    return phases["success"]["count"], phases["fail"]["count"], phases["success"]["ns"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["generator", "async_generator"])
+async def test_each_stream_counts_once_in_its_versions_success_or_fail(kind: str):
+    def parts(fail: bool) -> Any:
+        def generator() -> Iterator[dict[str, np.ndarray]]:
+            yield {"i": np.array([0], np.int32)}
+            if fail:
+                raise RuntimeError("no more")
+            yield {"i": np.array([1], np.int32)}
+
+        async def async_generator() -> AsyncIterator[dict[str, np.ndarray]]:
+            for part in generator():
+                yield part
+
+        return generator() if kind == "generator" else async_generator()
+
+    outcome = {"fail": False}
+    service, _ = service_with(ScriptedServable(kind, lambda: parts(outcome["fail"])))
+    try:
+        stream = await open_stream(service, request())  # read to its end: a success
+        assert stream is not None
+        while await stream.next_part() is not None:
+            pass
+        await stream.aclose()
+        assert _success_fail(service)[:2] == (1, 0)
+        assert _success_fail(service)[2] > 0
+        outcome["fail"] = True  # the generator raises: a failure
+        stream = await open_stream(service, request())
+        assert stream is not None
+        await stream.next_part()
+        with pytest.raises(ModelError):
+            await stream.next_part()
+        await stream.aclose()
+        assert _success_fail(service)[:2] == (1, 1)
+        outcome["fail"] = False  # closed before its end (the client left): a failure
+        stream = await open_stream(service, request())
+        assert stream is not None
+        await stream.next_part()
+        await stream.aclose()
+        assert _success_fail(service)[:2] == (1, 2)
+        # refused after its version resolved (an unknown output): a failure
+        with pytest.raises(Exception, match="nope"):
+            await open_stream(service, InferRequest("m", dict(INPUTS), outputs=["nope"]))
+        assert _success_fail(service)[:2] == (1, 3)
+    finally:
+        service.close()

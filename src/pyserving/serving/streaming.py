@@ -15,6 +15,9 @@ its parts one at a time and writes each before asking for the next one.
 - The request's deadline covers the whole stream. Closing a stream (its end, an error, the
   deadline, a client that went away) closes the generator on the thread it runs on, after a
   running `next()` returns, so its `finally` runs; the version's handle is released after that.
+- Statistics (the V2 extension): a stream counts once in its version's `success` (its generator
+  ended) or `fail` (it raised, its deadline passed, the client left or a request check refused
+  it after its version resolved), timed from the version being resolved to that end.
 - On the one-answer APIs (TF predict, V2 infer) a streaming servable is refused with
   FailedPrecondition naming the streaming endpoints; an `async def run` returning one dict is
   awaited on the loop (`run_unary`).
@@ -47,6 +50,7 @@ from pyserving.protocols.request import InferRequest
 from pyserving.serving.inference import answered_version
 from pyserving.serving.lane import Call
 from pyserving.serving.off_loop import run_sized
+from pyserving.serving.version_stats import VersionStats
 
 if TYPE_CHECKING:
     from pyserving.serving.inference import InferenceService
@@ -98,11 +102,26 @@ class PartStream(abc.ABC):
     once a running step returns; a queued step is dropped.
     """
 
-    def __init__(self, handle: ServableHandle, signature: Signature, request_id: str | None):
+    def __init__(
+        self,
+        handle: ServableHandle,
+        signature: Signature,
+        request_id: str | None,
+        stats: VersionStats,
+        started_ns: int,
+    ) -> None:
         self.model = handle.id.name
         self.version = handle.id.version
         self.signature_name = signature.name
         self.id = request_id
+        self._stats: VersionStats | None = stats  # None once this stream counted
+        self._started_ns = started_ns  # perf_counter_ns when its version resolved
+
+    def _counted(self, ok: bool) -> None:
+        """Count the stream in its version's statistics, once: its first end decides."""
+        stats, self._stats = self._stats, None
+        if stats is not None:
+            stats.answered(ok, time.perf_counter_ns() - self._started_ns)
 
     @abc.abstractmethod
     async def next_part(self) -> Outputs | None:
@@ -132,6 +151,8 @@ async def open_stream(service: InferenceService, request: InferRequest) -> PartS
     if kind not in STREAMING_KINDS:
         handle.release()
         return None
+    started = time.perf_counter_ns()
+    stats = service.statistics.get(handle)
     try:
         answered_version.set(handle.id.version)
         signature = service.signature(handle, request.signature_name)
@@ -146,11 +167,14 @@ async def open_stream(service: InferenceService, request: InferRequest) -> PartS
         # Calling a generator function runs none of its code: safe on the loop.
         parts = _start(handle, signature.name, inputs)
     except BaseException:
+        stats.answered(False, time.perf_counter_ns() - started)
         handle.release()
         raise
     if kind == "generator":
-        return _ThreadParts(service, handle, plan, wanted, parts, request.deadline, request.id)
-    return _LoopParts(handle, plan, wanted, parts, request.deadline, request.id)
+        return _ThreadParts(
+            service, handle, plan, wanted, parts, request.deadline, request.id, stats, started
+        )
+    return _LoopParts(handle, plan, wanted, parts, request.deadline, request.id, stats, started)
 
 
 async def run_unary(
@@ -195,8 +219,10 @@ class _ThreadParts(PartStream):
         generator: Iterator[Any],
         deadline: float | None,
         request_id: str | None,
+        stats: VersionStats,
+        started_ns: int,
     ) -> None:
-        super().__init__(handle, plan.signature, request_id)
+        super().__init__(handle, plan.signature, request_id, stats, started_ns)
         self._service = service
         self._handle = handle
         self._plan = plan
@@ -218,6 +244,7 @@ class _ThreadParts(PartStream):
             self._close(call)
             raise
         if isinstance(part, _End):
+            self._counted(True)
             self._close(None)
             return None
         # The next part is computed while the caller writes this one: the one part the stream
@@ -243,6 +270,7 @@ class _ThreadParts(PartStream):
         if self._closed:
             return
         self._closed = True
+        self._counted(False)  # before its end: failed, past its deadline, or left
         generator, self._generator = self._generator, None
         handle = self._handle
         pending = [c for c in (call, self._ahead) if c is not None]
@@ -309,8 +337,10 @@ class _LoopParts(PartStream):
         generator: AsyncIterator[Any],
         deadline: float | None,
         request_id: str | None,
+        stats: VersionStats,
+        started_ns: int,
     ) -> None:
-        super().__init__(handle, plan.signature, request_id)
+        super().__init__(handle, plan.signature, request_id, stats, started_ns)
         self._handle = handle
         self._plan = plan
         self._wanted = wanted
@@ -339,6 +369,7 @@ class _LoopParts(PartStream):
             raise model_error(exc) from exc
         self._running = False
         if isinstance(part, _End):
+            self._counted(True)
             await self.aclose()
             return None
         try:
@@ -351,6 +382,7 @@ class _LoopParts(PartStream):
         if self._closed:
             return
         self._closed = True
+        self._counted(False)  # before its end: failed, past its deadline, or left
         try:
             aclose = getattr(self._generator, "aclose", None)
             if aclose is not None:
