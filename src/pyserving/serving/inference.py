@@ -123,7 +123,7 @@ class InferenceService(ServableLookup):
         self._batched = BatchedRuns(manager, executor, on_leave=self._leave_pending)
         self._plans = SignaturePlans()
         #: each loaded version's Triton statistics (the V2 statistics extension)
-        self.statistics = StatsTable(manager.available_versions)
+        self.statistics = StatsTable(manager)
         #: each model's sampled request log (ServerCore configures it from the models' `logging`)
         self.request_logs = RequestLogs()
 

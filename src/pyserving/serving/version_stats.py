@@ -2,7 +2,8 @@
 
 `VersionStats` holds one loaded version's counters; `StatsTable` finds them by handle. The request
 path records into them (`serving/inference.py` for requests and unbatched calls,
-`batching/scheduler.py` for batches); `protocols/v2_statistics.py` reads them.
+`batching/scheduler.py` for batches, `serving/streaming.py` for streams);
+`protocols/v2_statistics.py` reads them.
 
 Every phase is per request except `execution_count` and the batch statistics (per model call):
 a batch of 3 requests adds 3 to each phase's count, its duration to each request's
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
 from pyserving.core.handle import ServableHandle
-from pyserving.core.ids import ServableId
+from pyserving.core.ids import ServableId, ServableRequest
+from pyserving.errors import ServableNotFound
 
 __all__ = ["StatsTable", "VersionStats"]
 
@@ -115,36 +118,72 @@ class VersionStats:
 class StatsTable:
     """Each loaded version's VersionStats, made on its first request.
 
-    A reloaded version (same id, new servable) starts afresh. Bounded: making an entry drops the
-    entries of versions no longer loaded (`is_loaded`), so the table holds the loaded versions
-    and those unloaded since the last new one; entries never hold the servable itself.
+    A reloaded version (same id, new servable) starts afresh, and reads 0 until its first
+    request: an entry remembers its servable through a weak reference, so a new servable never
+    matches an old entry (not even one made at the old one's address). Bounded: making an entry
+    drops the entries of versions no longer loaded, so the table holds the loaded versions and
+    those unloaded since the last new one; entries never keep the servable alive.
     Thread-safety: `get` and `find` may be called from any thread.
     """
 
-    def __init__(self, available_versions: Any) -> None:
-        """`available_versions(name)` lists `name`'s AVAILABLE versions (the manager's)."""
-        self._available = available_versions
+    def __init__(self, manager: Any) -> None:
+        """`manager` answers `available_versions(name)` (AVAILABLE versions) and `get_handle`."""
+        self._manager = manager
         self._lock = threading.Lock()  # guards replacing entries and pruning
-        #: id → (id(servable), stats); read without the lock (whole-entry assignment)
-        self._entries: dict[ServableId, tuple[int, VersionStats]] = {}
+        #: id → (the servable, weakly; stats); read without the lock (whole-entry assignment)
+        self._entries: dict[ServableId, tuple[_Identity, VersionStats]] = {}
 
     def get(self, handle: ServableHandle) -> VersionStats:
         """`handle`'s version's statistics (made on its first request)."""
+        servable = handle.servable
         entry = self._entries.get(handle.id)
-        if entry is not None and entry[0] == id(handle.servable):
+        if entry is not None and entry[0].matches(servable):
             return entry[1]
         with self._lock:
             entry = self._entries.get(handle.id)
-            if entry is not None and entry[0] == id(handle.servable):
+            if entry is not None and entry[0].matches(servable):
                 return entry[1]
             for key in list(self._entries):
-                if key != handle.id and key.version not in self._available(key.name):
+                if key != handle.id and key.version not in self._manager.available_versions(
+                    key.name
+                ):
                     del self._entries[key]
             stats = VersionStats()
-            self._entries[handle.id] = (id(handle.servable), stats)
+            self._entries[handle.id] = (_Identity(servable), stats)
             return stats
 
     def find(self, name: str, version: int) -> VersionStats | None:
-        """The statistics of `name` at `version`, None when it has had no request loaded."""
-        entry = self._entries.get(ServableId(name, version))
-        return None if entry is None else entry[1]
+        """The statistics of `name` at `version` as loaded now; None when that servable has had
+        no request (or the version is not loaded)."""
+        servable_id = ServableId(name, version)
+        entry = self._entries.get(servable_id)
+        if entry is None:
+            return None
+        try:  # a counter increment, never a wait: which servable serves the version now
+            handle = self._manager.get_handle(ServableRequest.specific(name, version))
+        except ServableNotFound:
+            return None
+        try:
+            return entry[1] if entry[0].matches(handle.servable) else None
+        finally:
+            handle.release()
+
+
+class _Identity:
+    """Which servable an entry belongs to, without keeping it alive: a weak reference, or the
+    object's id for one that cannot be weakly referenced (a builtin, a class whose __slots__
+    lack __weakref__), which a new object at a freed address could match."""
+
+    __slots__ = ("_id", "_ref")
+
+    def __init__(self, servable: object) -> None:
+        self._id = id(servable)
+        try:
+            self._ref: weakref.ref[object] | None = weakref.ref(servable)
+        except TypeError:
+            self._ref = None
+
+    def matches(self, servable: object) -> bool:
+        if self._ref is None:
+            return self._id == id(servable)
+        return self._ref() is servable
