@@ -174,7 +174,7 @@ class PipelineServable(Servable):
         try:
             outputs = await service.run(handle, signature, step_inputs, None, deadline)
             _check_outputs(outputs, signature)
-            return outputs
+            return _read_only_views(outputs)
         except ServingError as exc:
             raise _name_step(exc, self.spec, step) from None
         finally:
@@ -191,6 +191,18 @@ def _check_outputs(outputs: Mapping[str, np.ndarray], signature: Signature) -> N
                 f'output "{name}" is {describe_array(array)}, but the model\'s signature'
                 f" declares {spec.describe()}"
             )
+
+
+def _read_only_views(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A step's outputs as read-only views (no copy): a later step gets read-only inputs, as it
+    would from a client, and cannot change what another step also reads. Views, so an array
+    the model keeps (and may write next call) stays writable for it."""
+    views = {}
+    for name, array in outputs.items():
+        view = array.view()
+        view.flags.writeable = False
+        views[name] = view
+    return views
 
 
 async def _gather(
