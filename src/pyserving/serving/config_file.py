@@ -10,7 +10,7 @@ import yaml
 from pyserving.serving.config import ConfigError, ModelServerConfig
 from pyserving.serving.config_keys import unknown_key_message
 from pyserving.serving.config_proto import parse_text_proto
-from pyserving.serving.config_yaml import parse_config
+from pyserving.serving.config_yaml import EntryError, parse_config
 
 __all__ = ["load_config_file", "parse_config_text"]
 
@@ -44,8 +44,30 @@ def parse_config_text(text: str, path: str | os.PathLike[str]) -> ModelServerCon
         unknown = unknown_key_message(text)
         if unknown is not None:
             raise ConfigError(f"model config file {path}, {unknown}")
-        return parse_config(document, root)
+        try:
+            return parse_config(document, root)
+        except EntryError as exc:
+            where = _entry_line(text, exc.index)
+            raise ConfigError(f"model config file {path}{where}: {exc.message}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"model config file {path}: {exc.message}") from exc
     try:
         return parse_text_proto(text, root)
     except ConfigError as exc:
         raise ConfigError(f"model config file {path}: {exc.message}") from exc
+
+
+def _entry_line(text: str, index: int) -> str:
+    """ ", line N" where `models[index]` starts in the YAML `text` ("" when it cannot tell): the
+    document is composed again (nodes keep their marks), only on this error path."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(root, yaml.MappingNode):
+        return ""
+    for key, value in root.value:
+        items = value.value if isinstance(value, yaml.SequenceNode) else []
+        if key.value == "models" and index < len(items):
+            return f", line {items[index].start_mark.line + 1}"
+    return ""

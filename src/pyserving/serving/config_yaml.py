@@ -17,7 +17,7 @@ from pyserving.serving.config import (
 from pyserving.serving.pipeline_config import PIPELINE_ENTRY_KEYS, PipelineError, parse_pipeline
 from pyserving.sources.storage_path import VersionPolicy
 
-__all__ = ["parse_config"]
+__all__ = ["EntryError", "parse_config"]
 
 
 def parse_config(document: object, root: Path) -> ModelServerConfig:
@@ -25,10 +25,21 @@ def parse_config(document: object, root: Path) -> ModelServerConfig:
     if not isinstance(document, Mapping) or not isinstance(document.get("models"), list):
         raise ConfigError("model config must be a mapping with a 'models' list")
     default_load = document.get("load", "always")
-    models = tuple(
-        _parse_model(entry, i, root, default_load) for i, entry in enumerate(document["models"])
-    )
-    return ModelServerConfig.checked(models)
+    models = []
+    for i, entry in enumerate(document["models"]):
+        try:
+            models.append(_parse_model(entry, i, root, default_load))
+        except ConfigError as exc:
+            raise EntryError(exc.message, i) from exc
+    return ModelServerConfig.checked(tuple(models))
+
+
+class EntryError(ConfigError):
+    """A ConfigError in `models[index]`: the file's reader can name the entry's line."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 # --- helpers ---------------------------------------------------------------------------------
