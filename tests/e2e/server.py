@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import yaml
+
+from pyserving.demo import make_mlp
 
 
 def free_port() -> int:
@@ -90,3 +93,20 @@ def running(*flags: str, grpc: bool = False) -> Iterator[ServerProcess]:
         yield proc
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def plain_and_batched_config(root: Path) -> str:
+    """A YAML config under `root` serving two small MLPs (FP32 [b, 4] → [b, 3]): "mlp", and
+    "batched" with batching (max 8 rows, 1 ms); returns its path."""
+
+    make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(4, 8, 3))
+    make_mlp(root / "batched" / "1" / "model.onnx", seed=2, dims=(4, 8, 3))
+    batched = {
+        "name": "batched",
+        "base_path": str(root / "batched"),
+        "batching": {"max_batch_size": 8, "batch_timeout_micros": 1000},
+    }
+    config = root / "models.yaml"
+    models = [{"name": "mlp", "base_path": str(root / "mlp")}, batched]
+    config.write_text(yaml.safe_dump({"models": models}))
+    return str(config)

@@ -7,13 +7,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import yaml
 from google.protobuf.json_format import MessageToDict
 
-from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, plain_and_batched_config
 
 ROW = [0.5, -1.0, 2.0, 0.25]
 
@@ -21,23 +19,7 @@ ROW = [0.5, -1.0, 2.0, 0.25]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("statistics")
-    make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(4, 8, 3))
-    make_mlp(root / "batched" / "1" / "model.onnx", seed=2, dims=(4, 8, 3))
-    config = root / "models.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {"name": "mlp", "base_path": str(root / "mlp")},
-                    {
-                        "name": "batched",
-                        "base_path": str(root / "batched"),
-                        "batching": {"max_batch_size": 8, "batch_timeout_micros": 1000},
-                    },
-                ]
-            }
-        )
-    )
+    config = plain_and_batched_config(root)
     process = ServerProcess(
         f"--model_config_file={config}", "--file_system_poll_wait_seconds=0", grpc=True
     )

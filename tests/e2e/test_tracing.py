@@ -10,15 +10,13 @@ import sys
 import grpc
 import httpx
 import pytest
-import yaml
 
-from pyserving.demo import make_mlp
 from pyserving.proto import grpc_service_pb2 as pb
 from pyserving.proto import tf_serving_apis_pb2 as tfs
 from pyserving.proto import tf_types_pb2
 from pyserving.serving import tracing
 from tests.e2e.otlp_receiver import OtlpReceiver
-from tests.e2e.server import ServerProcess, free_port
+from tests.e2e.server import ServerProcess, free_port, plain_and_batched_config
 
 ROW = [0.5, -1.0, 2.0, 0.25]
 V2_BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
@@ -37,30 +35,9 @@ def receiver():
     receiver.close()
 
 
-def write_config(root) -> str:
-    make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(4, 8, 3))
-    make_mlp(root / "batched" / "1" / "model.onnx", seed=2, dims=(4, 8, 3))
-    config = root / "models.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {"name": "mlp", "base_path": str(root / "mlp")},
-                    {
-                        "name": "batched",
-                        "base_path": str(root / "batched"),
-                        "batching": {"max_batch_size": 8, "batch_timeout_micros": 1000},
-                    },
-                ]
-            }
-        )
-    )
-    return str(config)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, receiver):
-    config = write_config(tmp_path_factory.mktemp("tracing"))
+    config = plain_and_batched_config(tmp_path_factory.mktemp("tracing"))
     grpc_port = free_port()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
@@ -160,7 +137,7 @@ def test_batched_requests_link_to_their_batch_span_issue_22(server, receiver):
 
 
 def test_without_an_endpoint_nothing_is_exported_issue_22(tmp_path, receiver):
-    config = write_config(tmp_path)
+    config = plain_and_batched_config(tmp_path)
     with pytest.MonkeyPatch.context() as env:
         for name in list(os.environ):
             if name.startswith("OTEL_"):
