@@ -8,7 +8,13 @@ tree (supervisor and workers); RSS and PSS are summed over it after the run (PSS
 between processes fairly, so the two-worker sum is the memory the second worker really adds).
 Also the time from `kill -9` of a worker to its replacement serving. Never part of pytest.
 
+`--platforms onnx,sklearn,...` measures memory instead: per platform, `--workers 2` serving one
+small model built as the platform tests build theirs (tests/platforms/models.py; ONNX: the MLP),
+RSS and PSS of the supervisor and of each worker once the model is AVAILABLE and again after 50
+V2 REST requests, each on a new connection so that both workers answer some.
+
     python benchmarks/bench_workers.py [--duration 5] [--warmup 2] [--connections 64]
+    python benchmarks/bench_workers.py --platforms onnx,sklearn,xgboost,lightgbm,torch,tensorflow
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import re
 import signal
@@ -23,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.platforms.models
 import bench  # wrk, grpc_load and parsing helpers
 import processes  # starting and stopping servers
 
@@ -84,17 +93,21 @@ def tree_cpu_s(root: int) -> float:
     return jiffies / os.sysconf("SC_CLK_TCK")
 
 
-def tree_memory_mib(root: int) -> tuple[float, float]:
-    """(RSS, PSS) of the process tree in MiB, from /proc/PID/smaps_rollup."""
-    rss = pss = 0
-    for pid in tree_pids(root):
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
-        pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MiB, from /proc/PID/smaps_rollup; zeros once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0, 0.0
+    rss = int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
+    pss = int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
     return rss / 1024, pss / 1024
+
+
+def tree_memory_mib(root: int) -> tuple[float, float]:
+    """(RSS, PSS) of the process tree in MiB."""
+    both = [memory_mib(pid) for pid in tree_pids(root)]
+    return sum(rss for rss, _ in both), sum(pss for _, pss in both)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -139,12 +152,101 @@ def replacement_s(proc, log: Path) -> float:
     return float("nan")
 
 
+PLATFORMS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch", "tensorflow")
+V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64"}
+
+
+def build_model(platform: str, version_dir: Path) -> dict[str, np.ndarray]:
+    """Write one small model of `platform` into `version_dir`; a request's inputs for it."""
+    if platform == "onnx":
+        make_mlp(version_dir / "model.onnx", seed=1)
+        return {"input": np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(1, 64)}
+    from tests.platforms import models
+
+    if platform == "torch":  # TorchScript: a torch.export program would need allow_pickle
+        inputs, _ = models.make_torchscript(version_dir)
+    else:
+        inputs, _ = models.BUILDERS[platform](version_dir)
+    return inputs
+
+
+def v2_body(inputs: dict[str, np.ndarray]) -> bytes:
+    tensors = [
+        {
+            "name": name,
+            "shape": list(x.shape),
+            "datatype": V2_DATATYPES[x.dtype.name],
+            "data": x.ravel().tolist(),
+        }
+        for name, x in inputs.items()
+    ]
+    return json.dumps({"inputs": tensors}).encode()
+
+
+def platform_memory(platform: str, work: Path, requests: int = 50) -> dict:
+    """`--workers 2` serving one `platform` model: memory after AVAILABLE and after requests."""
+    base = work / platform
+    body = v2_body(build_model(platform, base / "1"))
+    size = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+    rest, log = processes.free_port(), work / f"{platform}.log"
+    command = processes.pyserving_command(
+        rest, 0, "--model_name=m", f"--model_base_path={base}", "--workers=2"
+    )
+    url = f"http://127.0.0.1:{rest}/v2/models/m"
+    proc = processes.start(command, log, f"{url}/ready", timeout_s=180, stop=stop)
+    try:
+        workers = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", log.read_text())]
+
+        def sample() -> dict:
+            return {"supervisor": memory_mib(proc.pid), "workers": [memory_mib(w) for w in workers]}
+
+        available = sample()
+        for _ in range(requests):  # urllib opens a new connection per request
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/infer", body), timeout=30):
+                pass
+        return {"size": size, "available": available, "served": sample()}
+    finally:
+        stop(proc)
+
+
+def print_platform_memory(platforms: list[str]) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-workers-memory-"))
+    rows = [(platform, platform_memory(platform, work)) for platform in platforms]
+
+    def pair(rss_pss: tuple[float, float]) -> str:
+        return f"{rss_pss[0]:.0f} / {rss_pss[1]:.0f}"
+
+    print(f"\n## --workers 2, one model, MiB (RSS / PSS), load {bench.loadavg()}\n")
+    print(
+        "| platform | model on disk | each worker, AVAILABLE | each worker, after 50 requests"
+        " | supervisor |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for platform, r in rows:
+        each = [", ".join(pair(w) for w in r[when]["workers"]) for when in ("available", "served")]
+        print(
+            f"| {platform} | {r['size'] / 1024:.1f} KiB | {each[0]} | {each[1]} |"
+            f" {pair(r['served']['supervisor'])} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--platforms",
+        type=lambda text: text.split(","),
+        help=f"measure memory per platform instead (any of {','.join(PLATFORMS)})",
+    )
     args = parser.parse_args()
+    if args.platforms:
+        unknown = set(args.platforms) - set(PLATFORMS)
+        if unknown:
+            parser.error(f"unknown platforms {sorted(unknown)}: choose from {PLATFORMS}")
+        print_platform_memory(args.platforms)
+        return
     wrk = bench.ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     model = make_mlp(work / "mlp" / "1" / "model.onnx", seed=1)
