@@ -27,7 +27,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import processes  # waiting for a quiet machine, /proc counters
+from bench import calls_per_second, v2_json
 
 from pyserving.demo import make_mlp
 
@@ -63,12 +63,6 @@ class Measured:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, body: bytes, timeout_s: float = 30) -> dict:
@@ -97,7 +91,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 def start_server(
     work: Path, base_path: Path, batching: Path | None
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = processes.free_port()
     flags = ["--model_name=model", f"--model_base_path={base_path}", "--port=0"]
     if batching is not None:
         flags += ["--enable_batching", f"--batching_parameters_file={batching}"]
@@ -160,16 +154,6 @@ def run_wrk(wrk: str, url: str, body: Path, lua: Path, conns: int, seconds: floa
 def latency_ms(out: str, percentile: str) -> float:
     value, unit = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def calls_per_second(fn, seconds: float) -> float:
-    for _ in range(20):
-        fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - start)
 
 
 @dataclass
@@ -249,16 +233,6 @@ def measured_wrk(proc: subprocess.Popen, *wrk_args) -> tuple[Measured, float, fl
     return measured, server / max(1.0, measured.rps * elapsed) * 1e6, noise
 
 
-def v2_body(x: np.ndarray) -> str:
-    tensor = {
-        "name": "input",
-        "shape": list(x.shape),
-        "datatype": "FP32",
-        "data": x.ravel().tolist(),
-    }
-    return json.dumps({"inputs": [tensor]})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -306,7 +280,7 @@ def main() -> None:
                 model = make_mlp(base / "1" / "model.onnx", seed=1, dims=dims)
                 x = np.random.default_rng(0).standard_normal((1, dims[0])).astype(np.float32)
                 body = work / f"{name}.json"
-                body.write_text(v2_body(x))
+                body.write_bytes(v2_json(x))
                 processes.wait_quiet()  # other tenants of the machine: a bounded wait
                 anchor = anchors(model, x, min(args.duration, 3.0), batch, threads)
                 expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
