@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from pyserving import __version__, tf_flags
 from pyserving.cli import main
 from pyserving.cli_flags import build_parser, normalize_flag_spellings, serve_parser
 from pyserving.demo import write_demo_repository
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, serve_to_exit
 
 #: `tensorflow_model_server --help` (TF Serving's model_servers/main.cc), each with a value of its
 #: kind: TF Serving's default where it has a plain one.
@@ -261,21 +259,7 @@ def test_a_taken_port_is_one_clear_line_issue_16(what, flag, other, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pyserving",
-                "serve",
-                "--host=127.0.0.1",
-                f"{flag}={port}",
-                other,
-                f"--model_base_path={repo / 'mlp'}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = serve_to_exit(f"{flag}={port}", other, f"--model_base_path={repo / 'mlp'}")
     assert result.returncode == 2
     assert result.stderr == (
         f"pyserving: cannot listen for {what} on 127.0.0.1:{port}: Address already in use"

@@ -19,6 +19,18 @@ import yaml
 from pyserving.demo import make_mlp
 
 
+def serve_to_exit(*flags: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pyserving serve --host=127.0.0.1 *flags` to its exit (a server refused at
+    start-up); its stdout and stderr are captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

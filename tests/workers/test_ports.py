@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from pyserving.cli_flag_types import WORKERS_PER_CPU_LIMIT, worker_count
 from pyserving.listen_ports import PortTaken, bind_listeners, bind_port, reserve_port
+from tests.e2e.server import serve_to_exit
 
 
 def _reuse_port_listener() -> socket.socket:
@@ -51,23 +50,12 @@ def test_workers_on_a_port_another_program_shares_exits_2_naming_it(tmp_path: ob
     other = _reuse_port_listener()
     port = other.getsockname()[1]
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pyserving",
-                "serve",
-                "--host=127.0.0.1",
-                f"--rest_api_port={port}",
-                "--port=0",
-                "--workers=2",
-                "--model_name=m",
-                f"--model_base_path={tmp_path}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        result = serve_to_exit(
+            f"--rest_api_port={port}",
+            "--port=0",
+            "--workers=2",
+            "--model_name=m",
+            f"--model_base_path={tmp_path}",
         )
     finally:
         other.close()
@@ -130,12 +118,7 @@ def test_the_same_port_for_grpc_and_rest_is_one_line_naming_both_flags(tmp_path:
     port = free.getsockname()[1]
     free.close()
     flags = [f"--port={port}", f"--rest_api_port={port}", f"--model_base_path={tmp_path}"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pyserving", "serve", "--host=127.0.0.1", "--model_name=m", *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_to_exit("--model_name=m", *flags)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"pyserving: --port and --rest_api_port are both {port}: give gRPC and REST a port each"

@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,7 @@ from pyserving.proto import grpc_service_pb2_grpc as pb_grpc
 from pyserving.proto import model_server_config_pb2 as config_pb2
 from pyserving.proto import model_service_pb2_grpc
 from pyserving.proto import tf_serving_apis_pb2 as apis
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, serve_to_exit
 from tests.fakes import wait_until
 
 pytestmark = pytest.mark.slow
@@ -303,22 +301,12 @@ def test_kill_9_of_a_worker_fails_only_its_requests_and_is_replaced(server: Work
 
 
 def test_a_second_workers_server_on_the_same_ports_exits_2(server: Workers) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyserving",
-            "serve",
-            "--host=127.0.0.1",
-            f"--rest_api_port={server.port}",
-            f"--port={server.grpc_port}",
-            "--workers=2",
-            "--model_name=mlp",
-            "--model_base_path=/nonexistent",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = serve_to_exit(
+        f"--rest_api_port={server.port}",
+        f"--port={server.grpc_port}",
+        "--workers=2",
+        "--model_name=mlp",
+        "--model_base_path=/nonexistent",
     )
     assert result.returncode == 2, result.stderr
     assert f"cannot listen for REST on 127.0.0.1:{server.port}" in result.stderr
