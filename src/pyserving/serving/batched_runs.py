@@ -74,9 +74,14 @@ class BatchedRuns:
         DeadlineExceeded, and what the batch raised."""
         span = tracing.current.get() if tracing.enabled else None
         queued_ns = time.time_ns() if span is not None else 0
-        try:
-            task = self._schedule(handle, signature_name, inputs, deadline, batching, server, span)
+        # id(servable) keeps a reloaded version (same id, new servable) off the old queue; the
+        # queued tasks hold the servable, so its id cannot be reused while the queue has tasks.
+        key = (handle.id, signature_name, id(handle.servable), batching)
+        try:  # never waits
+            task = BatchTask(handle.servable, signature_name, inputs, deadline)
+            task.trace = span
             task.stats = stats
+            self._scheduler_for(server).schedule_nowait(key, handle.id.name, batching, task)
         except BaseException:  # refused by the batch queue: full, task too large, closing
             self._on_leave()
             raise
@@ -111,41 +116,26 @@ class BatchedRuns:
         if scheduler is not None:
             scheduler.close(wait=wait, timeout_s=timeout_s)
 
-    def _schedule(
-        self,
-        handle: ServableHandle,
-        signature_name: str,
-        inputs: dict[str, np.ndarray],
-        deadline: float | None,
-        batching: BatchingOptions,
-        server: BatchingOptions,
-        span: tracing.RequestSpan | None,
-    ) -> BatchTask:
-        """Enqueue on the queue of this version, signature and options; never waits."""
-        task = BatchTask(handle.servable, signature_name, inputs, deadline)
-        task.trace = span
+    def _scheduler_for(self, server: BatchingOptions) -> BatchScheduler:
+        """The shared scheduler, made with `server`'s thread settings on first use."""
         scheduler = self._scheduler
-        if scheduler is None:
-            with self._lock:
-                if self._closed:
-                    raise Unavailable("the server is shutting down")
-                if self._scheduler is None:
-                    # One pool for every model: the server-wide thread settings (TF Serving).
-                    # A model with its own `instances:` runs at most that many batches at
-                    # once, so a slow or hung one leaves the other threads to the other models.
-                    threads = server.num_batch_threads
-                    executor = self._executor
-                    self._scheduler = BatchScheduler(
-                        threads,
-                        server.thread_pool_name,
-                        concurrency=lambda model: executor.configured(model) or threads,
-                    )
-                scheduler = self._scheduler
-        # id(servable) keeps a reloaded version (same id, new servable) off the old queue; the
-        # queued tasks hold the servable, so its id cannot be reused while the queue has tasks.
-        key = (handle.id, signature_name, id(handle.servable), batching)
-        scheduler.schedule_nowait(key, handle.id.name, batching, task)
-        return task
+        if scheduler is not None:
+            return scheduler
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            if self._scheduler is None:
+                # One pool for every model: the server-wide thread settings (TF Serving).
+                # A model with its own `instances:` runs at most that many batches at
+                # once, so a slow or hung one leaves the other threads to the other models.
+                threads = server.num_batch_threads
+                executor = self._executor
+                self._scheduler = BatchScheduler(
+                    threads,
+                    server.thread_pool_name,
+                    concurrency=lambda model: executor.configured(model) or threads,
+                )
+            return self._scheduler
 
     def _done(self, _job: Future[dict[str, np.ndarray]]) -> None:
         self._on_leave()
