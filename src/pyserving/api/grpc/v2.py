@@ -135,13 +135,9 @@ class V2Servicer:
         return pb.ModelConfigResponse(config=pb.ModelConfig(**config))
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
-        stats = await asyncio.to_thread(
-            v2_statistics.model_statistics,
-            self._service,
-            request.name,
-            _version(request.version) if request.name else None,
-        )
-        return pb.ModelStatisticsResponse(**stats)
+        version = _version(request.version) if request.name else None
+        # off the event loop, the message included: both grow with the models and versions served
+        return await asyncio.to_thread(_statistics_message, self._service, request.name, version)
 
     # --- repository ----------------------------------------------------------------------------
 
@@ -238,6 +234,12 @@ class V2Servicer:
 
 def _version(text: str) -> int | None:
     return parse_version(text) if text else None
+
+
+def _statistics_message(
+    service: InferenceService, name: str, version: int | None
+) -> pb.ModelStatisticsResponse:
+    return pb.ModelStatisticsResponse(**v2_statistics.model_statistics(service, name, version))
 
 
 def _package_version() -> str:

@@ -92,9 +92,12 @@ def model_config(service: InferenceService, name: str, version: int | None) -> b
 
 async def model_statistics(service: InferenceService, name: str, version: int | None) -> bytes:
     """`GET /v2/models[/{m}[/versions/{v}]]/stats`: Triton's `{"model_stats": [...]}`."""
-    # Off the event loop: it walks the metrics registry.
-    stats = await asyncio.to_thread(v2_statistics.model_statistics, service, name, version)
-    return orjson.dumps(stats)
+    # Off the event loop, encoding included: both grow with the models and versions served.
+    return await asyncio.to_thread(_statistics_json, service, name, version)
+
+
+def _statistics_json(service: InferenceService, name: str, version: int | None) -> bytes:
+    return orjson.dumps(v2_statistics.model_statistics(service, name, version))
 
 
 async def infer(
