@@ -42,6 +42,19 @@ class FakeProcess:
         self.pid = pid
 
 
+def fed_workers(supervisor: sup.Supervisor, count: int) -> list[WorkerProcess]:
+    """`count` workers in `supervisor`'s table, each on a RecordingChannel, already fed."""
+    workers = []
+    for slot in range(count):
+        channel = RecordingChannel(supervisor)
+        worker = WorkerProcess(slot, FakeProcess(1000 + slot), channel)
+        channel.worker = worker
+        worker.fed = True
+        supervisor._workers[slot] = worker
+        workers.append(worker)
+    return workers
+
+
 def item(version: int) -> ServableData[str]:
     return ServableData(ServableId("m", version), f"/m/{version}")
 
@@ -52,15 +65,9 @@ def serving(*versions: int) -> tuple[Any, ...]:
 
 def test_swap_routes_everywhere_then_publishes_then_releases_issue_17(tmp_path: Path) -> None:
     supervisor = sup.Supervisor([], 2, None, str(tmp_path), True, 1.0)
-    workers = []
-    for slot in range(2):
-        channel = RecordingChannel(supervisor)
-        worker = WorkerProcess(slot, FakeProcess(1000 + slot), channel)
-        channel.worker = worker
-        worker.fed = True
+    workers = fed_workers(supervisor, 2)
+    for worker in workers:
         worker.options = object()
-        supervisor._workers[slot] = worker
-        workers.append(worker)
     supervisor._on_list("m", [item(1)])
     for worker in workers:
         supervisor._on_message(worker, serving(1))
@@ -169,15 +176,9 @@ def test_a_first_worker_still_starting_holds_the_gate_a_replacement_does_not(
     # First workers listen while they load: one that has not reported yet would answer "not
     # found", so nothing is published (and no worker is ready) until it serves the version too.
     supervisor = sup.Supervisor([], 2, None, str(tmp_path), True, 1.0)
-    workers = []
-    for slot in range(2):
-        channel = RecordingChannel(supervisor)
-        worker = WorkerProcess(slot, FakeProcess(1000 + slot), channel)
-        channel.worker = worker
-        worker.fed = True
+    workers = fed_workers(supervisor, 2)
+    for worker in workers:
         worker.listens_while_loading = True
-        supervisor._workers[slot] = worker
-        workers.append(worker)
     supervisor._on_list("m", [item(1)])
     supervisor._on_message(workers[0], serving(1))
     assert dict(supervisor._feed.gate.published) == {"m": frozenset()}
