@@ -79,14 +79,17 @@ class DecoupledStreams:
                     observe(stream.model, stream.version, code, started)
                     counted = True
                     yield pb.ModelStreamInferResponse(
-                        error_message=message, infer_response=_final(stream)
+                        error_message=message,
+                        infer_response=final_response(stream.model, stream.version, stream.id),
                     )
                     return
                 response.parameters[FINAL_RESPONSE].bool_param = False
                 yield pb.ModelStreamInferResponse(infer_response=response)
             observe(stream.model, stream.version, grpc.StatusCode.OK, started)
             counted = True
-            yield pb.ModelStreamInferResponse(infer_response=_final(stream))
+            yield pb.ModelStreamInferResponse(
+                infer_response=final_response(stream.model, stream.version, stream.id)
+            )
         finally:
             if not counted:  # the call ended mid-stream: cancelled, gone or past its deadline
                 observe(stream.model, stream.version, grpc.StatusCode.CANCELLED, started)
@@ -97,10 +100,6 @@ class DecoupledStreams:
         stream = self._current
         if stream is not None:
             stream.close_soon()
-
-
-def _final(stream: PartStream) -> pb.ModelInferResponse:
-    return final_response(stream.model, stream.version, stream.id)
 
 
 def final_response(
