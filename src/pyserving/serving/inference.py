@@ -172,7 +172,7 @@ class InferenceService(ServableLookup):
             from pyserving.serving.streaming import run_unary
 
             return await run_unary(self, handle, plan, inputs, output_names, deadline)
-        plan.validate(inputs, self.options.max_tensor_elements)
+        rows = plan.validate(inputs, self.options.max_tensor_elements)
         wanted = plan.outputs if output_names is None else plan.check_outputs(output_names)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("Deadline exceeded before the request could run")
@@ -199,6 +199,7 @@ class InferenceService(ServableLookup):
                 plan,
                 inputs,
                 wanted,
+                rows if plan.batchable else 1,  # batch items: rows of a batchable signature
                 deadline,
                 stats,
                 time.perf_counter_ns(),

@@ -23,6 +23,7 @@ def execute(
     plan: SignaturePlan,
     inputs: dict[str, np.ndarray],
     wanted: tuple[str, ...],
+    rows: int,
     deadline: float | None,
     stats: VersionStats,
     submitted_ns: int,
@@ -30,7 +31,8 @@ def execute(
 ) -> dict[str, np.ndarray]:
     """On an execution thread: drop expired work, call the servable, wrap its exception once,
     collect the wanted outputs (converting them, which grows with the output, happens here);
-    a call that returned is counted in `stats` (queued since `submitted_ns`, perf_counter), and
+    a call that returned is counted in `stats` as `rows` batch items (queued since
+    `submitted_ns`, perf_counter), and
     a traced request's `timing` records when it started and returned."""
     started = time.perf_counter_ns()
     if timing is not None:
@@ -48,14 +50,6 @@ def execute(
     finally:
         if timing is not None:
             timing.ended_ns = time.time_ns()
-    rows = _rows(inputs) if plan.batchable else 1
     ended = time.perf_counter_ns()
     stats.called(1, rows, started - submitted_ns, 0, called - started, ended - called)
     return outputs
-
-
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    """The batch items of a request batched on dimension 0 (1 for none or a scalar)."""
-    for array in inputs.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 1
