@@ -31,15 +31,16 @@ CLIENTS = Path(__file__).with_name("pipeline_clients.py")
 KEYS = [3, 7, 150, 0, 42]  # 150 is not in the table
 
 
-# Waits (30 s at most) until the test writes `release`, saying it started; passes x through.
-HOLD = """
+def x_servable(cls: str, run: str) -> str:
+    """servable.py of a model `cls` whose signature is x FP32 [1] → x, running `run` (its body)."""
+    return f"""
 import os
 import time
 
 from pyserving.platforms import Signature, TensorSpec
 
 
-class Hold:
+class {cls}:
     def __init__(self):
         x = (TensorSpec("x", "FP32", (1,)),)
         self.signatures = {{"serving_default": Signature("serving_default", x, x)}}
@@ -48,6 +49,11 @@ class Hold:
         pass
 
     def run(self, signature, inputs):
+{run}"""
+
+
+# Waits (30 s at most) until the test writes `release`, saying it started; passes x through.
+HOLD_RUN = """
         open(os.path.join({dir!r}, "held"), "w").close()
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join({dir!r}, "release")) and time.monotonic() < deadline:
@@ -56,19 +62,7 @@ class Hold:
 """
 
 # Appends each x it runs on to the file `marked`: which requests reached the second step.
-MARK = """
-from pyserving.platforms import Signature, TensorSpec
-
-
-class Mark:
-    def __init__(self):
-        x = (TensorSpec("x", "FP32", (1,)),)
-        self.signatures = {{"serving_default": Signature("serving_default", x, x)}}
-
-    def load(self, path):
-        pass
-
-    def run(self, signature, inputs):
+MARK_RUN = """
         with open({dir!r} + "/marked", "a") as marks:
             marks.write(f"{{inputs['x'][0]:g}}\\n")
         return inputs
@@ -82,9 +76,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "features" / "1").mkdir(parents=True)
     np.savez(root / "features/1/table.npz", keys=np.arange(100, dtype=np.int64), values=values)
     make_mlp(root / "mlp" / "1" / "model.onnx", seed=1, dims=(8, 16, 4))
-    for name, source in (("hold", HOLD), ("mark", MARK)):
+    for name, run in (("hold", HOLD_RUN), ("mark", MARK_RUN)):
         (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "servable.py").write_text(source.format(dir=str(root)))
+        source = x_servable(name.title(), run.format(dir=str(root)))
+        (root / name / "1" / "servable.py").write_text(source)
     (root / "models.yaml").write_text(
         "models:\n"
         "  - {name: features, base_path: features}\n"
