@@ -20,43 +20,39 @@ from pyserving.protocols.request import InferRequest
 from pyserving.serving.pipeline import STEP_VERSIONS_PARAMETER
 from tests.fakes import wait_until
 
-# x FP32 [-1] → y: x itself; or, for x[0] == 1, an FP64 [2, 3] that breaks its own signature
-LIAR = """
+
+def _xy_servable(cls: str, run: str) -> str:
+    """servable.py of a model `cls` whose signature is x FP32 [-1] → y FP32 [-1], running `run`
+    (its body)."""
+    return f"""
 import numpy as np
 
 from pyserving.platforms import Signature, TensorSpec
 
 
-class Liar:
+class {cls}:
     def __init__(self):
         x, y = (TensorSpec("x", "FP32", (-1,)),), (TensorSpec("y", "FP32", (-1,)),)
-        self.signatures = {"serving_default": Signature("serving_default", x, y)}
+        self.signatures = {{"serving_default": Signature("serving_default", x, y)}}
 
     def load(self, path):
         pass
 
     def run(self, signature, inputs):
-        if inputs["x"][0] == 1:
+{run}"""
+
+
+# y: x itself; or, for x[0] == 1, an FP64 [2, 3] that breaks its own signature
+LIAR = _xy_servable(
+    "Liar",
+    """        if inputs["x"][0] == 1:
             return {"y": np.ones((2, 3))}
         return {"y": inputs["x"]}
-"""
+""",
+)
 
 # a streaming model: its run yields parts
-GEN = """
-from pyserving.platforms import Signature, TensorSpec
-
-
-class Gen:
-    def __init__(self):
-        x, y = (TensorSpec("x", "FP32", (-1,)),), (TensorSpec("y", "FP32", (-1,)),)
-        self.signatures = {"serving_default": Signature("serving_default", x, y)}
-
-    def load(self, path):
-        pass
-
-    def run(self, signature, inputs):
-        yield {"y": inputs["x"]}
-"""
+GEN = _xy_servable("Gen", """        yield {"y": inputs["x"]}\n""")
 
 
 def _pipeline(name: str, first: dict[str, object]) -> dict[str, object]:
