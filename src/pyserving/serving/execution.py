@@ -74,10 +74,6 @@ class Executor:
         for lane in lanes:
             lane.set_instances(self._instances.get(lane.name, self.default_instances))
 
-    def instances(self, model: str) -> int:
-        """`model`'s execution thread count."""
-        return self._instances.get(model, self.default_instances)
-
     def configured(self, model: str) -> int | None:
         """`model`'s own `instances:` setting, or None when it has none."""
         return self._instances.get(model)
