@@ -112,10 +112,7 @@ class ServableLookup:
                     f'model "{name}": give a version or a label, not both (version {version},'
                     f' label "{label}")'
                 )
-            resolved = self._label_resolver(name, label) if self._label_resolver else None
-            if resolved is None:
-                raise NotFound(f"Unrecognized servable version label: {label}")
-            version = resolved
+            version = self._label_version(name, label)
         return self._manager.get_handle(ServableRequest(name, version))
 
     async def acquire_loaded(
@@ -130,22 +127,25 @@ class ServableLookup:
         on_demand = self.on_demand
         if on_demand is None or not on_demand.is_on_demand(name):
             return self.acquire(name, version, label)
-        for _ in range(_ON_DEMAND_TRIES - 1):
+        for attempt in range(1, _ON_DEMAND_TRIES + 1):
             pinned = await on_demand.ensure(name, deadline)
             try:
                 return self.acquire(name, version, label)
             except NotFound:
                 # evicted between its ensure and this acquire (memory was short): load it again
-                continue
+                if attempt == _ON_DEMAND_TRIES:
+                    raise
             finally:
                 if pinned:
                     on_demand.unpin(name)
-        pinned = await on_demand.ensure(name, deadline)
-        try:
-            return self.acquire(name, version, label)
-        finally:
-            if pinned:
-                on_demand.unpin(name)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _label_version(self, name: str, label: str) -> int:
+        """The version `label` names for model `name`; NotFound with TF Serving's text."""
+        resolved = self._label_resolver(name, label) if self._label_resolver else None
+        if resolved is None:
+            raise NotFound(f"Unrecognized servable version label: {label}")
+        return resolved
 
     def signature(self, handle: ServableHandle, name: str | None = None) -> Signature:
         """The named signature; None or "" means "serving_default", or the only one there is.
@@ -167,10 +167,7 @@ class ServableLookup:
         if label is not None:
             if version is not None:
                 raise InvalidInput(f'model "{name}": give a version or a label, not both')
-            resolved = self._label_resolver(name, label) if self._label_resolver else None
-            if resolved is None:
-                raise NotFound(f"Unrecognized servable version label: {label}")
-            version = resolved
+            version = self._label_version(name, label)
         states = self._manager.monitor.states(name)
         if not states and version is None and self._is_on_demand(name):
             return []  # known, never loaded yet: TF's states have no "unloaded" to report
