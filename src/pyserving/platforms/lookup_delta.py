@@ -126,9 +126,9 @@ class TableRegistry:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards _tables and _locks
+        self._lock = threading.Lock()  # guards _tables, _identities and _locks
         self._tables: weakref.WeakValueDictionary[TableKey, Any] = weakref.WeakValueDictionary()
-        self._identities: dict[TableKey, tuple[int, object]] = {}  # key → (id(table), identity)
+        self._identities: dict[TableKey, object] = {}  # key → what its table was made from
         self._locks: weakref.WeakValueDictionary[TableKey, _KeyLock] = weakref.WeakValueDictionary()
 
     @contextlib.contextmanager
@@ -144,7 +144,7 @@ class TableRegistry:
         """The table in memory for `key` made from `identity`, or None."""
         with self._lock:
             table = self._tables.get(key)
-            if table is None or self._identities.get(key) != (id(table), identity):
+            if table is None or self._identities.get(key) != identity:
                 return None
             return table
 
@@ -156,6 +156,6 @@ class TableRegistry:
     def put(self, key: TableKey, identity: object, table: Any) -> None:
         with self._lock:
             self._tables[key] = table
-            self._identities[key] = (id(table), identity)
+            self._identities[key] = identity
             for stale in [k for k in self._identities if k not in self._tables]:
                 del self._identities[stale]  # bounded: entries of tables no longer in memory
