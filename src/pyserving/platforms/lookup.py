@@ -244,7 +244,7 @@ def _settings(config: Mapping[str, Any]) -> _Settings:
         raise FailedPrecondition(f"key_type must be int or string, not {key_type!r}")
     default = config.get("default")
     if isinstance(default, list):
-        default = tuple(default)  # hashable: part of a table's identity
+        default = tuple(default)  # a table's identity must not share the config's mutable list
     return header, key_type, _shard_setting(config.get("shard")), default
 
 
