@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -62,23 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     sent = skipped = failed = differing = 0
-    with open(args.log, encoding="utf-8") as lines:
-        for number, text in enumerate(lines, 1):
-            line = json.loads(text)
-            tensors = line["inputs"] + line["outputs"]
-            if line["status"] != "OK" or any(t.get("truncated") for t in tensors):
-                skipped += 1
-                continue
-            try:
-                answer = replay(line, args.url, args.latest, args.timeout)
-            except urllib.error.HTTPError as exc:
-                failed += 1
-                print(f"line {number}: HTTP {exc.code}: {exc.read().decode()[:200]}")
-                continue
-            sent += 1
-            if args.check and not same(line["outputs"], answer["outputs"], args.tolerance):
-                differing += 1
-                print(f"line {number}: the answer differs from the logged outputs")
+    # The lines the log holds now: a server logging the replayed requests appends to the same
+    # file, and reading on while it grows would never reach the end.
+    with open(args.log, "rb") as file:
+        written = file.read(os.fstat(file.fileno()).st_size)
+    complete = written[: written.rfind(b"\n") + 1]  # not a line still being written
+    for number, text in enumerate(complete.decode("utf-8").splitlines(), 1):
+        line = json.loads(text)
+        tensors = line["inputs"] + line["outputs"]
+        if line["status"] != "OK" or any(t.get("truncated") for t in tensors):
+            skipped += 1
+            continue
+        try:
+            answer = replay(line, args.url, args.latest, args.timeout)
+        except urllib.error.HTTPError as exc:
+            failed += 1
+            print(f"line {number}: HTTP {exc.code}: {exc.read().decode()[:200]}")
+            continue
+        sent += 1
+        if args.check and not same(line["outputs"], answer["outputs"], args.tolerance):
+            differing += 1
+            print(f"line {number}: the answer differs from the logged outputs")
     print(f"sent {sent}, skipped {skipped}, failed {failed}, differing {differing}")
     return 1 if failed or differing else 0
 
